@@ -1,0 +1,101 @@
+"""``python -m training <command>``: pack, train, evaluate, export. Every command has ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+# Keep TensorFlow's C++ start-up chatter out of the command's output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DEFAULT_DATA = "../shared/data/fer2013"
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from training.config import PRESETS
+
+    p = sub.add_parser("train", help="train a model on FER-2013 (selects on the val split)",
+                       description="Train on the train split, select on val. Flags override the preset.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=DEFAULT_DATA, help="folder root (<split>/<label>/*.jpg), Kaggle CSV or packed .npz")
+    p.add_argument("--run-dir", required=True, help="output folder for checkpoints, log, config and model.keras")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="flagship", help="starting configuration")
+    p.add_argument("--backbone", help="resnet50v2, mobilenetv2, efficientnetv2b0 or fer_cnn")
+    p.add_argument("--input-size", type=int, help="square input size of the served model, pixels")
+    p.add_argument("--color-mode", choices=["grayscale", "rgb"], help="colour mode of the served input")
+    p.add_argument("--weights", help="imagenet, none, or a path to a backbone weights file")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--head-epochs", type=int, help="phase 1 epochs (backbone frozen; skipped from scratch)")
+    p.add_argument("--head-learning-rate", type=float)
+    p.add_argument("--epochs", type=int, help="phase 2 epochs (fine-tuning; the whole run when from scratch)")
+    p.add_argument("--learning-rate", type=float, help="phase 2 learning rate")
+    p.add_argument("--fine-tune-layers", type=int, help="backbone layers unfrozen in phase 2")
+    p.add_argument("--augment", type=float, help="augmentation strength (0 disables)")
+    p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight the loss by inverse class frequency (preset default: on)")
+    p.add_argument("--mixed-precision", choices=["auto", "on", "off"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit-per-class", type=int, help="use at most N training images per class (0 = all)")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import PRESETS
+    from training.train import train
+
+    config = PRESETS[args.preset]
+    arch_fields = {f.name for f in dataclasses.fields(config.arch)}
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    config = dataclasses.replace(
+        config,
+        arch=dataclasses.replace(config.arch, **{k: v for k, v in given.items() if k in arch_fields}),
+        **{k: v for k, v in given.items() if k in {f.name for f in dataclasses.fields(config)} and k != "arch"},
+    )
+    result = train(config, args.data, args.run_dir)
+    print(f"best val accuracy {result.val_accuracy:.4f} after {result.epochs_run} epochs "
+          f"({result.seconds / 60:.1f} min); model: {result.model_path}")
+    return 0
+
+
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pack", help="decode FER-2013 once into one compressed .npz (for carrying to a GPU machine)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=DEFAULT_DATA, help="folder root or Kaggle CSV")
+    p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument("--splits", default="train,val", help="comma-separated splits to pack")
+    p.set_defaults(func=_pack)
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from training.data import pack
+
+    out = pack(args.data, args.out, tuple(args.splits.split(",")))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_pack(sub)
+    _add_train(sub)
+    for add in _EXTRA_COMMANDS:
+        add(sub)
+    args = parser.parse_args(argv)
+    from training.data import DataError
+    from training.model import WeightsUnavailableError
+
+    try:
+        return args.func(args)
+    except (DataError, WeightsUnavailableError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+_EXTRA_COMMANDS: list = []
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Network builders. The architecture is data (:class:`ArchConfig`); this module is the code that builds it.
+
+Two models are built:
+
+* the **inference model** (named ``fer_model``): takes a batch of ``(size, size, channels)`` crops with pixel values
+  0-255 in the metadata's colour mode and returns class probabilities. Every bit of preprocessing (channel
+  replication, scaling to what the backbone expects) is inside it; this is what gets exported.
+* the **training model**: FER-2013's 48x48 grayscale pixels -> resize to the input size -> augmentation (active only
+  in training) -> the inference model.
+
+Only built-in Keras layers are used, so a ``.keras`` file loads anywhere Keras 3 runs, whatever the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+from keras import layers
+
+from training.config import ArchConfig, TrainConfig
+from training.labels import IMAGE_SIZE, LABELS
+
+INFERENCE_MODEL_NAME = "fer_model"
+BACKBONE_NAME = "backbone"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be obtained (typically: no internet for ``--weights imagenet``)."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build one backbone and what input it expects."""
+
+    build: Callable[[ArchConfig, str | None], keras.Model]
+    #: Whether the backbone needs three channels (grayscale input is then replicated inside the graph).
+    rgb: bool
+    #: Scaling from 0-255 to the backbone's input range, as a Rescaling layer's (scale, offset); None if built in.
+    rescale: tuple[float, float] | None
+    pretrained: bool
+
+
+def _application(factory: Callable[..., keras.Model]) -> Callable[[ArchConfig, str | None], keras.Model]:
+    def build(arch: ArchConfig, weights: str | None) -> keras.Model:
+        return factory(include_top=False, weights=weights, input_shape=(arch.input_size, arch.input_size, 3))
+
+    return build
+
+
+def _fer_cnn(arch: ArchConfig, weights: str | None) -> keras.Model:
+    """A compact VGG-style CNN sized for CPU training at FER-2013's native 48x48: two 3x3 convs per block."""
+    inputs = keras.Input((arch.input_size, arch.input_size, arch.channels))
+    x = inputs
+    for i, width in enumerate(arch.cnn_widths):
+        for j in range(2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv{j + 1}")(x)
+            x = layers.BatchNormalization(name=f"block{i + 1}_bn{j + 1}")(x)
+            x = layers.Activation("relu", name=f"block{i + 1}_relu{j + 1}")(x)
+        x = layers.MaxPooling2D(name=f"block{i + 1}_pool")(x)
+    model = keras.Model(inputs, x, name=BACKBONE_NAME)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet50v2": Backbone(_application(keras.applications.ResNet50V2), rgb=True, rescale=(1 / 127.5, -1.0),
+                           pretrained=True),
+    "mobilenetv2": Backbone(_application(keras.applications.MobileNetV2), rgb=True, rescale=(1 / 127.5, -1.0),
+                            pretrained=True),
+    "efficientnetv2b0": Backbone(_application(keras.applications.EfficientNetV2B0), rgb=True, rescale=None,
+                                 pretrained=True),
+    "fer_cnn": Backbone(_fer_cnn, rgb=False, rescale=(1 / 255.0, 0.0), pretrained=False),
+}
+
+
+def _resolve_weights(arch: ArchConfig, backbone: Backbone) -> str | None:
+    if arch.weights == "none":
+        return None
+    if arch.weights == "imagenet" and not backbone.pretrained:
+        raise WeightsUnavailableError(
+            f"backbone '{arch.backbone}' has no ImageNet weights; use --weights none or a weights file")
+    return arch.weights
+
+
+def build_backbone(arch: ArchConfig, weights: str | None) -> keras.Model:
+    """Build the configured backbone; ``weights`` is ``None``, ``"imagenet"`` or a file path."""
+    backbone = BACKBONES[arch.backbone]
+    try:
+        model = backbone.build(arch, weights)
+    except Exception as exc:  # keras raises plain Exceptions (URLError, HTTPError, ...) when the download fails
+        if weights == "imagenet":
+            raise WeightsUnavailableError(
+                f"could not download ImageNet weights for {arch.backbone} ({exc.__class__.__name__}: {exc}). "
+                "Connect to the internet, pass a local weights file with --weights PATH, or train from random "
+                "initialisation with --weights none.") from exc
+        raise
+    model.name = BACKBONE_NAME
+    return model
+
+
+def build_inference_model(arch: ArchConfig, num_classes: int = len(LABELS), *, pretrained: bool = True) -> keras.Model:
+    """The exported network: 0-255 crops in the metadata's colour mode -> class probabilities.
+
+    ``pretrained=False`` builds the same architecture with random weights (used to rebuild a trained model
+    under float32 before export, where the weights are copied over anyway).
+    """
+    if arch.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone '{arch.backbone}' (known: {', '.join(sorted(BACKBONES))})")
+    if arch.color_mode not in ("grayscale", "rgb"):
+        raise ValueError(f"color_mode must be 'grayscale' or 'rgb', not '{arch.color_mode}'")
+    backbone = BACKBONES[arch.backbone]
+    base = build_backbone(arch, _resolve_weights(arch, backbone) if pretrained else None)
+
+    inputs = keras.Input((arch.input_size, arch.input_size, arch.channels), name="images")
+    x = inputs
+    if backbone.rgb and arch.channels == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    if backbone.rescale is not None:
+        x = layers.Rescaling(backbone.rescale[0], offset=backbone.rescale[1], name="rescale")(x)
+    # A pretrained backbone always runs its BatchNorm in inference mode, also when unfrozen for fine-tuning
+    # (keras-io's transfer-learning guide): updating those statistics on a small data set destroys them.
+    x = base(x, training=False) if backbone.pretrained and arch.weights != "none" else base(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(arch.dropout, name="head_dropout1")(x)
+    x = layers.Dense(arch.dense_units, use_bias=False, name="head_dense")(x)
+    x = layers.BatchNormalization(name="head_bn")(x)
+    x = layers.Activation("relu", name="head_relu")(x)
+    x = layers.Dropout(arch.dropout, name="head_dropout2")(x)
+    # Softmax in float32 even under mixed precision: probabilities must sum to 1 to float32 accuracy.
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=INFERENCE_MODEL_NAME)
+
+
+def augmentation(strength: float, seed: int) -> list[layers.Layer]:
+    """Augmentation layers (no-ops at inference); ``strength`` scales every range, 0 disables them."""
+    if strength <= 0:
+        return []
+    return [
+        layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
+        layers.RandomRotation(0.03 * strength, fill_mode="nearest", seed=seed + 1, name="aug_rotate"),
+        layers.RandomZoom(0.1 * strength, fill_mode="nearest", seed=seed + 2, name="aug_zoom"),
+        layers.RandomTranslation(0.08 * strength, 0.08 * strength, fill_mode="nearest", seed=seed + 3,
+                                 name="aug_shift"),
+        layers.RandomBrightness(0.15 * strength, value_range=(0, 255), seed=seed + 4, name="aug_brightness"),
+        layers.RandomContrast(0.2 * strength, value_range=(0, 255), seed=seed + 5, name="aug_contrast"),
+    ]
+
+
+def to_model_input(arch: ArchConfig) -> list[layers.Layer]:
+    """Layers turning FER-2013 48x48x1 pixels into the inference model's input (size, channels)."""
+    steps: list[layers.Layer] = []
+    if arch.input_size != IMAGE_SIZE:
+        steps.append(layers.Resizing(arch.input_size, arch.input_size, interpolation="bilinear", name="resize"))
+    if arch.channels == 3:
+        steps.append(layers.Concatenate(name="data_gray_to_rgb"))
+    return steps
+
+
+def apply_layers(steps: list[layers.Layer], x):
+    """Apply layers in order (a Concatenate replicates its single input to three channels)."""
+    for step in steps:
+        x = step([x, x, x]) if isinstance(step, layers.Concatenate) else step(x)
+    return x
+
+
+def build_training_model(inference_model: keras.Model, config: TrainConfig) -> keras.Model:
+    """Wrap the inference model for training on FER-2013 pixels: resize, augment, classify."""
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="fer_pixels")
+    x = apply_layers(to_model_input(config.arch), inputs)
+    x = apply_layers(augmentation(config.augment, config.seed), x)
+    return keras.Model(inputs, inference_model(x), name="fer_training")
+
+
+def load_inference_model(path: str) -> keras.Model:
+    """Load a ``.keras`` file holding an inference model or a training checkpoint (the inference part is returned)."""
+    model = keras.saving.load_model(path, compile=False)
+    if model.name == INFERENCE_MODEL_NAME:
+        return model
+    try:
+        return model.get_layer(INFERENCE_MODEL_NAME)
+    except ValueError:
+        raise ValueError(f"{path} holds neither a '{INFERENCE_MODEL_NAME}' model nor a training checkpoint") from None
