@@ -95,7 +95,40 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-_EXTRA_COMMANDS: list = []
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a .keras model as the SavedModel + metadata.json the service loads",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="model.keras (or checkpoint.keras) written by train")
+    p.add_argument("--config", help="training config.json (default: the one beside --model)")
+    p.add_argument("--report", help="evaluation report folder (from evaluate) to record and ship beside the model")
+    p.add_argument("--out", default="models", help="root of the versioned layout <out>/<name>/<version>/")
+    p.add_argument("--name", required=True, help="model name, e.g. fer-resnet50v2-224")
+    p.add_argument("--version", default="1", help="model version (a number: the service serves the highest)")
+    p.add_argument("--data", help="if given, the self-check batch is taken from this data set's val split")
+    p.add_argument("--tolerance", type=float, default=1e-5, help="max allowed |Keras - SavedModel| probability")
+    p.add_argument("--force", action="store_true", help="replace an existing version folder")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export_model
+
+    sample = None
+    if args.data:
+        from training.config import TrainConfig
+        from training.data import read_split
+        from training.model import apply_layers, to_model_input
+
+        config = TrainConfig.load(Path(args.config) if args.config else Path(args.model).parent / "config.json")
+        images = read_split(args.data, "val").images[:32].astype("float32")
+        sample = __import__("numpy").asarray(apply_layers(to_model_input(config.arch), images))
+    out = export_model(args.model, args.out, name=args.name, version=args.version, config_path=args.config,
+                       report_dir=args.report, sample=sample, tolerance=args.tolerance, force=args.force)
+    print(f"exported {out}")
+    return 0
+
+
+_EXTRA_COMMANDS: list = [_add_export]
 
 if __name__ == "__main__":
     sys.exit(main())

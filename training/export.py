@@ -1,0 +1,167 @@
+"""Export: a trained ``.keras`` model -> ``models/<name>/<version>/`` SavedModel + ``metadata.json`` (the contract).
+
+See ``docs/model-contract.md``. Export needs the TensorFlow backend; the ``.keras`` file may come from any backend.
+After writing, the export is reloaded and compared with the Keras model on a sample batch; a mismatch is an error
+and the half-written version folder is removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from training.config import ArchConfig, TrainConfig
+from training.labels import LABELS
+from training.model import build_inference_model, load_inference_model
+
+SCHEMA_VERSION = 1
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+#: Largest allowed |Keras - SavedModel| difference of any probability on the self-check batch.
+DEFAULT_TOLERANCE = 1e-5
+
+
+class ExportMismatchError(RuntimeError):
+    """The reloaded SavedModel does not reproduce the Keras model's outputs within the tolerance."""
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def rebuild_float32(model: keras.Model, arch: ArchConfig) -> keras.Model:
+    """The same network rebuilt under float32 with ``model``'s weights (training may have used mixed precision)."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        clean = build_inference_model(arch, num_classes=model.output_shape[-1], pretrained=False)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    clean.set_weights(model.get_weights())
+    return clean
+
+
+def write_saved_model(model: keras.Model, path: Path) -> None:
+    """Write ``model`` as a SavedModel whose ``serving_default`` maps ``images`` to ``probabilities``."""
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    _, height, width, channels = model.input_shape
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda images: {OUTPUT_NAME: model(images, training=False)},
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def self_check(model: keras.Model, path: Path, sample: np.ndarray, tolerance: float) -> float:
+    """Max |difference| between Keras and the reloaded SavedModel on ``sample``; raises above ``tolerance``."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures[SIGNATURE_KEY]
+    exported = serve(**{INPUT_NAME: tf.constant(sample, tf.float32)})[OUTPUT_NAME].numpy()
+    expected = np.asarray(model(sample, training=False))
+    diff = float(np.max(np.abs(exported - expected)))
+    if not np.isfinite(diff) or diff > tolerance:
+        raise ExportMismatchError(f"SavedModel output differs from the Keras model by {diff:.3g} "
+                                  f"(tolerance {tolerance:.1g})")
+    return diff
+
+
+def build_metadata(*, name: str, version: str, arch: ArchConfig, labels: tuple[str, ...],
+                   evaluation: dict[str, Any] | None, training: dict[str, Any] | None,
+                   self_check_diff: float, tolerance: float) -> dict[str, Any]:
+    """The ``metadata.json`` document of docs/model-contract.md."""
+    import tensorflow as tf
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "version": version,
+        "labels": list(labels),
+        "input": {"height": arch.input_size, "width": arch.input_size, "channels": arch.channels,
+                  "color_mode": arch.color_mode, "dtype": "float32", "value_range": [0, 255]},
+        "signature": {"key": SIGNATURE_KEY, "input": INPUT_NAME, "output": OUTPUT_NAME},
+        "architecture": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(arch).items()}},
+        "evaluation": evaluation,
+        "training": training,
+        "export": {
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": _git_commit(),
+            "tensorflow_version": tf.__version__,
+            "keras_version": keras.__version__,
+            "self_check_max_abs_diff": self_check_diff,
+            "self_check_tolerance": tolerance,
+        },
+    }
+
+
+def _read_json(path: Path | None) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def export_model(model_path: str | Path, out_root: str | Path, *, name: str, version: str,
+                 config_path: str | Path | None = None, report_dir: str | Path | None = None,
+                 sample: np.ndarray | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                 force: bool = False) -> Path:
+    """Export ``model_path`` to ``<out_root>/<name>/<version>/`` and return that folder.
+
+    ``config_path`` defaults to ``config.json`` beside the model (written by ``train``); the run record
+    ``run.json`` beside it, if present, goes into the metadata's ``training`` section. ``report_dir`` is an
+    evaluation report folder (``python -m training evaluate``): its figures go into ``evaluation`` and the
+    folder is copied beside the SavedModel.
+
+    Raises:
+        FileExistsError: the version folder exists and ``force`` is false.
+        ExportMismatchError: the self-check failed (the version folder is removed).
+    """
+    model_path = Path(model_path)
+    config_path = Path(config_path) if config_path else model_path.parent / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no training config at {config_path} (pass --config)")
+    config = TrainConfig.load(config_path)
+    out_dir = Path(out_root) / name / str(version)
+    if out_dir.exists():
+        if not force:
+            raise FileExistsError(f"{out_dir} already exists (choose another --version or pass --force)")
+        shutil.rmtree(out_dir)
+
+    model = rebuild_float32(load_inference_model(str(model_path)), config.arch)
+    if sample is None:
+        rng = np.random.default_rng(0)
+        sample = rng.integers(0, 256, size=(8, *model.input_shape[1:]), dtype=np.uint8)
+    sample = sample.astype(np.float32)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_saved_model(model, out_dir)
+        diff = self_check(model, out_dir, sample, tolerance)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+    report = _read_json(Path(report_dir) / "metrics.json") if report_dir else None
+    run = _read_json(model_path.parent / "run.json")
+    training = {"config": config.to_dict(), **(run or {})}
+    metadata = build_metadata(name=name, version=str(version), arch=config.arch, labels=LABELS, evaluation=report,
+                              training=training, self_check_diff=diff, tolerance=tolerance)
+    (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    if report_dir:
+        shutil.copytree(report_dir, out_dir / "report")
+    return out_dir
