@@ -1,0 +1,98 @@
+"""Typed errors of the service. Each knows its HTTP status and a stable machine-readable code.
+
+Every error response has the same JSON body: ``{"error": {"code": "<code>", "message": "<human text>"}}``.
+Domain modules raise these; one exception handler in the app maps them to responses.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: ``status`` is the HTTP status, ``code`` the stable machine-readable error code."""
+
+    status: int = 500
+    code: str = "internal_error"
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class EmptyImageError(ServiceError):
+    status, code = 400, "empty_body"
+
+
+class InvalidImageError(ServiceError):
+    """Not an image, or a truncated/corrupt one."""
+
+    status, code = 400, "invalid_image"
+
+
+class UnsupportedImageError(ServiceError):
+    """An image, but in a format the service does not decode."""
+
+    status, code = 415, "unsupported_image_format"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """Wrong or missing Content-Type for the route."""
+
+    status, code = 415, "unsupported_media_type"
+
+
+class MissingFieldError(ServiceError):
+    status, code = 422, "missing_field"
+
+
+class PayloadTooLargeError(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class ImageTooLargeError(ServiceError):
+    """More pixels than allowed (refused from the header, before decoding: decompression bombs)."""
+
+    status, code = 413, "image_too_large"
+
+
+class TooManyImagesError(ServiceError):
+    status, code = 413, "too_many_images"
+
+
+class InvalidParameterError(ServiceError):
+    status, code = 422, "invalid_parameter"
+
+
+class UnauthorizedError(ServiceError):
+    status, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class OverloadedError(ServiceError):
+    """The batch queue is full: shed load at once instead of letting latency grow."""
+
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class NotReadyError(ServiceError):
+    status, code = 503, "not_ready"
+    headers = {"Retry-After": "1"}
+
+
+class ShuttingDownError(ServiceError):
+    status, code = 503, "shutting_down"
+    headers = {"Retry-After": "1"}
+
+
+class InferenceError(ServiceError):
+    """The model failed on a batch; every request of that batch gets this, the next batch is unaffected."""
+
+    status, code = 500, "inference_failed"
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory violates the contract (docs/model-contract.md); the service refuses to start."""
