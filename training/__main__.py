@@ -128,7 +128,32 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXTRA_COMMANDS: list = [_add_export]
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="write an evaluation report (metrics, confusion matrix, ROC-AUC, curves)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a .keras file (from train) or an exported SavedModel folder")
+    p.add_argument("--config", help="training config.json for a .keras model (default: the one beside it)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="folder root, Kaggle CSV or packed .npz")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--out", required=True, help="report folder to write")
+    p.add_argument("--history", help="history.csv from train, for the training-curves plot")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    m = evaluate(args.model, args.data, args.out, split=args.split, config_path=args.config, history=args.history)
+    print(f"{m['model']} on {m['split']} ({m['images']} images): accuracy {m['accuracy']:.4f}, "
+          f"macro-F1 {m['macro_f1']:.4f}")
+    for label, c in m["per_class"].items():
+        print(f"  {label:<9} precision {c['precision']:.3f}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}  "
+              f"support {c['support']}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+_EXTRA_COMMANDS: list = [_add_evaluate, _add_export]
 
 if __name__ == "__main__":
     sys.exit(main())
