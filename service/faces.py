@@ -1,0 +1,307 @@
+"""Find faces in an RGB image and cut them out as model-sized crops.
+
+The detector sits behind a two-member interface (`FaceDetector`: a ``name`` and ``detect(image)``), so another
+one can be swapped in by configuration through `create_detector`. Every detector here works offline from what a
+registry package ships (no download at run time); docs/face-detection.md compares them on real photographs.
+
+Detection runs on a copy downscaled so that its longest side is ``max_side`` pixels — unless that would make the
+smallest requested face (``min_face_size``) smaller than the detector can see, in which case the copy is made just
+large enough. Boxes are mapped back to, and clipped to, the full-resolution image, and crops are cut from the
+full-resolution image.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "Box", "Detection", "FaceDetector", "HaarDetector", "MtcnnDetector", "DETECTORS", "DEFAULT_DETECTOR",
+    "COLOR_MODES", "create_detector", "select_faces", "whole_image", "crop_faces", "crop_window",
+]
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in pixels of the (EXIF-oriented) image: top-left corner, width and height."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A face box and the detector's confidence in it (0..1, higher is more certain)."""
+
+    box: Box
+    score: float
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """Anything that finds faces: ``detect`` takes an ``H×W×3`` uint8 RGB image and returns face boxes in its
+    pixel coordinates, clipped to the image. Implementations must be safe to call from several threads."""
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Detection]: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Downscaling shared by the detectors
+# ---------------------------------------------------------------------------------------------------------------
+
+def detection_scale(width: int, height: int, *, max_side: int, min_face_size: int, native_min_face: int) -> float:
+    """The factor (≤ 1) by which the image is shrunk before detection.
+
+    Shrinking to ``max_side`` makes detection cost independent of the photo's resolution; but a face of
+    ``min_face_size`` pixels must stay at least ``native_min_face`` pixels (the smallest face the detector sees)
+    after shrinking, so the factor never goes below ``native_min_face / min_face_size``.
+    """
+    longest = max(width, height)
+    if longest <= 0:
+        return 1.0
+    scale = max(max_side / longest, native_min_face / max(min_face_size, 1))
+    return min(1.0, scale)
+
+
+def _downscale(image: np.ndarray, scale: float) -> np.ndarray:
+    if scale >= 1.0:
+        return image
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _to_full_resolution(x: float, y: float, w: float, h: float, scale: float, width: int, height: int) -> Box | None:
+    """Map a box found on the shrunk copy back to the full image and clip it; None if nothing is left."""
+    x0 = max(0, int(round(x / scale)))
+    y0 = max(0, int(round(y / scale)))
+    x1 = min(width, int(round((x + w) / scale)))
+    y1 = min(height, int(round((y + h) / scale)))
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None
+    return Box(x0, y0, x1 - x0, y1 - y0)
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenCV Haar cascades (opencv-python-headless 4.x ships the XML files in cv2.data)
+# ---------------------------------------------------------------------------------------------------------------
+
+class HaarDetector:
+    """Viola–Jones Haar cascade from the OpenCV wheel.
+
+    The score is derived from the number of overlapping raw detections OpenCV merged into the box
+    (``neighbours``): ``score = 1 - 0.5 ** (neighbours / 3)``, i.e. 3 neighbours → 0.5, 9 → 0.875. A box is kept
+    when its score is at least ``threshold``.
+    """
+
+    NATIVE_MIN_FACE = 20  # the alt2 cascade's window is 20x20
+
+    def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml", *, min_face_size: int = 40,
+                 threshold: float = 0.5, max_side: int = 640, scale_factor: float = 1.1,
+                 name: str = "haar") -> None:
+        path = cv2.data.haarcascades + cascade
+        self._cascade_path = path
+        self._local = threading.local()  # CascadeClassifier is not documented as thread-safe: one per thread
+        if self._classifier().empty():
+            raise RuntimeError(f"cannot load the Haar cascade {path}")
+        self.name = name
+        self.min_face_size = min_face_size
+        self.threshold = threshold
+        self.max_side = max_side
+        self.scale_factor = scale_factor
+
+    def _classifier(self) -> cv2.CascadeClassifier:
+        classifier = getattr(self._local, "classifier", None)
+        if classifier is None:
+            classifier = cv2.CascadeClassifier(self._cascade_path)
+            self._local.classifier = classifier
+        return classifier
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        _check_image(image)
+        height, width = image.shape[:2]
+        scale = detection_scale(width, height, max_side=self.max_side, min_face_size=self.min_face_size,
+                                native_min_face=self.NATIVE_MIN_FACE)
+        small = _downscale(image, scale)
+        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+        min_size = max(self.NATIVE_MIN_FACE, int(round(self.min_face_size * scale)))
+        rects, neighbours = self._classifier().detectMultiScale2(
+            gray, scaleFactor=self.scale_factor, minNeighbors=1, minSize=(min_size, min_size))
+        detections = []
+        for (x, y, w, h), count in zip(np.asarray(rects).reshape(-1, 4), np.asarray(neighbours).reshape(-1)):
+            score = 1.0 - 0.5 ** (float(count) / 3.0)
+            if score < self.threshold:
+                continue
+            box = _to_full_resolution(x, y, w, h, scale, width, height)
+            if box is not None:
+                detections.append(Detection(box, round(score, 4)))
+        return detections
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MTCNN (PyPI `mtcnn` 1.0: TensorFlow, weights inside the wheel)
+# ---------------------------------------------------------------------------------------------------------------
+
+class MtcnnDetector:
+    """MTCNN cascade (P-Net → R-Net → O-Net). The score is O-Net's face probability; ``threshold`` is O-Net's
+    acceptance threshold."""
+
+    # P-Net's window is 12 px, but mtcnn 1.0 builds its image pyramid assuming the first level is the full image:
+    # asked for faces larger than ~24 px its last levels shrink below 12 px and P-Net fails. So the copy is
+    # shrunk by us so that the smallest face is 24 px, and MTCNN is always asked for 24 px faces.
+    NATIVE_MIN_FACE = 24
+
+    def __init__(self, *, min_face_size: int = 40, threshold: float = 0.9, max_side: int = 640,
+                 name: str = "mtcnn") -> None:
+        from mtcnn import MTCNN  # TensorFlow import: only when this detector is chosen
+
+        self._mtcnn = MTCNN(stages="face_and_landmarks_detection", device="CPU:0")
+        self._lock = threading.Lock()  # the package keeps per-call state in its stage objects
+        self.name = name
+        self.min_face_size = min_face_size
+        self.threshold = threshold
+        self.max_side = max_side
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        _check_image(image)
+        height, width = image.shape[:2]
+        scale = detection_scale(width, height, max_side=self.max_side, min_face_size=self.min_face_size,
+                                native_min_face=self.NATIVE_MIN_FACE)
+        small = _downscale(image, scale)
+        if min(small.shape[:2]) < self.NATIVE_MIN_FACE:
+            return []
+        with self._lock:
+            try:
+                found = self._mtcnn.detect_faces(small, min_face_size=self.NATIVE_MIN_FACE,
+                                                 threshold_onet=self.threshold)
+            except ValueError:  # a pyramid level too small for P-Net: nothing face-sized there
+                found = []
+        detections = []
+        for face in found or []:
+            x, y, w, h = face["box"]
+            box = _to_full_resolution(x, y, w, h, scale, width, height)
+            if box is None or max(box.width, box.height) < self.min_face_size:
+                continue
+            if face["confidence"] >= self.threshold:
+                detections.append(Detection(box, round(float(face["confidence"]), 4)))
+        return detections
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry, selection, crops
+# ---------------------------------------------------------------------------------------------------------------
+
+_FACTORIES: dict[str, Callable[..., FaceDetector]] = {
+    "haar": lambda **kw: HaarDetector("haarcascade_frontalface_alt2.xml", name="haar", **kw),
+    "haar-default": lambda **kw: HaarDetector("haarcascade_frontalface_default.xml", name="haar-default", **kw),
+    "mtcnn": lambda **kw: MtcnnDetector(name="mtcnn", **kw),
+}
+
+#: Names accepted by `create_detector`.
+DETECTORS: tuple[str, ...] = tuple(_FACTORIES)
+#: The detector chosen by the measurements in docs/face-detection.md.
+DEFAULT_DETECTOR = "haar"
+
+
+def create_detector(name: str, *, min_face_size: int, threshold: float, max_side: int = 640) -> FaceDetector:
+    """Build the detector called ``name`` (one of `DETECTORS`).
+
+    Args:
+        name: detector name.
+        min_face_size: smallest face side, in pixels of the full image, that is reported.
+        threshold: smallest score (0..1) a reported face has.
+        max_side: longest side of the downscaled copy detection runs on.
+    """
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}") from None
+    if min_face_size < 1:
+        raise ValueError("min_face_size must be at least 1 pixel")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError("threshold must be between 0 and 1")
+    return factory(min_face_size=min_face_size, threshold=threshold, max_side=max_side)
+
+
+def select_faces(detections: list[Detection], max_faces: int) -> list[Detection]:
+    """Keep the ``max_faces`` highest-scoring detections, then order them left to right (top to bottom on ties)."""
+    if max_faces <= 0:
+        return []
+    best = sorted(detections, key=lambda d: -d.score)[:max_faces]
+    return sorted(best, key=lambda d: (d.box.x, d.box.y))
+
+
+def whole_image(image: np.ndarray) -> Detection:
+    """The whole image as one face (``detect=false``: the caller sends pre-cropped faces)."""
+    height, width = image.shape[:2]
+    return Detection(Box(0, 0, int(width), int(height)), 1.0)
+
+
+COLOR_MODES: dict[str, int] = {"grayscale": 1, "rgb": 3}
+
+
+def crop_window(box: Box, image_width: int, image_height: int, margin: float) -> tuple[int, int, int, int]:
+    """The square crop window ``(x0, y0, x1, y1)`` around ``box``.
+
+    The square is centred on the box, with side ``max(width, height) * (1 + 2 * margin)`` (``margin`` is the
+    fraction of the box size added on every side). Where it would stick out of the image it is shifted back
+    inside, which keeps it square and keeps the whole face in it; only a square larger than the image itself is
+    clipped to the image (then the crop is not square and is stretched by the resize).
+    """
+    side = max(box.width, box.height) * (1.0 + 2.0 * max(margin, 0.0))
+    cx = box.x + box.width / 2.0
+    cy = box.y + box.height / 2.0
+    x0, x1 = _fit_interval(cx - side / 2.0, side, image_width)
+    y0, y1 = _fit_interval(cy - side / 2.0, side, image_height)
+    return x0, y0, x1, y1
+
+
+def _fit_interval(start: float, length: float, limit: int) -> tuple[int, int]:
+    """Shift ``[start, start + length)`` inside ``[0, limit)``; clip it when it is longer than ``limit``."""
+    if length >= limit:
+        return 0, limit
+    start = min(max(start, 0.0), limit - length)
+    lo = int(round(start))
+    hi = min(limit, lo + int(round(length)))
+    return lo, max(hi, lo + 1)
+
+
+def crop_faces(image: np.ndarray, boxes: list[Box], *, height: int, width: int, color_mode: str,
+               margin: float) -> np.ndarray:
+    """Cut a square crop around every box and resize it to ``height×width`` in the model's colour mode.
+
+    Shrinking uses ``INTER_AREA`` (averages the pixels, no aliasing); enlarging uses ``INTER_CUBIC``.
+
+    Returns:
+        ``(len(boxes), height, width, C)`` uint8, ``C`` = 1 for ``"grayscale"``, 3 for ``"rgb"``; the crops are in
+        the order of ``boxes``.
+    """
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"unknown colour mode {color_mode!r}; expected one of {sorted(COLOR_MODES)}")
+    _check_image(image)
+    channels = COLOR_MODES[color_mode]
+    out = np.empty((len(boxes), height, width, channels), dtype=np.uint8)
+    image_height, image_width = image.shape[:2]
+    for i, box in enumerate(boxes):
+        x0, y0, x1, y1 = crop_window(box, image_width, image_height, margin)
+        patch = image[y0:y1, x0:x1]
+        if channels == 1:
+            patch = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
+        shrinking = (x1 - x0) >= width and (y1 - y0) >= height
+        resized = cv2.resize(patch, (width, height),
+                             interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+        out[i] = resized.reshape(height, width, channels)
+    return out
