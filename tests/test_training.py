@@ -1,0 +1,207 @@
+"""The training package end to end on tiny generated data: readers and their errors, class weights,
+train -> evaluate -> export, the export's self-check, and the real ResNet50V2 signature."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import PER_CLASS, write_csv_dataset, write_folder_dataset
+from training.data import DataError, class_weights, pack, read_csv, read_folder, read_split
+from training.labels import LABELS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- data: folder layout ------------------------------------------------------------------------------------------
+
+def test_folder_layout_reads_every_class(tiny_folder_dataset: Path) -> None:
+    split = read_folder(tiny_folder_dataset, "train")
+    assert split.images.shape == (PER_CLASS * len(LABELS), 48, 48, 1)
+    assert split.images.dtype == np.uint8
+    assert split.class_counts() == {label: PER_CLASS for label in LABELS}
+    # class_image() makes brightness grow with the label index: labels must line up with the folders
+    means = [split.images[split.labels == c].mean() for c in range(len(LABELS))]
+    assert means == sorted(means)
+
+
+def test_folder_layout_reports_every_problem_with_its_file(tmp_path: Path) -> None:
+    root = write_folder_dataset(tmp_path, per_class=2, splits=("train",))
+    (root / "train" / "contempt").mkdir()
+    (root / "train" / "happy" / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.new("L", (64, 64)).save(root / "train" / "sad" / "big.png")
+    with pytest.raises(DataError) as info:
+        read_folder(root, "train")
+    message = str(info.value)
+    assert "3 problem(s)" in message
+    assert "contempt: unknown label folder" in message
+    assert "broken.jpg: unreadable image" in message
+    assert "big.png: size 64x64, expected 48x48" in message
+
+
+def test_folder_layout_rejects_an_empty_class(tmp_path: Path) -> None:
+    root = write_folder_dataset(tmp_path, per_class=2, splits=("train",))
+    for f in (root / "train" / "disgust").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="class 'disgust' has no images"):
+        read_folder(root, "train")
+
+
+def test_missing_split_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        read_folder(tmp_path, "val")
+
+
+# --- data: Kaggle CSV ----------------------------------------------------------------------------------------------
+
+def test_csv_maps_kaggle_codes_to_the_canonical_order(tmp_path: Path) -> None:
+    csv_split = read_csv(write_csv_dataset(tmp_path / "fer.csv"), "train")
+    folder_split = read_folder(write_folder_dataset(tmp_path / "folder"), "train")
+    assert csv_split.class_counts() == {label: PER_CLASS for label in LABELS}
+    # same generator, same seed: identical pixels per class in both layouts (JPEG aside), so class means agree
+    for c in range(len(LABELS)):
+        assert abs(csv_split.images[csv_split.labels == c].mean() - folder_split.images[folder_split.labels == c].mean()) < 2
+
+
+def test_csv_reports_bad_rows_with_line_numbers(tmp_path: Path) -> None:
+    path = write_csv_dataset(tmp_path / "fer.csv", per_class=2)
+    lines = path.read_text().splitlines()
+    lines.append("3,1 2 3,Training")                       # too few pixels
+    lines.append("9," + " ".join(["0"] * 2304) + ",Training")  # unknown code
+    lines.append("3," + " ".join(["300"] * 2304) + ",Training")  # out of range
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as info:
+        read_csv(path, "train")
+    message = str(info.value)
+    assert "3 problem(s)" in message
+    assert f":{len(lines) - 2}: 3 pixel values, expected 2304" in message
+    assert f":{len(lines) - 1}: emotion code '9' is not one of 0..6" in message
+    assert f":{len(lines)}: pixel values outside 0..255" in message
+
+
+def test_csv_without_required_columns_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("label,pixels\n1,0 0\n")
+    with pytest.raises(DataError, match="missing column"):
+        read_csv(path, "train")
+
+
+def test_packed_npz_round_trips(tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    packed = pack(tiny_folder_dataset, tmp_path / "fer.npz")
+    for split in ("train", "val"):
+        original, restored = read_split(tiny_folder_dataset, split), read_split(packed, split)
+        np.testing.assert_array_equal(original.images, restored.images)
+        np.testing.assert_array_equal(original.labels, restored.labels)
+        assert original.fingerprint() == restored.fingerprint()
+
+
+def test_class_weights_balance_the_classes() -> None:
+    labels = np.array([0] * 10 + [1] * 30 + [2] * 60)
+    weights = class_weights(labels, num_classes=3)
+    assert weights[0] > weights[1] > weights[2]
+    # each class contributes the same total weight: count * weight is constant
+    totals = [n * weights[c] for c, n in enumerate((10, 30, 60))]
+    assert max(totals) == pytest.approx(min(totals))
+
+
+# --- train -> evaluate -> export -----------------------------------------------------------------------------------
+
+def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:
+    for name in ("config.json", "history.csv", "checkpoint.keras", "model.keras", "run.json"):
+        assert (trained_run / name).is_file(), name
+    run = json.loads((trained_run / "run.json").read_text())
+    assert run["epochs_run"] >= 1 and run["backend"] == "tensorflow"
+    assert len(run["train_fingerprint"]) == 16
+    assert sorted(run["class_weights"]) == [str(c) for c in range(len(LABELS))]
+
+
+def test_evaluate_gives_the_same_numbers_for_keras_and_savedmodel(trained_run: Path, exported_model: Path,
+                                                                  tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    from training.evaluate import evaluate
+
+    from_keras = evaluate(trained_run / "model.keras", tiny_folder_dataset, tmp_path / "keras",
+                          history=trained_run / "history.csv")
+    from_export = evaluate(exported_model, tiny_folder_dataset, tmp_path / "export")
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "images"):
+        assert from_keras[key] == from_export[key], key
+    assert sum(map(sum, from_keras["confusion_matrix"])) == PER_CLASS * len(LABELS)
+    for name in ("metrics.json", "confusion_matrix.json", "confusion_matrix.png", "training_curves.png", "report.md"):
+        assert (tmp_path / "keras" / name).is_file(), name
+    assert "macro-F1" in (tmp_path / "keras" / "report.md").read_text()
+
+
+def test_export_writes_the_contract(exported_model: Path) -> None:
+    import tensorflow as tf
+
+    assert exported_model.parts[-2:] == ("tiny", "1")
+    metadata = json.loads((exported_model / "metadata.json").read_text())
+    assert metadata["labels"] == list(LABELS)
+    assert metadata["input"] == {"height": 24, "width": 24, "channels": 1, "color_mode": "grayscale",
+                                 "dtype": "float32", "value_range": [0, 255]}
+    assert metadata["export"]["self_check_max_abs_diff"] <= metadata["export"]["self_check_tolerance"]
+    assert metadata["training"]["train_fingerprint"]
+    serve = tf.saved_model.load(str(exported_model)).signatures["serving_default"]
+    batch = np.random.default_rng(1).integers(0, 256, (3, 24, 24, 1)).astype(np.float32)
+    probabilities = serve(images=tf.constant(batch))["probabilities"].numpy()
+    assert probabilities.shape == (3, len(LABELS))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_export_refuses_to_overwrite_and_self_check_catches_a_mismatch(trained_run: Path, tmp_path: Path) -> None:
+    from training.export import ExportMismatchError, export_model
+
+    export_model(trained_run / "model.keras", tmp_path, name="m", version="1")
+    with pytest.raises(FileExistsError):
+        export_model(trained_run / "model.keras", tmp_path, name="m", version="1")
+    # a negative tolerance cannot be met: the check must fail and leave no half-written version behind
+    with pytest.raises(ExportMismatchError):
+        export_model(trained_run / "model.keras", tmp_path, name="m", version="2", tolerance=-1.0)
+    assert not (tmp_path / "m" / "2").exists()
+
+
+def test_cli_help_for_every_command() -> None:
+    for command in ("pack", "train", "evaluate", "export"):
+        out = subprocess.run([sys.executable, "-m", "training", command, "--help"], capture_output=True, text=True,
+                             cwd=ROOT, check=True).stdout
+        assert "usage: python -m training " + command in out
+
+
+def test_cli_reports_bad_data_without_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "training", "train", "--preset", "smoke", "--data",
+                             str(tmp_path), "--run-dir", str(tmp_path / "run")], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert result.returncode == 2
+    assert "error: 1 problem(s)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path: Path) -> None:
+    """No network here: asking for ImageNet weights must stop with a message naming --weights none."""
+    from training.config import ArchConfig
+    from training.model import WeightsUnavailableError, build_inference_model
+
+    with pytest.raises(WeightsUnavailableError, match="--weights none"):
+        build_inference_model(ArchConfig(backbone="mobilenetv2", input_size=32, weights="imagenet"))
+
+
+def test_real_resnet50v2_at_224_exports_the_expected_signature(tmp_path: Path) -> None:
+    """The flagship architecture builds and exports with the contract's shapes (random weights, no training)."""
+    import tensorflow as tf
+
+    from training.config import ArchConfig
+    from training.export import write_saved_model
+    from training.model import build_inference_model
+
+    model = build_inference_model(ArchConfig(backbone="resnet50v2", input_size=224, weights="none"))
+    assert model.get_layer("backbone").name == "backbone" and model.count_params() > 23_000_000
+    write_saved_model(model, tmp_path / "resnet")
+    serve = tf.saved_model.load(str(tmp_path / "resnet")).signatures["serving_default"]
+    (spec,) = serve.structured_input_signature[1].values()
+    assert spec.shape.as_list() == [None, 224, 224, 1] and spec.name == "images"
+    out = serve(images=tf.zeros([2, 224, 224, 1]))["probabilities"]
+    assert out.shape == (2, len(LABELS))
