@@ -1,0 +1,151 @@
+"""Service settings: one ``Settings`` object, read from ``FER_*`` environment variables and command-line flags.
+
+Precedence (highest first): command-line flag, environment variable ``FER_<NAME>``, default. The app factory
+receives a ``Settings`` instance; tests build ``Settings(model_dir=...)`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Sequence, get_args, get_origin
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.faces import DEFAULT_DETECTOR, DETECTORS
+
+ENV_PREFIX = "FER_"
+
+
+MiB = 1024 * 1024
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``a,b,c`` (or a JSON list) for list settings given as one string, e.g. from an env var."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything configurable about the service. Field descriptions double as ``--help`` text."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- server ---------------------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    # --- model ------------------------------------------------------------------------------------------------
+    model_dir: Path = Field(Path("models/fer-cnn-48"),
+                            description="Model name folder (the highest numeric version inside is served) "
+                                        "or one version folder; see docs/model-contract.md.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="fp32, or bf16 via TensorFlow's oneDNN auto-mixed-precision rewrite "
+                            "(fast only on CPUs with AVX512_BF16/AMX).")
+
+    # --- faces ------------------------------------------------------------------------------------------------
+    detector: str = Field(DEFAULT_DETECTOR, description=f"Face detector: {', '.join(DETECTORS)}.")
+    min_face_size: int = Field(40, ge=8, description="Smallest face to report, in pixels of the image.")
+    detection_threshold: float = Field(0.5, ge=0.0, le=1.0,
+                                       description="Minimum detector score (0..1) of a reported face.")
+    max_faces: int = Field(10, ge=1, le=1000, description="At most this many faces per image (largest scores).")
+    face_margin: float = Field(0.2, ge=0.0, le=2.0,
+                               description="Margin added around each face box before cropping, as a fraction "
+                                           "of the box size.")
+
+    # --- batching ---------------------------------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Most face crops per model call.")
+    max_batch_wait_ms: float = Field(5.0, ge=0.0, le=10_000,
+                                     description="Longest wait after a batch's first crop before it runs.")
+    max_queue: int = Field(256, ge=1, description="Most face crops waiting for the model; more is answered 503.")
+
+    # --- limits -----------------------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(10 * MiB, ge=1024, description="Largest image upload, in bytes (413 above).")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image, in pixels (413 above; checked "
+                                                                 "from the header, before decoding).")
+    max_batch_images: int = Field(16, ge=1, le=1000, description="Most images in one /predict/batch request.")
+
+    # --- access -----------------------------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False,
+        description="Comma-separated API keys; when set, every route but /healthz, /metrics and the web page "
+                    "needs 'Authorization: Bearer <key>'.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated CORS origins ('*' for any); CORS is off when empty.")
+
+    # --- WebSocket --------------------------------------------------------------------------------------------
+    ws_max_connections: int = Field(16, ge=1, description="Most concurrent /ws/stream connections.")
+    ws_max_frame_bytes: int = Field(2 * MiB, ge=1024,
+                                    description="Largest WebSocket message; bigger closes the socket with 1009.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("detector")
+    @classmethod
+    def _known_detector(cls, value: str) -> str:
+        if value not in DETECTORS:
+            raise ValueError(f"unknown detector {value!r}; choose one of {', '.join(DETECTORS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.max_queue < self.max_batch_size:
+            raise ValueError(f"max_queue ({self.max_queue}) must be at least max_batch_size "
+                             f"({self.max_batch_size})")
+        if any(not key for key in self.api_keys):
+            raise ValueError("api_keys must not contain empty keys")
+        return self
+
+    @property
+    def max_batch_wait_s(self) -> float:
+        return self.max_batch_wait_ms / 1000.0
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one flag per setting; ``--help`` shows defaults and environment variable names."""
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Facial-expression recognition service. Every flag can also be set with the environment "
+                    f"variable shown ({ENV_PREFIX}<NAME>); flags win over environment variables.",
+    )
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default) if default else "(none)"
+        env = ENV_PREFIX + name.upper()
+        kwargs: dict[str, Any] = {"default": None, "dest": name, "metavar": name.upper(),
+                                  "help": f"{field.description} [default: {default}; env: {env}]"}
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        if name == "detector":
+            choices = DETECTORS
+        if choices:
+            kwargs["choices"] = choices
+            kwargs.pop("metavar")
+        parser.add_argument(_flag(name), **kwargs)
+    return parser
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into ``Settings``; flags override ``FER_*`` variables."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {name: value for name, value in vars(args).items() if value is not None}
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,81 @@
+"""Every Prometheus metric of the service, in one registry per app (so tests can run several apps).
+
+Naming follows Prometheus conventions: one ``fer_`` prefix, base units (seconds), ``_total`` counters. The
+``route`` label is the route template (``/predict``), never the raw path, so its cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_FACE_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
+
+
+class Metrics:
+    """The service's metrics; also the ``BatchObserver`` of the micro-batcher."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter("fer_http_requests", "HTTP requests answered.",
+                                     ["route", "method", "status"], registry=r)
+        self.http_duration = Histogram("fer_http_request_duration_seconds", "HTTP request latency.",
+                                       ["route", "method"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.inference_duration = Histogram("fer_inference_duration_seconds", "Duration of one model call.",
+                                            buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("fer_batch_size", "Face crops per model call.", buckets=_BATCH_BUCKETS,
+                                    registry=r)
+        self.queue_depth_gauge = Gauge("fer_queue_depth", "Face crops waiting for the model.", registry=r)
+        self.queue_wait_seconds = Histogram("fer_queue_wait_seconds", "Time a request's crops waited for their "
+                                            "model call.", buckets=_LATENCY_BUCKETS, registry=r)
+        self.faces_per_image = Histogram("fer_faces_per_image", "Faces found per image.", buckets=_FACE_BUCKETS,
+                                         registry=r)
+        self.images_without_face = Counter("fer_images_without_face", "Images in which no face was found.",
+                                           registry=r)
+        self.rejected_total = Counter("fer_rejected", "Requests or frames refused, by reason.", ["reason"],
+                                      registry=r)
+        self.websocket_connections = Gauge("fer_websocket_connections", "Open /ws/stream connections.",
+                                           registry=r)
+        self.websocket_frames_dropped = Counter("fer_websocket_frames_dropped", "Stream frames replaced by a "
+                                                "newer one before they were processed.", registry=r)
+        self.model_load_seconds = Gauge("fer_model_load_seconds", "Time to load and validate the model.",
+                                        registry=r)
+        self.model_info = Info("fer_model", "The model being served.", registry=r)
+
+    # --- BatchObserver -------------------------------------------------------------------------------------------
+
+    def queue_depth(self, crops: int) -> None:
+        self.queue_depth_gauge.set(crops)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def batch_done(self, crops: int, seconds: float) -> None:
+        self.batch_size.observe(crops)
+        self.inference_duration.observe(seconds)
+
+    def rejected(self, reason: str) -> None:
+        self.rejected_total.labels(reason=reason).inc()
+
+    # --- the rest ------------------------------------------------------------------------------------------------
+
+    def image_done(self, faces: int) -> None:
+        self.faces_per_image.observe(faces)
+        if faces == 0:
+            self.images_without_face.inc()
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(route=route, method=method, status=str(status)).inc()
+        self.http_duration.labels(route=route, method=method).observe(seconds)
+
+    def model_loaded(self, name: str, version: str, seconds: float) -> None:
+        self.model_load_seconds.set(seconds)
+        self.model_info.info({"name": name, "version": version})
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

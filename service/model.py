@@ -1,0 +1,278 @@
+"""Load and validate an exported model (docs/model-contract.md) and run it on batches of face crops.
+
+``load_model`` resolves the model folder, reads ``metadata.json`` into ``ModelMetadata``, loads the SavedModel
+through a ``Runtime`` and checks the two against each other. Any violation raises ``ModelLoadError`` with one
+message naming what is wrong. Nothing model-specific (sizes, labels, colour mode) is hard-coded here: it all comes
+from the metadata and the signature.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+#: Largest input side the service accepts from a model's metadata (sanity bound, not a model choice).
+MAX_INPUT_SIDE = 1024
+CHANNELS_FOR_MODE = {"grayscale": 1, "rgb": 3}
+
+
+# --- metadata -------------------------------------------------------------------------------------------------
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    height: int = Field(ge=8, le=MAX_INPUT_SIDE)
+    width: int = Field(ge=8, le=MAX_INPUT_SIDE)
+    channels: Literal[1, 3]
+    color_mode: Literal["grayscale", "rgb"]
+    dtype: Literal["float32"] = "float32"
+
+
+class SignatureSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    key: str = Field(min_length=1)
+    input: str = Field(min_length=1)
+    output: str = Field(min_length=1)
+
+
+class ModelMetadata(BaseModel):
+    """The fields of ``metadata.json`` the service relies on (others are kept but not interpreted)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    schema_version: int
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    labels: list[str] = Field(min_length=2)
+    input: InputSpec
+    signature: SignatureSpec
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value not in SUPPORTED_SCHEMA_VERSIONS:
+            raise ValueError(f"schema_version {value} is not supported (supported: {SUPPORTED_SCHEMA_VERSIONS})")
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str]) -> list[str]:
+        if len(set(labels)) != len(labels) or any(not label for label in labels):
+            raise ValueError("labels must be non-empty and unique")
+        return labels
+
+    def check_consistent(self) -> None:
+        """Cross-field checks pydantic's per-field validation cannot express."""
+        expected = CHANNELS_FOR_MODE[self.input.color_mode]
+        if self.input.channels != expected:
+            raise ValueError(f"input.channels is {self.input.channels} but color_mode "
+                             f"'{self.input.color_mode}' needs {expected}")
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(root)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def read_metadata(version_dir: Path) -> ModelMetadata:
+    """Read and validate ``<version_dir>/metadata.json``; raises ``ModelLoadError``."""
+    path = version_dir / METADATA_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing (see docs/model-contract.md)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+    try:
+        metadata = ModelMetadata.model_validate(raw)
+        metadata.check_consistent()
+    except ValidationError as exc:
+        raise ModelLoadError(f"{path} violates the model contract: {_format_validation_error(exc)}") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"{path} violates the model contract: {exc}") from None
+    return metadata
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A version folder as is, or a name folder's highest numeric version; raises ``ModelLoadError``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    if (path / METADATA_FILE).is_file() or (path / "saved_model.pb").is_file():
+        return path
+    versions = [child for child in path.iterdir() if child.is_dir() and child.name.isdigit()]
+    if not versions:
+        raise ModelLoadError(f"{path} is neither a model version folder (no {METADATA_FILE}) nor a model name "
+                             "folder (no numeric version sub-folder)")
+    return max(versions, key=lambda child: int(child.name))
+
+
+# --- runtimes ---------------------------------------------------------------------------------------------------
+
+class Runtime(Protocol):
+    """Runs the exported network: float32 crops ``(N, H, W, C)`` in 0..255 -> probabilities ``(N, labels)``."""
+
+    name: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class TensorFlowRuntime:
+    """The SavedModel's serving signature, called directly (never ``model.predict`` per request).
+
+    ``precision="bf16"`` turns on TensorFlow's oneDNN auto-mixed-precision graph rewrite, which runs the
+    matrix maths in bfloat16 (fast on CPUs with AVX512_BF16/AMX). The switch is process-wide in TensorFlow; it
+    takes effect for functions optimised after it is set, i.e. for models loaded afterwards.
+    """
+
+    name = "tensorflow"
+
+    def __init__(self, saved_model_dir: Path, signature: SignatureSpec, *, precision: str = "fp32") -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        tf.config.optimizer.set_experimental_options(
+            {"auto_mixed_precision_onednn_bfloat16": precision == "bf16"})
+        if precision == "bf16" and not _cpu_has_bf16():
+            log.warning("precision=bf16 requested but this CPU does not report avx512_bf16/amx: expect it slower")
+        try:
+            self._loaded = tf.saved_model.load(str(saved_model_dir))
+        except Exception as exc:  # TF raises a zoo of types (OSError, ValueError, ...) for unreadable models
+            raise ModelLoadError(f"cannot load the SavedModel in {saved_model_dir}: "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        signatures = dict(self._loaded.signatures)
+        if signature.key not in signatures:
+            raise ModelLoadError(f"the SavedModel in {saved_model_dir} has no signature '{signature.key}' "
+                                 f"(it has: {sorted(signatures) or 'none'})")
+        self._fn = signatures[signature.key]
+        _, inputs = self._fn.structured_input_signature
+        if set(inputs) != {signature.input}:
+            raise ModelLoadError(f"signature '{signature.key}' takes inputs {sorted(inputs)}, "
+                                 f"metadata names '{signature.input}'")
+        outputs = self._fn.structured_outputs
+        if signature.output not in outputs:
+            raise ModelLoadError(f"signature '{signature.key}' returns {sorted(outputs)}, "
+                                 f"metadata names '{signature.output}'")
+        self.input_shape: tuple[int | None, ...] = tuple(inputs[signature.input].shape.as_list() or ())
+        self.input_dtype: str = inputs[signature.input].dtype.name
+        self.output_shape: tuple[int | None, ...] = tuple(outputs[signature.output].shape.as_list() or ())
+        self._input_name = signature.input
+        self._output_name = signature.output
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        tensor = self._tf.constant(batch, dtype=self._tf.float32)
+        return self._fn(**{self._input_name: tensor})[self._output_name].numpy()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# --- the loaded model -------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    """A validated model: its metadata, where it came from and the runtime that executes it."""
+
+    metadata: ModelMetadata
+    path: Path
+    runtime: Runtime
+    load_seconds: float = 0.0
+
+    @property
+    def labels(self) -> list[str]:
+        return self.metadata.labels
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` of a crop."""
+        return self.metadata.input.height, self.metadata.input.width
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, len(labels))`` for uint8 crops ``(N, H, W, C)`` in the model's colour mode."""
+        meta = self.metadata.input
+        expected = (meta.height, meta.width, meta.channels)
+        if crops.ndim != 4 or crops.shape[1:] != expected:
+            raise ValueError(f"crops have shape {crops.shape}, the model takes (N, {expected})")
+        probabilities = np.asarray(self.runtime.predict(crops.astype(np.float32, copy=False)))
+        if probabilities.shape != (crops.shape[0], len(self.labels)):
+            raise ValueError(f"the model returned shape {probabilities.shape} for {crops.shape[0]} crops")
+        return probabilities
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """Run the model once per batch size so the first requests do not pay for graph optimisation; checks that
+        every output row is a probability distribution (the contract: softmax output)."""
+        meta = self.metadata.input
+        rng = np.random.default_rng(0)
+        for size in batch_sizes:
+            crops = rng.integers(0, 256, size=(size, meta.height, meta.width, meta.channels), dtype=np.uint8)
+            try:
+                probabilities = self.predict(crops)
+            except ValueError as exc:
+                raise ModelLoadError(f"warm-up failed: {exc}") from None
+            sums = probabilities.sum(axis=1)
+            if not np.all(np.isfinite(probabilities)) or not np.allclose(sums, 1.0, atol=1e-3) \
+                    or probabilities.min() < 0:
+                raise ModelLoadError(f"the model's output is not a probability distribution (row sums "
+                                     f"{sums.min():.4f}..{sums.max():.4f}); the contract needs softmax output")
+
+
+def _check_against_signature(metadata: ModelMetadata, runtime: TensorFlowRuntime, where: Path) -> None:
+    shape = runtime.input_shape
+    if len(shape) != 4:
+        raise ModelLoadError(f"{where}: input '{metadata.signature.input}' has rank {len(shape)} "
+                             f"(shape {list(shape)}), the contract needs rank 4 [batch, height, width, channels]")
+    expected = (metadata.input.height, metadata.input.width, metadata.input.channels)
+    for axis, (actual, wanted) in enumerate(zip(shape[1:], expected), start=1):
+        if actual is not None and actual != wanted:
+            raise ModelLoadError(f"{where}: input shape {list(shape)} does not match metadata "
+                                 f"[batch, {expected[0]}, {expected[1]}, {expected[2]}] (axis {axis})")
+    if runtime.input_dtype != "float32":
+        raise ModelLoadError(f"{where}: input dtype is {runtime.input_dtype}, the contract needs float32")
+    out = runtime.output_shape
+    if len(out) != 2:
+        raise ModelLoadError(f"{where}: output '{metadata.signature.output}' has shape {list(out)}, the contract "
+                             "needs [batch, labels]")
+    if out[1] is not None and out[1] != len(metadata.labels):
+        raise ModelLoadError(f"{where}: the model outputs {out[1]} classes but metadata.json lists "
+                             f"{len(metadata.labels)} labels")
+
+
+def load_model(model_dir: str | Path, *, precision: str = "fp32") -> LoadedModel:
+    """Resolve, read, load and validate a model (no warm-up); raises ``ModelLoadError`` naming the problem."""
+    started = time.perf_counter()
+    version_dir = resolve_model_dir(model_dir)
+    metadata = read_metadata(version_dir)
+    if not (version_dir / "saved_model.pb").is_file():
+        raise ModelLoadError(f"{version_dir} has no saved_model.pb (see docs/model-contract.md)")
+    runtime = TensorFlowRuntime(version_dir, metadata.signature, precision=precision)
+    _check_against_signature(metadata, runtime, version_dir)
+    model = LoadedModel(metadata=metadata, path=version_dir, runtime=runtime)
+    model.load_seconds = time.perf_counter() - started
+    return model

@@ -1,0 +1,173 @@
+"""One ``/ws/stream`` connection: binary frames in, JSON results out, the newest pending frame wins.
+
+Two tasks per connection: the receiver reads every message as it arrives and keeps only the newest unprocessed
+frame (an older pending frame is dropped and counted); the processor takes that frame, runs the pipeline and
+replies. So however fast a client sends, the server works on at most one frame per connection and its replies
+never fall behind the camera. The protocol is documented in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from service.errors import ServiceError, UnauthorizedError
+from service.pipeline import Options
+from service.schemas import Prediction
+
+if TYPE_CHECKING:
+    from service.app import ServiceState
+
+log = logging.getLogger(__name__)
+
+#: Close codes (RFC 6455 and the IANA registry).
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class StreamOptions(BaseModel):
+    """A text message that changes the connection's options; omitted fields keep their value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    detect: bool | None = None
+    max_faces: int | None = Field(None, ge=1)
+
+
+class StreamSession:
+    """Serves one accepted-or-about-to-be-accepted WebSocket until it closes."""
+
+    def __init__(self, websocket: WebSocket, state: "ServiceState") -> None:
+        self.ws = websocket
+        self.state = state
+        self.settings = state.settings
+        self.metrics = state.metrics
+        self.options = Options(detect=True, max_faces=self.settings.max_faces)
+        self.seq = 0  # frames received on this connection; the first frame is 1
+        self.pending: tuple[int, bytes] | None = None
+        self.frame_ready = asyncio.Event()
+        self.dropped = 0  # dropped since the last frame reply
+        self.dropped_total = 0
+        self.send_lock = asyncio.Lock()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        async with self.send_lock:
+            if self.ws.application_state == WebSocketState.CONNECTED:
+                await self.ws.send_text(json.dumps(message))
+
+    async def _refuse(self, code: str, message: str, close_code: int) -> None:
+        """Accept only to say why, then close (browsers cannot read an HTTP status of a refused handshake)."""
+        self.metrics.rejected(code)
+        await self.ws.accept()
+        await self._send({"type": "error", "seq": None, "code": code, "message": message})
+        await self.ws.close(close_code, reason=code)
+
+    async def run(self) -> None:
+        from service.api import check_api_key, ready_predictor  # the routes module owns the shared checks
+
+        try:
+            check_api_key(self.settings.api_keys, self.ws.headers.get("authorization"),
+                          self.ws.query_params.get("api_key"))
+        except UnauthorizedError as exc:
+            await self._refuse(exc.code, exc.message, CLOSE_POLICY_VIOLATION)
+            return
+        try:
+            ready_predictor(self.state)
+        except ServiceError as exc:
+            await self._refuse(exc.code, exc.message, CLOSE_TRY_AGAIN_LATER)
+            return
+        if self.state.websocket_connections >= self.settings.ws_max_connections:
+            await self._refuse("too_many_connections", f"at most {self.settings.ws_max_connections} stream "
+                               "connections are served at once; retry later", CLOSE_TRY_AGAIN_LATER)
+            return
+        self.state.websocket_connections += 1
+        self.metrics.websocket_connections.inc()
+        try:
+            await self.ws.accept()
+            processor = asyncio.create_task(self._process(), name="ws-process")
+            try:
+                await self._receive()
+            finally:
+                processor.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await processor
+        finally:
+            self.state.websocket_connections -= 1
+            self.metrics.websocket_connections.dec()
+
+    async def _receive(self) -> None:
+        limit = self.settings.ws_max_frame_bytes
+        while True:
+            try:
+                message = await self.ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            data, text = message.get("bytes"), message.get("text")
+            size = len(data) if data is not None else len(text.encode()) if text is not None else 0
+            if size > limit:
+                self.metrics.rejected("frame_too_large")
+                async with self.send_lock:
+                    await self.ws.close(CLOSE_TOO_BIG, reason=f"message over {limit} bytes")
+                return
+            if data is not None:
+                self.seq += 1
+                if self.pending is not None:  # latest wins: the older unprocessed frame is dropped
+                    self.dropped += 1
+                    self.dropped_total += 1
+                    self.metrics.websocket_frames_dropped.inc()
+                self.pending = (self.seq, data)
+                self.frame_ready.set()
+            elif text is not None:
+                await self._set_options(text)
+
+    async def _set_options(self, text: str) -> None:
+        try:
+            update = StreamOptions.model_validate_json(text)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors())
+            self.metrics.rejected("invalid_parameter")
+            await self._send({"type": "error", "seq": None, "code": "invalid_parameter",
+                              "message": f"bad options message ({problems}); send JSON like "
+                                         '{"detect": true, "max_faces": 5}'})
+            return
+        detect = self.options.detect if update.detect is None else update.detect
+        max_faces = self.options.max_faces if update.max_faces is None \
+            else min(update.max_faces, self.settings.max_faces)
+        self.options = Options(detect=detect, max_faces=max_faces)
+        await self._send({"type": "options", "detect": detect, "max_faces": max_faces})
+
+    async def _process(self) -> None:
+        from service.api import ready_predictor
+
+        while True:
+            await self.frame_ready.wait()
+            self.frame_ready.clear()
+            if self.pending is None:
+                continue
+            (seq, data), self.pending = self.pending, None
+            dropped, self.dropped = self.dropped, 0
+            header = {"seq": seq, "dropped": dropped, "dropped_total": self.dropped_total}
+            try:
+                result = await ready_predictor(self.state).predict(data, self.options)
+            except ServiceError as exc:
+                self.metrics.rejected(exc.code)
+                reply: dict[str, Any] = {"type": "error", **header, "code": exc.code, "message": exc.message}
+            except Exception:  # never leak internals; keep the connection serving
+                log.exception("stream frame %d failed", seq)
+                reply = {"type": "error", **header, "code": "internal_error", "message": "internal server error"}
+            else:
+                prediction = Prediction.from_result(self.state.model_ref, result)
+                reply = {"type": "result", **header, **prediction.model_dump()}
+            try:
+                await self._send(reply)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return
