@@ -55,6 +55,9 @@ _KNOWN_UNSUPPORTED_SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
     ("JPEG 2000", 0, b"\xff\x4f\xff\x51"),
     ("SVG", 0, b"<svg"),
     ("PSD", 0, b"8BPS"),
+    # A TIFF Pillow cannot identify uses a compression or layout Pillow does not decode (e.g. planar JPEG).
+    ("This kind of TIFF", 0, b"II*\x00"),
+    ("This kind of TIFF", 0, b"MM\x00*"),
 )
 
 # Exceptions Pillow's decoders raise on corrupt data (besides OSError): plugins parse headers with struct and
@@ -80,7 +83,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     """
     if not data:
         raise EmptyImageError("The request carries no image data.")
-    image = _open_header(data)
+    image = _open_header(data, max_pixels)
     width, height = image.size
     if width <= 0 or height <= 0:
         raise InvalidImageError(f"The image declares an empty canvas ({width}x{height}).")
@@ -94,7 +97,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     return _decode_pillow(image)
 
 
-def _open_header(data: bytes) -> Image.Image:
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     """Open the file lazily (Pillow reads only the header here) and check that its format is accepted."""
     try:
         with warnings.catch_warnings():
@@ -102,7 +105,9 @@ def _open_header(data: bytes) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"The image declares too many pixels to decode safely ({exc}).") from exc
+        # Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS, ~179 MP) tripped while reading the header.
+        raise ImageTooLargeError(
+            f"The image declares more pixels than Pillow decodes safely; the limit is {max_pixels} pixels.") from exc
     except UnidentifiedImageError as exc:
         unsupported = _known_unsupported_format(data)
         if unsupported:
@@ -165,12 +170,12 @@ def _describe(exc: BaseException) -> str:
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
     """Convert any Pillow mode to an ``H×W×3`` uint8 RGB array (see the module docstring for the rules)."""
     mode = image.mode
-    if mode == "RGB":
-        return np.array(image, dtype=np.uint8)
     if mode == "P":
         image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
         mode = image.mode
-    elif mode == "PA":
+    if mode == "RGB":
+        return np.array(image, dtype=np.uint8)
+    if mode == "PA":
         image = image.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "RGBa", "LA", "La", "RGBX"):
