@@ -14,6 +14,7 @@ and ``numpy``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -241,6 +242,7 @@ class Stream:
         self.reply_timeout_s = reply_timeout_s
         self.retries = retries
         self.connection: ClientConnection | None = None
+        self._exit = contextlib.ExitStack()
         self.dropped_total = 0       # frames the server reported dropped, over all connections
         self._dropped_closed = 0
 
@@ -248,8 +250,11 @@ class Stream:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
         try:
             # compression off: JPEG does not compress, deflate would only cost CPU on both sides
-            self.connection = connect(self.url, additional_headers=headers, compression=None,
-                                      max_size=None, open_timeout=10, proxy=None)
+            # Entered as a context manager (newer websockets deprecate a bare connect()); closed in close().
+            self._exit = contextlib.ExitStack()
+            self.connection = self._exit.enter_context(
+                connect(self.url, additional_headers=headers, compression=None, max_size=None, open_timeout=10,
+                        proxy=None))
         except InvalidStatus as error:
             status = error.response.status_code
             detail = _error_detail(error.response.body or b"")
@@ -263,17 +268,29 @@ class Stream:
             raise ClientError(f"WebSocket handshake with {self.url} failed: {error}", EXIT_STREAM) from None
         except (OSError, TimeoutError) as error:
             raise ClientError(f"cannot reach the service at {self.url}: {error}", EXIT_UNREACHABLE) from None
-        if self.options:
+        # The options message doubles as a handshake: the service answers it with {"type": "options"} once the
+        # connection is accepted, or sends its refusal (an error with seq null: bad key, not ready, too many
+        # connections) and closes.
+        try:
             self.connection.send(json.dumps(self.options))
+        except ConnectionClosed:
+            pass  # refused at once: the reason is in the message the service sent before closing, read below
+        try:
             reply = self._recv()
-            if reply.get("type") == "error":
+        except ConnectionClosed as closed:
+            self.close()
+            raise _closed_error(closed, "") from None
+        if reply.get("type") == "error":
+            self.close()
+            code = reply.get("code")
+            if code == "invalid_parameter":
                 raise ClientError(f"the service rejected the options {self.options}: {reply.get('message')}",
                                   EXIT_USAGE)
+            raise _refusal_error(code, reply.get("message"))
 
     def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
+        self.connection = None
+        self._exit.close()
 
     def _recv(self) -> dict[str, Any]:
         assert self.connection is not None
@@ -300,6 +317,8 @@ class Stream:
                 self.connection.send(jpeg)
                 while True:
                     reply = self._recv()
+                    if reply.get("type") == "error" and reply.get("seq") is None:
+                        raise _refusal_error(reply.get("code"), reply.get("message"))
                     if reply.get("type") in ("result", "error"):
                         break  # "options" acknowledgements and unknown types are skipped
                 if reply.get("type") == "result":
@@ -307,15 +326,11 @@ class Stream:
                 return reply
             except ConnectionClosed as closed:
                 self._dropped_closed = self.dropped_total
-                self.connection = None
+                self.close()
                 code = closed.rcvd.code if closed.rcvd else 1006
                 reason = closed.rcvd.reason if closed.rcvd else ""
-                if code == 1009:
-                    raise ClientError(f"the service closed the stream: a frame was over its size limit "
-                                      f"({len(jpeg)} bytes); lower --max-width or --jpeg-quality", EXIT_STREAM) from None
-                if code in (1008, 4401, 4403):
-                    raise ClientError(f"the service closed the stream ({code} {reason}): check --api-key",
-                                      EXIT_AUTH) from None
+                if code in (1008, 1009, 4401, 4403):
+                    raise _closed_error(closed, f" ({len(jpeg)} bytes)") from None
                 attempt += 1
                 if attempt > self.retries:
                     raise ClientError(f"the stream closed ({code} {reason}) and {self.retries} reconnects failed",
@@ -325,10 +340,32 @@ class Stream:
                       f"(attempt {attempt}/{self.retries})", file=sys.stderr)
                 time.sleep(delay)
             except ClientError as error:
-                if error.exit_code != EXIT_UNREACHABLE or attempt >= self.retries:
+                if error.exit_code not in (EXIT_UNREACHABLE, EXIT_NOT_READY) or attempt >= self.retries:
                     raise
                 attempt += 1
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
+
+
+def _refusal_error(code: str | None, message: str | None) -> ClientError:
+    """The ``ClientError`` for a connection-level error message of the service (``seq`` null)."""
+    if code == "unauthorized":
+        return ClientError(f"the service refused the API key: {message}. Pass --api-key or set {API_KEY_ENV}",
+                           EXIT_AUTH)
+    if code in ("not_ready", "shutting_down"):
+        return ClientError(f"the service is not ready: {message}", EXIT_NOT_READY)
+    return ClientError(f"the service refused the stream ({code}): {message}", EXIT_STREAM)
+
+
+def _closed_error(closed: ConnectionClosed, frame_note: str) -> ClientError:
+    """The ``ClientError`` for a stream the service closed and that must not be retried as is."""
+    code = closed.rcvd.code if closed.rcvd else 1006
+    reason = closed.rcvd.reason if closed.rcvd else ""
+    if code == 1009:
+        return ClientError(f"the service closed the stream: a frame was over its size limit{frame_note}; lower "
+                           "--max-width or --jpeg-quality", EXIT_STREAM)
+    if code in (1008, 4401, 4403):
+        return ClientError(f"the service closed the stream ({code} {reason}): check --api-key", EXIT_AUTH)
+    return ClientError(f"the service closed the stream ({code} {reason})", EXIT_STREAM)
 
 
 # ---- output: lines, logs, annotated video ------------------------------------------------------------------------
@@ -526,9 +563,7 @@ def run(args: argparse.Namespace) -> int:
     """Stream the source and write the outputs; returns the exit code."""
     source = open_source(args.source)
     wait_until_ready(args.url, args.wait_ready, args.api_key, quiet=args.quiet)
-    options: dict[str, Any] = {}
-    if args.no_detect:
-        options["detect"] = False
+    options: dict[str, Any] = {"detect": not args.no_detect}
     if args.max_faces is not None:
         options["max_faces"] = args.max_faces
     stream = Stream(args.url, args.api_key, options, args.max_frame_bytes, args.timeout, args.retries)

@@ -225,6 +225,7 @@
     ws: null,
     attempt: 0,            // failed connection attempts since the last good reply: drives the backoff
     reconnectTimer: null,
+    refusal: null,         // the service's last connection-level error message ({code, message}), if any
     sendTimer: null,
     capturing: false,      // a frame is being encoded
     inFlight: null,        // {seq, sentAt} of the frame awaiting its reply: at most one at a time
@@ -325,6 +326,7 @@
     sock.binaryType = "arraybuffer";
     live.ws = sock;
     let opened = false;
+    live.refusal = null;
     sock.addEventListener("open", () => {
       if (live.ws !== sock) return;
       opened = true;
@@ -340,12 +342,23 @@
     sock.addEventListener("close", (event) => {
       if (live.ws !== sock) return;   // a socket we closed ourselves
       closeSocket();
-      if (live.running) scheduleReconnect(event, opened);
+      if (!live.running) return;
+      if (event.code === 1008 || (live.refusal && live.refusal.code === "unauthorized")) {
+        // Retrying with the same key cannot work: wait for the user to change it (that reconnects).
+        const why = live.refusal ? live.refusal.message : (event.reason || "API key missing or wrong");
+        setWsState("refused");
+        setMessage("socket", `The service refused the stream: ${why}. Enter a valid key in the API key field; `
+          + "the stream reconnects when the key changes.");
+        return;
+      }
+      scheduleReconnect(event, opened);
     });
   }
 
   function closeReason(event, opened) {
-    const reason = event.reason ? ` (${event.reason})` : "";
+    // The service explains a refusal in an error message (seq null) just before closing: prefer its words.
+    const said = live.refusal ? live.refusal.message : event.reason;
+    const reason = said ? ` (${said})` : "";
     switch (event.code) {
       case 1008: case 4401: case 4403:
         return `The service refused the stream${reason || " (API key missing or wrong?)"}. Check the API key field.`;
@@ -456,6 +469,9 @@
       showModel(msg);
       renderOverlay(ui.liveOverlay, msg, ui.mirror.checked);
       renderFaces(ui.liveFaces, msg);
+    } else if (msg.type === "error" && (msg.seq === null || msg.seq === undefined)) {
+      live.refusal = msg;     // about the connection, not a frame: the close that follows says what to do
+      return;
     } else if (msg.type === "error") {
       if (live.inFlight && msg.seq >= live.inFlight.seq) live.inFlight = null;
       setMessage("frame", `Frame ${msg.seq} was refused: ${msg.message} (${msg.code}).`, "warn");
