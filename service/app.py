@@ -157,8 +157,8 @@ def _register_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 def route_label(scope: Scope) -> str:
     """The matched route's template (bounded label values), ``"unmatched"`` when no route matched."""
     route = scope.get("route")
-    if isinstance(route, Mount):
-        return route.path + "/{path}"  # the static page: one label for all its files
+    if isinstance(route, Mount) or isinstance(scope.get("endpoint"), StaticFiles):
+        return "/{path}"  # the static page mounted at "/": one label for all its files
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
 

@@ -93,6 +93,7 @@ class MicroBatcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
+        self._running: list[_Pending] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     @property
@@ -147,10 +148,13 @@ class MicroBatcher:
                     await self._worker
                 except asyncio.CancelledError:
                     pass
+        error = ShuttingDownError("the service is shutting down")
+        for item in self._running:  # a batch abandoned by the timeout
+            _fail(item.future, error)
         while self._pending:
-            _fail(self._pending.popleft().future, ShuttingDownError("the service is shutting down"))
+            _fail(self._pending.popleft().future, error)
         self._pending_crops = 0
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False)  # never block the event loop on a stuck model call
 
     # --- worker -------------------------------------------------------------------------------------------------
 
@@ -213,6 +217,7 @@ class MicroBatcher:
                 self._observer.queue_wait(now - item.enqueued)
             crops = batch[0].crops if len(batch) == 1 else np.concatenate([item.crops for item in batch])
             started = time.perf_counter()
+            self._running = batch
             try:
                 rows = await loop.run_in_executor(self._executor, self._fn, crops)
                 if len(rows) != len(crops):
@@ -222,7 +227,9 @@ class MicroBatcher:
                 error = InferenceError(f"inference failed: {type(exc).__name__}")
                 for item in batch:
                     _fail(item.future, error)
+                self._running = []
                 continue
+            self._running = []  # (left set when cancelled, so that stop() can fail that batch)
             self._observer.batch_done(len(crops), time.perf_counter() - started)
             offset = 0
             for item in batch:

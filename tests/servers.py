@@ -1,0 +1,96 @@
+"""Run the real service for tests: uvicorn in a background thread on a free loopback port.
+
+``running_service(model_dir, **settings)`` starts ``create_app(Settings(...))`` under the same uvicorn configuration
+``python -m service`` uses, waits until ``/readyz`` answers 200 and yields a ``RunningService`` with its base URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import uvicorn
+
+from service.app import create_app, uvicorn_config
+from service.config import Settings
+
+READY_TIMEOUT_S = 180.0
+
+
+@dataclass
+class RunningService:
+    url: str
+    ws_url: str
+    settings: Settings
+    server: uvicorn.Server
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=30).text
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels`` (0.0 when there are none)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            continue
+        total += float(value)
+    return total
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def running_service(model_dir: Path, *, wait_ready: bool = True, **settings: Any) -> Iterator[RunningService]:
+    """Serve ``model_dir`` with ``settings`` overrides until the ``with`` block ends."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    values = {"model_dir": model_dir, "port": port, **settings}
+    config = Settings(**values)
+    failures: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        failures.append(message)
+
+    server = uvicorn.Server(uvicorn_config(create_app(config, on_fatal=on_fatal), config, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{port}")
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    service = RunningService(url=url, ws_url=f"ws://127.0.0.1:{port}", settings=config, server=server)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        path = "/readyz" if wait_ready else "/healthz"
+        while True:
+            if failures:
+                raise RuntimeError(f"the service failed to start: {failures[0]}")
+            try:
+                if httpx.get(url + path, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the service at {url} did not become ready")
+            time.sleep(0.05)
+        yield service
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
