@@ -562,14 +562,20 @@ class Summary:
 def run(args: argparse.Namespace) -> int:
     """Stream the source and write the outputs; returns the exit code."""
     source = open_source(args.source)
-    wait_until_ready(args.url, args.wait_ready, args.api_key, quiet=args.quiet)
+    annotate_fps = source.fps or args.fps or 10.0
+    annotator = Annotator(args.annotate, annotate_fps) if args.annotate else None
+    log = FrameLog(args.log) if args.log else None
+    try:
+        wait_until_ready(args.url, args.wait_ready, args.api_key, quiet=args.quiet)
+    except ClientError:
+        source.close()
+        if log:
+            log.close()
+        raise
     options: dict[str, Any] = {"detect": not args.no_detect}
     if args.max_faces is not None:
         options["max_faces"] = args.max_faces
     stream = Stream(args.url, args.api_key, options, args.max_frame_bytes, args.timeout, args.retries)
-    log = FrameLog(args.log) if args.log else None
-    annotate_fps = source.fps or args.fps or 10.0
-    annotator = Annotator(args.annotate, annotate_fps) if args.annotate else None
     summary = Summary()
     print(f"streaming {source.description} to {stream.url}", file=sys.stderr)
     started = time.monotonic()

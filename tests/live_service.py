@@ -23,6 +23,8 @@ from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
+#: The API key of the shared test service: the page and client tests use the same one, so they share one process.
+TEST_API_KEY = "e2e-test-key"
 READY_TIMEOUT_S = 180.0  # a tiny model loads in ~10 s here; CI machines share their 2 cores with other work
 
 

@@ -17,14 +17,15 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.live_service import ARTIFACTS, ServiceProcess, model_labels, new_service, running_service
+from tests.live_service import (ARTIFACTS, TEST_API_KEY, ServiceProcess, model_labels, new_service,
+                                running_service)
 from tests.photos import ASTRONAUT_FACE, astronaut, iou, no_face
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="Debian's chromium is not installed (apt-get install -y chromium)")
 
-API_KEY = "page-test-key"
+API_KEY = TEST_API_KEY
 TIMEOUT_MS = 60_000  # generous: CI shares two cores between the browser, the service and the model
 
 # The flags that keep Chromium headless and quiet: without the networking ones it keeps calling outside hosts.
