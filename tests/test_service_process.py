@@ -1,0 +1,157 @@
+"""``python -m service`` as a real process: flags and environment variables, readiness while the model loads,
+refusing to start on a broken model, bf16 precision, structured logs and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from service.config import Settings
+from tests import photos
+from tests.servers import free_socket, metric_value
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def service_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FER_")}
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **values})
+    return env
+
+
+def free_port() -> int:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def test_help_lists_every_setting_with_default_and_env_name() -> None:
+    out = subprocess.run([sys.executable, "-m", "service", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=service_env())
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in text
+        assert "FER_" + name.upper() in text
+    assert "[default: 127.0.0.1; env: FER_HOST]" in text
+    assert "[default: 8000; env: FER_PORT]" in text
+    assert "[default: models/fer-cnn-48; env: FER_MODEL_DIR]" in text
+
+
+def test_flags_override_environment_variables() -> None:
+    from service.config import settings_from_args
+
+    old = dict(os.environ)
+    try:
+        os.environ.update({"FER_PORT": "9001", "FER_API_KEYS": "a, b", "FER_MAX_FACES": "3"})
+        settings = settings_from_args(["--port", "9002", "--cors-origins", "http://x.example,http://y.example"])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert settings.port == 9002 and settings.max_faces == 3
+    assert settings.api_keys == ["a", "b"]
+    assert settings.cors_origins == ["http://x.example", "http://y.example"]
+    bad = subprocess.run([sys.executable, "-m", "service", "--max-batch-size", "0"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env=service_env())
+    assert bad.returncode == 2 and "max_batch_size" in bad.stderr
+
+
+def test_broken_model_refuses_to_start_with_one_clear_message(exported_model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken" / "1"
+    shutil.copytree(exported_model, broken)
+    metadata = json.loads((broken / "metadata.json").read_text())
+    metadata["labels"] = metadata["labels"][:3]
+    (broken / "metadata.json").write_text(json.dumps(metadata))
+    out = subprocess.run([sys.executable, "-m", "service", "--model-dir", str(broken.parent), "--port",
+                          str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=service_env())
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == (f"error: cannot serve the model: {broken}: the model outputs {len(metadata['labels']) + 4} "
+                    f"classes but metadata.json lists 3 labels")
+    assert "Traceback" not in out.stderr
+
+
+@pytest.fixture
+def process(exported_model: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env=service_env(FER_MODEL_DIR=str(exported_model), FER_PORT=str(port),
+                                            FER_PRECISION="bf16", FER_MAX_BATCH_WAIT_MS="3000"))
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def test_lifecycle_readiness_bf16_logs_and_graceful_shutdown(process: tuple[subprocess.Popen[str], str],
+                                                             exported_model: Path) -> None:
+    proc, url = process
+    jpeg = photos.encode(photos.astronaut().image[100:148, 180:228])
+    deadline = time.monotonic() + 120
+    while True:  # /healthz answers as soon as the port is open, long before the model is ready
+        assert proc.poll() is None and time.monotonic() < deadline
+        try:
+            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.02)
+    not_ready = httpx.get(url + "/readyz", timeout=5)
+    assert not_ready.status_code == 503
+    assert not_ready.json() == {"error": {"code": "not_ready", "message": "the model is still loading"}}
+    early = httpx.post(url + "/predict", content=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert early.status_code == 503 and early.json()["error"]["code"] == "not_ready"
+    while httpx.get(url + "/readyz", timeout=5).status_code != 200:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # detect=false: the whole 48x48 image is the crop; it waits in the 3 s batch window while SIGTERM arrives
+        in_flight = pool.submit(httpx.post, url + "/predict?detect=false", content=jpeg,
+                                headers={"Content-Type": "image/jpeg"}, timeout=60)
+        while metric_value(httpx.get(url + "/metrics", timeout=5).text, "fer_queue_depth") < 1:
+            assert not in_flight.done() and time.monotonic() < deadline
+        proc.send_signal(signal.SIGTERM)
+        response = in_flight.result(timeout=60)
+    assert response.status_code == 200  # finished, not dropped
+    # uvicorn re-raises the signal it handled once it has shut down cleanly, so the exit status says "SIGTERM"
+    assert proc.wait(60) in (0, -signal.SIGTERM)
+    stderr = proc.stderr.read()
+
+    # bf16 execution stays close to fp32 on the same crop
+    from service.images import decode_image
+    from service.model import load_model
+    from service import faces
+
+    model = load_model(exported_model)
+    image = decode_image(jpeg, max_pixels=10**6)
+    meta = model.metadata.input
+    crop = faces.crop_faces(image, [faces.whole_image(image).box], height=meta.height, width=meta.width,
+                            color_mode=meta.color_mode, margin=0.0)
+    expected = model.predict(crop)[0]
+    got = np.array(list(response.json()["faces"][0]["probabilities"].values()))
+    assert np.max(np.abs(got - expected)) < 0.05
+
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "service.access" and line["route"] == "/predict"
+              and line["status"] == 200]
+    assert access and access[-1]["faces"] == 1 and access[-1]["method"] == "POST" and access[-1]["duration_ms"] > 0
+    messages = [line["message"] for line in lines]
+    assert "ready" in messages and "stopped" in messages
+    assert messages.index("stopped") > messages.index("ready")
