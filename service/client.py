@@ -637,11 +637,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _record(frame: Frame, reply: dict[str, Any], faces: list[dict[str, Any]], rtt_ms: float) -> dict[str, Any]:
+    height, width = frame.image.shape[:2]
     record: dict[str, Any] = {"frame": frame.index, "time_s": round(frame.time_s, 4), "source": frame.name or None,
-                              "seq": reply.get("seq"), "rtt_ms": round(rtt_ms, 2)}
+                              "frame_size": {"width": width, "height": height}, "seq": reply.get("seq"),
+                              "rtt_ms": round(rtt_ms, 2)}
     if reply.get("type") == "error":
         record["error"] = {"code": reply.get("code"), "message": reply.get("message")}
         return record
+    # boxes are in the source frame's pixels (frame_size); "image" is the size the service analysed
     record.update(faces=faces, image=reply.get("image"), timings_ms=reply.get("timings_ms"),
                   model=reply.get("model"), dropped=reply.get("dropped", 0))
     return record

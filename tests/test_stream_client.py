@@ -219,3 +219,18 @@ def test_service_urls_are_derived_from_the_base_url() -> None:
     assert stream_url("ws://host:1/custom/path") == "ws://host:1/custom/path"
     assert http_url("ws://host:1/prefix/ws/stream", "readyz") == "http://host:1/prefix/readyz"
     assert http_url("https://fer.example.org/api", "readyz") == "https://fer.example.org/api/readyz"
+
+
+def test_downscaled_frames_report_boxes_in_source_pixels(service: ServiceProcess, video: Path,
+                                                         tmp_path: Path) -> None:
+    log = tmp_path / "small.jsonl"
+    result = run_client(service.url, video, "--api-key", TEST_API_KEY, "--max-width", "480", "--max-frames", "3",
+                        "--log", log)
+    assert result.returncode == EXIT_OK, result.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 3
+    for i, record in enumerate(records):
+        assert record["image"] == {"width": 480, "height": 384}  # what the service saw
+        assert record["frame_size"] == {"width": FRAME_W, "height": FRAME_H}
+        box = record["faces"][0]["box"]                           # mapped back to the 640×512 source
+        assert iou((box["x"], box["y"], box["width"], box["height"]), face_at(i)) > 0.5
