@@ -75,8 +75,8 @@ def _load_blocking(settings: Settings) -> tuple[LoadedModel, face_ops.FaceDetect
     try:
         detector = face_ops.create_detector(settings.detector, min_face_size=settings.min_face_size,
                                             threshold=settings.detection_threshold)
-    except ValueError as exc:
-        raise ModelLoadError(f"detector: {exc}") from None
+    except (ValueError, RuntimeError, ImportError) as exc:  # unknown name, missing package, unreadable weights
+        raise ModelLoadError(f"face detector {settings.detector!r}: {exc}") from None
     detector.detect(np.full((240, 320, 3), 128, dtype=np.uint8))  # first call pays one-off set-up costs
     return model, detector
 
