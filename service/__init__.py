@@ -1,0 +1,1 @@
+"""Facial-expression recognition inference service (FastAPI). Start it with ``python -m service``."""

@@ -101,6 +101,8 @@ class StreamSession:
         finally:
             self.state.websocket_connections -= 1
             self.metrics.websocket_connections.dec()
+            log.info("stream closed", extra={"route": "/ws/stream", "frames": self.seq,
+                                             "dropped_total": self.dropped_total})
 
     async def _receive(self) -> None:
         limit = self.settings.ws_max_frame_bytes

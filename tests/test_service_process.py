@@ -70,18 +70,19 @@ def test_flags_override_environment_variables() -> None:
 
 
 def test_broken_model_refuses_to_start_with_one_clear_message(exported_model: Path, tmp_path: Path) -> None:
+    """(Every contract check is covered in test_service_model.py; this is what the process does with one.)"""
     broken = tmp_path / "broken" / "1"
     shutil.copytree(exported_model, broken)
     metadata = json.loads((broken / "metadata.json").read_text())
-    metadata["labels"] = metadata["labels"][:3]
+    metadata["input"]["color_mode"] = "rgb"  # but channels stays 1
     (broken / "metadata.json").write_text(json.dumps(metadata))
     out = subprocess.run([sys.executable, "-m", "service", "--model-dir", str(broken.parent), "--port",
                           str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=service_env())
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
-    assert last == (f"error: cannot serve the model: {broken}: the model outputs {len(metadata['labels']) + 4} "
-                    f"classes but metadata.json lists 3 labels")
+    assert last == (f"error: cannot serve the model: {broken / 'metadata.json'} violates the model contract: "
+                    "input.channels is 1 but color_mode 'rgb' needs 3")
     assert "Traceback" not in out.stderr
 
 
