@@ -61,7 +61,8 @@ def parse_lines(stdout: str) -> list[re.Match[str]]:
     return matches  # type: ignore[return-value]
 
 
-@pytest.fixture(scope="module")
+# Session scope in every module that uses it: the process is shared (tests/live_service.py) and stops at the end.
+@pytest.fixture(scope="session")
 def service(exported_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     with running_service(exported_model, tmp_path_factory.mktemp("service-logs"), TEST_API_KEY) as running:
         yield running

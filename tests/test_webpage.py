@@ -70,7 +70,8 @@ def fake_camera(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_y4m(tmp_path_factory.mktemp("camera") / "astronaut.y4m", camera_frame())
 
 
-@pytest.fixture(scope="module")
+# Session scope in every module that uses it: the process is shared (tests/live_service.py) and stops at the end.
+@pytest.fixture(scope="session")
 def service(exported_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """The service with an API key configured, so the page's key handling is exercised too."""
     with running_service(exported_model, tmp_path_factory.mktemp("service-logs"), API_KEY) as running:
