@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import secrets
 from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
@@ -12,10 +11,11 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.app import ServiceState
-from service.errors import (MissingFieldError, NotReadyError, PayloadTooLargeError, ServiceError,
-                            ShuttingDownError, TooManyImagesError, UnauthorizedError, UnsupportedMediaTypeError)
+from service.errors import (MissingFieldError, PayloadTooLargeError, ServiceError, TooManyImagesError,
+                            UnsupportedMediaTypeError)
+from service.guards import check_api_key, ready_predictor
 from service.metrics import CONTENT_TYPE_LATEST
-from service.pipeline import Options, Predictor
+from service.pipeline import Options
 from service.schemas import BatchPrediction, ErrorBody, Health, Prediction, Readiness
 from service.stream import StreamSession
 
@@ -31,39 +31,11 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def check_api_key(settings_keys: list[str], authorization: str | None, query_key: str | None = None) -> None:
-    """Raise ``UnauthorizedError`` unless API keys are off or a configured key was sent."""
-    if not settings_keys:
-        return
-    token = None
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            token = value.strip()
-    if token is None and query_key:
-        token = query_key
-    if token is None:
-        raise UnauthorizedError("an API key is required: send 'Authorization: Bearer <key>'")
-    # compare with every key in constant time so timing does not reveal a key's prefix
-    if not any(secrets.compare_digest(token.encode(), key.encode()) for key in settings_keys):
-        raise UnauthorizedError("the API key is not valid")
-
-
 async def require_api_key(request: Request, state: StateDep) -> None:
     check_api_key(state.settings.api_keys, request.headers.get("authorization"))
 
 
 AuthDep = Depends(require_api_key)
-
-
-def ready_predictor(state: ServiceState) -> Predictor:
-    """The predictor, or the 503 that says why there is none yet."""
-    if state.shutting_down:
-        raise ShuttingDownError("the service is shutting down")
-    if not state.ready or state.predictor is None:
-        raise NotReadyError(f"the model failed to load: {state.load_error}" if state.load_error
-                            else "the model is still loading")
-    return state.predictor
 
 
 # --- reading uploads ---------------------------------------------------------------------------------------------

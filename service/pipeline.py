@@ -114,13 +114,14 @@ class Predictor:
 
         Any image that fails to decode fails the whole call (the caller maps that to the request's error).
         """
-        prepared = []
-        for index, data in enumerate(images):
+        async def prepare(index: int, data: bytes) -> _Prepared:
             try:
-                prepared.append(await asyncio.to_thread(self._prepare, data, options))
+                return await asyncio.to_thread(self._prepare, data, options)
             except ServiceError as exc:
                 exc.image_index = index  # type: ignore[attr-defined]  # lets a batch route name the image
                 raise
+
+        prepared = await asyncio.gather(*(prepare(i, data) for i, data in enumerate(images)))
         crops = [p.crops for p in prepared if len(p.crops)]
         started = time.perf_counter()
         rows = await self.batcher.submit(np.concatenate(crops)) if crops else np.empty((0, len(self.model.labels)))

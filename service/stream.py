@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from service.errors import ServiceError, UnauthorizedError
+from service.guards import check_api_key, ready_predictor
 from service.pipeline import Options
 from service.schemas import Prediction
 
@@ -70,8 +71,6 @@ class StreamSession:
         await self.ws.close(close_code, reason=code)
 
     async def run(self) -> None:
-        from service.api import check_api_key, ready_predictor  # the routes module owns the shared checks
-
         try:
             check_api_key(self.settings.api_keys, self.ws.headers.get("authorization"),
                           self.ws.query_params.get("api_key"))
@@ -148,8 +147,6 @@ class StreamSession:
         await self._send({"type": "options", "detect": detect, "max_faces": max_faces})
 
     async def _process(self) -> None:
-        from service.api import ready_predictor
-
         while True:
             await self.frame_ready.wait()
             self.frame_ready.clear()

@@ -1,0 +1,41 @@
+"""Checks shared by the HTTP routes and the WebSocket stream: API keys and readiness."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from service.errors import NotReadyError, ShuttingDownError, UnauthorizedError
+from service.pipeline import Predictor
+
+if TYPE_CHECKING:
+    from service.app import ServiceState
+
+
+def check_api_key(keys: list[str], authorization: str | None, query_key: str | None = None) -> None:
+    """Raise ``UnauthorizedError`` unless ``keys`` is empty or one of them was sent, as ``Authorization: Bearer``
+    or (WebSocket only: browsers cannot set its headers) as ``query_key``."""
+    if not keys:
+        return
+    token = None
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            token = value.strip()
+    if token is None and query_key:
+        token = query_key
+    if token is None:
+        raise UnauthorizedError("an API key is required: send 'Authorization: Bearer <key>'")
+    # constant-time comparison with every key, so response timing reveals nothing about a key
+    if not any(secrets.compare_digest(token.encode(), key.encode()) for key in keys):
+        raise UnauthorizedError("the API key is not valid")
+
+
+def ready_predictor(state: "ServiceState") -> Predictor:
+    """The predictor, or the 503 that says why there is none (loading, failed to load, shutting down)."""
+    if state.shutting_down:
+        raise ShuttingDownError("the service is shutting down")
+    if not state.ready or state.predictor is None:
+        raise NotReadyError(f"the model failed to load: {state.load_error}" if state.load_error
+                            else "the model is still loading")
+    return state.predictor
