@@ -24,7 +24,9 @@ WORKDIR /src
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt
+    && pip install --requirement /tmp/requirements.txt \
+    && rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include
+# (TensorFlow's C++ headers, ~290 MB, are only for compiling custom ops.)
 
 # The service package only: `training/` is not copied, so setuptools finds no training code to install.
 # README.m[d]: pyproject.toml names README.md as the long description; the glob (next to a file that always
