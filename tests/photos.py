@@ -1,9 +1,10 @@
 """Real test photographs, encoded as an upload would be (shared by every test module).
 
-Everything comes from the photographs scikit-image ships in its wheel (no download): ``astronaut`` (one face,
-Eileen Collins in a space suit — also a test for false positives on suits and flags), ``coffee`` and ``chelsea``
-(no face: a cup, a cat) and composed photographs made by pasting the astronaut's head and shoulders, at several
-sizes, mirrored and in grayscale, onto a real background.
+Everything comes from photographs that installed packages ship in their wheels (no download): scikit-image's
+``astronaut`` (one face, Eileen Collins in a space suit), matplotlib's ``grace_hopper.jpg`` (one face, Grace Hopper
+in uniform with a tie, medals, cap and a flag: a test for false positives on clothes), scikit-image's ``coffee``
+and ``chelsea`` (no face: a cup, a cat) and composed photographs made by pasting these two people's head and
+shoulders, at several sizes, mirrored and in grayscale, onto a real background.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import io
 from dataclasses import dataclass
 
 import cv2
+import matplotlib
 import numpy as np
 from PIL import Image
 from skimage import data as skdata
 
 __all__ = [
-    "ASTRONAUT_FACE", "FacePhoto", "astronaut", "no_face", "several_faces", "encode", "one_face_jpeg",
+    "ASTRONAUT_FACE", "HOPPER_FACE", "FacePhoto", "astronaut", "hopper", "head_and_shoulders", "paste_head", "no_face", "several_faces", "encode", "one_face_jpeg",
     "no_face_jpeg", "several_faces_jpeg", "with_exif_orientation", "EXIF_ORIENTATION_INVERSE", "iou",
 ]
 
@@ -25,10 +27,8 @@ __all__ = [
 #: margin of a few pixels of tolerance (see `iou`).
 ASTRONAUT_FACE: tuple[int, int, int, int] = (178, 68, 93, 93)
 
-# Head and shoulders of the astronaut (rows 0..300, columns 100..360): pasted into the composed photos so that
-# each face comes with its natural context (hair, neck, suit) rather than as a bare square.
-_HEAD_ROWS, _HEAD_COLS = slice(0, 300), slice(100, 360)
-_FACE_IN_HEAD = (ASTRONAUT_FACE[0] - 100, ASTRONAUT_FACE[1] - 0, ASTRONAUT_FACE[2], ASTRONAUT_FACE[3])
+#: Where Grace Hopper's face is in matplotlib's ``grace_hopper.jpg`` (512×600), from eyebrows to chin.
+HOPPER_FACE: tuple[int, int, int, int] = (175, 115, 180, 215)
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,48 @@ class FacePhoto:
 def astronaut() -> FacePhoto:
     """512×512 colour photograph with one face of about 93 px."""
     return FacePhoto(skdata.astronaut(), (ASTRONAUT_FACE,))
+
+
+def hopper() -> FacePhoto:
+    """512×600 colour portrait (matplotlib's sample ``grace_hopper.jpg``) with one face of about 190 px."""
+    from PIL import Image as _Image
+
+    path = f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg"
+    with _Image.open(path) as opened:
+        return FacePhoto(np.asarray(opened.convert("RGB")), (HOPPER_FACE,))
+
+
+def head_and_shoulders(person: str = "astronaut") -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A head-and-shoulders cut-out of ``"astronaut"`` or ``"hopper"`` and the face box inside it; pasted into the
+    composed photos so that each face comes with its natural context (hair, neck, clothes), not as a bare square."""
+    if person == "astronaut":
+        image, (x, y, w, h), top, left = astronaut().image[0:300, 100:360], ASTRONAUT_FACE, 0, 100
+    elif person == "hopper":
+        image, (x, y, w, h), top, left = hopper().image[40:480, 60:470], HOPPER_FACE, 40, 60
+    else:
+        raise ValueError(f"unknown person {person!r}")
+    return image, (x - left, y - top, w, h)
+
+
+def paste_head(canvas: np.ndarray, person: str, face_width: int, left: int, top: int, *, mirror: bool = False,
+               grayscale: bool = False) -> tuple[int, int, int, int]:
+    """Paste ``person``'s head and shoulders scaled so that the face is ``face_width`` px wide, with the cut-out's
+    top-left corner at (``left``, ``top``), clipped at the canvas edges. Returns the pasted face box."""
+    head, (fx, fy, fw, fh) = head_and_shoulders(person)
+    scale = face_width / fw
+    patch = cv2.resize(head, (round(head.shape[1] * scale), round(head.shape[0] * scale)),
+                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    fx, fy, fw, fh = (round(v * scale) for v in (fx, fy, fw, fh))
+    if mirror:
+        patch = patch[:, ::-1]
+        fx = patch.shape[1] - fx - fw
+    if grayscale:
+        patch = np.repeat(cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+    height, width = canvas.shape[:2]
+    ph = min(patch.shape[0], height - top)
+    pw = min(patch.shape[1], width - left)
+    canvas[top:top + ph, left:left + pw] = patch[:ph, :pw]
+    return (left + fx, top + fy, fw, fh)
 
 
 def no_face(kind: str = "coffee") -> FacePhoto:
@@ -59,26 +101,18 @@ def several_faces(face_sizes: tuple[int, ...] = (50, 100, 160), *, width: int = 
     detector does not just see one picture copied. Faces are returned left to right.
     """
     canvas = cv2.resize(skdata.coffee(), (width, height), interpolation=cv2.INTER_CUBIC)
-    head = skdata.astronaut()[_HEAD_ROWS, _HEAD_COLS]
+    head, (_, _, face_w, _) = head_and_shoulders("astronaut")
     slot = width // len(face_sizes)
     faces = []
     for index, size in enumerate(face_sizes):
-        scale = size / _FACE_IN_HEAD[2]
-        patch = cv2.resize(head, (round(head.shape[1] * scale), round(head.shape[0] * scale)),
-                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-        fx, fy, fw, fh = (round(v * scale) for v in _FACE_IN_HEAD)
-        if index == mirror_index:
-            patch = patch[:, ::-1]
-            fx = patch.shape[1] - fx - fw
-        if index == grayscale_index:
-            patch = np.repeat(cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
-        ph, pw = patch.shape[:2]
+        scale = size / face_w
+        ph, pw = round(head.shape[0] * scale), round(head.shape[1] * scale)
         if ph > height or pw > slot:
             raise ValueError(f"a {size}px face does not fit in a {slot}x{height} slot")
         left = index * slot + (slot - pw) // 2
         top = height - ph  # heads stand on the bottom edge, like people in a photo
-        canvas[top:top + ph, left:left + pw] = patch
-        faces.append((left + fx, top + fy, fw, fh))
+        faces.append(paste_head(canvas, "astronaut", size, left, top, mirror=index == mirror_index,
+                                grayscale=index == grayscale_index))
     return FacePhoto(canvas, tuple(faces))
 
 
