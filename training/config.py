@@ -85,7 +85,7 @@ PRESETS: dict[str, TrainConfig] = {
     # What 2 CPU cores can train in about two hours: a compact VGG-style CNN at FER-2013's native 48x48.
     "cpu": TrainConfig(
         arch=ArchConfig(backbone="fer_cnn", input_size=48, weights="none", dense_units=256, dropout=0.4),
-        batch_size=64, head_epochs=0, epochs=40, learning_rate=1e-3, early_stopping_patience=8,
+        batch_size=64, head_epochs=0, epochs=30, learning_rate=1e-3, early_stopping_patience=6,
     ),
     # Seconds, for tests and CI: a tiny CNN on a tiny input.
     "smoke": TrainConfig(
