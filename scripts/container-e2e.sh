@@ -68,6 +68,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# grep in a container's log (captured first: `docker logs | grep -q` fails under pipefail when grep exits early).
+log_has() { docker logs "$1" >"$WORK/container.log" 2>&1; grep -q -- "$2" "$WORK/container.log"; }
+
+# The host port Docker published for the container's 8000 (first line of `docker port`, e.g. 127.0.0.1:32768).
+host_port() { local mapping; mapping=$(docker port "$1" 8000/tcp); mapping=${mapping%%$'\n'*}; echo "${mapping##*:}"; }
+
 free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # Waits until the container's own HEALTHCHECK (GET /readyz from inside) says healthy.
@@ -157,7 +163,7 @@ run_hardened() {
 }
 id=$(run_hardened --name "$PROJECT-run" "$IMAGE")
 CONTAINERS+=("$id")
-port=$(docker port "$id" 8000/tcp | head -n1 | sed 's/.*://')
+port=$(host_port "$id")
 log "container ${id:0:12} on 127.0.0.1:$port; waiting for its HEALTHCHECK"
 wait_healthy "$id"
 log "healthy"
@@ -188,7 +194,7 @@ log "SIGTERM to the container"
 docker kill --signal TERM "$id" >/dev/null
 code=$(timeout 60 "$DOCKER" wait "$id") || fail "container did not exit within 60 s of SIGTERM"
 [[ $code == 0 ]] || fail "container exited with $code after SIGTERM"
-docker logs "$id" 2>&1 | grep -q "Application shutdown complete" || fail "no clean application shutdown in the log"
+log_has "$id" "Application shutdown complete" || fail "no clean application shutdown in the log"
 log "exited 0 after a clean shutdown"
 
 # --- a model from a volume instead of the baked one; a missing model refuses to start -------------------------
@@ -196,8 +202,8 @@ id=$(run_hardened --name "$PROJECT-volume" --volume "$ROOT/models/$MODEL_NAME:/m
     --env FER_MODEL_DIR=/models/mounted "$IMAGE")
 CONTAINERS+=("$id")
 wait_healthy "$id"
-docker logs "$id" 2>&1 | grep -q "/models/mounted" || fail "the log does not show the mounted model being loaded"
-"$PYTHON" scripts/container_e2e_checks.py predict "http://127.0.0.1:$(docker port "$id" 8000/tcp | head -n1 | sed 's/.*://')" \
+log_has "$id" '"path": "/models/mounted/' || fail "the log does not show the mounted model being loaded"
+"$PYTHON" scripts/container_e2e_checks.py predict "http://127.0.0.1:$(host_port "$id")" \
     --model "$MODEL_NAME" >/dev/null
 docker rm --force "$id" >/dev/null
 log "model mounted from a volume (FER_MODEL_DIR=/models/mounted) serves"
@@ -205,7 +211,8 @@ id=$(run_hardened --name "$PROJECT-nomodel" --env FER_MODEL_DIR=/models/missing 
 CONTAINERS+=("$id")
 code=$(timeout 120 "$DOCKER" wait "$id") || fail "a container without a model did not exit"
 [[ $code == 2 ]] || fail "a container without a model exited with $code, expected 2"
-log "missing model: exit 2 with '$(docker logs "$id" 2>&1 | grep -m1 '^error:' || true)'"
+log_has "$id" "^error: cannot serve the model" || fail "no one-line refusal in the log of the model-less container"
+log "missing model: exit 2 with '$(grep -m1 '^error:' "$WORK/container.log")'"
 
 # --- docker-compose: the default stack (the service; monitoring is behind the `monitoring` profile) ------------
 compose_port=$(free_port)
