@@ -59,26 +59,36 @@ class FaceDetector(Protocol):
 # Downscaling shared by the detectors
 # ---------------------------------------------------------------------------------------------------------------
 
+#: Images whose longest side is below this (pre-cropped faces such as FER-2013's 48×48) are enlarged for
+#: detection: detectors find a face that fills the whole frame far more reliably with some pixels to work on
+#: (YuNet: 135 → 201 of 210 FER-2013 crops, benchmarks/DETECTORS.md).
+SMALL_IMAGE_SIDE = 144
+_MAX_ENLARGE = 4.0
+
+
 def detection_scale(width: int, height: int, *, max_side: int, min_face_size: int, native_min_face: int) -> float:
-    """The factor (≤ 1) by which the image is shrunk before detection.
+    """The factor by which the image is resized before detection.
 
     Shrinking to ``max_side`` makes detection cost independent of the photo's resolution; but a face of
     ``min_face_size`` pixels must stay at least ``native_min_face`` pixels (the smallest face the detector sees)
-    after shrinking, so the factor never goes below ``native_min_face / min_face_size``.
+    after shrinking, so the factor never goes below ``native_min_face / min_face_size``. Images smaller than
+    `SMALL_IMAGE_SIDE` are enlarged to it (at most 4×).
     """
     longest = max(width, height)
     if longest <= 0:
         return 1.0
+    if longest < SMALL_IMAGE_SIDE:
+        return min(_MAX_ENLARGE, SMALL_IMAGE_SIDE / longest)
     scale = max(max_side / longest, native_min_face / max(min_face_size, 1))
     return min(1.0, scale)
 
 
-def _downscale(image: np.ndarray, scale: float) -> np.ndarray:
-    if scale >= 1.0:
+def _resize_for_detection(image: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
         return image
     height, width = image.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC)
 
 
 def _to_full_resolution(x: float, y: float, w: float, h: float, scale: float, width: int, height: int) -> Box | None:
@@ -142,7 +152,7 @@ class HaarDetector:
         height, width = image.shape[:2]
         scale = detection_scale(width, height, max_side=self.max_side, min_face_size=self.min_face_size,
                                 native_min_face=self.NATIVE_MIN_FACE)
-        small = _downscale(image, scale)
+        small = _resize_for_detection(image, scale)
         gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
         min_size = max(self.NATIVE_MIN_FACE, int(round(self.min_face_size * scale)))
         rects, neighbours = self._classifier().detectMultiScale2(
@@ -190,7 +200,7 @@ class MtcnnDetector:
         _check_image(image)
         height, width = image.shape[:2]
         scale = min(1.0, self.NATIVE_MIN_FACE / max(self.min_face_size, 1))
-        small = _downscale(image, scale)
+        small = _resize_for_detection(image, scale)
         if min(small.shape[:2]) < self.NATIVE_MIN_FACE:
             return []
         with self._lock:
@@ -259,7 +269,7 @@ class YuNetDetector:
         height, width = image.shape[:2]
         scale = detection_scale(width, height, max_side=self.max_side, min_face_size=self.min_face_size,
                                 native_min_face=self.NATIVE_MIN_FACE)
-        small = np.ascontiguousarray(_downscale(image, scale))
+        small = np.ascontiguousarray(_resize_for_detection(image, scale))
         with self._lock:
             found = self._detect_rgb(small.shape[1], small.shape[0], small.tobytes())
         detections = []
