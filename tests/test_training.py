@@ -92,8 +92,9 @@ def test_csv_without_required_columns_is_an_error(tmp_path: Path) -> None:
         read_csv(path, "train")
 
 
-def test_packed_npz_round_trips(tiny_folder_dataset: Path, tmp_path: Path) -> None:
-    packed = pack(tiny_folder_dataset, tmp_path / "fer.npz")
+@pytest.mark.parametrize("encoding", ["pixels", "jpeg"])
+def test_packed_npz_round_trips(tiny_folder_dataset: Path, tmp_path: Path, encoding: str) -> None:
+    packed = pack(tiny_folder_dataset, tmp_path / "fer.npz", encoding=encoding)
     for split in ("train", "val"):
         original, restored = read_split(tiny_folder_dataset, split), read_split(packed, split)
         np.testing.assert_array_equal(original.images, restored.images)

@@ -66,13 +66,15 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help="folder root or Kaggle CSV")
     p.add_argument("--out", required=True, help="output .npz file")
     p.add_argument("--splits", default="train,val", help="comma-separated splits to pack")
+    p.add_argument("--encoding", choices=["pixels", "jpeg"], default="pixels",
+                   help="pixels: decoded arrays (fastest to read); jpeg: the original files (smallest)")
     p.set_defaults(func=_pack)
 
 
 def _pack(args: argparse.Namespace) -> int:
     from training.data import pack
 
-    out = pack(args.data, args.out, tuple(args.splits.split(",")))
+    out = pack(args.data, args.out, tuple(args.splits.split(",")), encoding=args.encoding)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
