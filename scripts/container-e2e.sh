@@ -216,6 +216,8 @@ log "missing model: exit 2 with '$(grep -m1 '^error:' "$WORK/container.log")'"
 
 # --- docker-compose: the default stack (the service; monitoring is behind the `monitoring` profile) ------------
 compose_port=$(free_port)
+# The stack passes some FER_* variables through from this shell: test it with the shipped defaults.
+for variable in $(compgen -e | grep '^FER_' | grep -v '^FER_E2E_' || true); do unset "$variable"; done
 export FER_IMAGE=$IMAGE FER_PUBLISHED_PORT=$compose_port
 log "${COMPOSE[*]} -p $PROJECT up -d (port $compose_port)"
 COMPOSE_UP=1
