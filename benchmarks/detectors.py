@@ -299,7 +299,8 @@ def summarise(result: Result, cases: list[Case], threshold: float) -> dict[str, 
 
 
 def size_recall(result: Result, cases: list[Case], threshold: float) -> dict[str, tuple[int, int]]:
-    buckets = {"40–63 px": (40, 64), "64–127 px": (64, 128), "128–255 px": (128, 256), "≥ 256 px": (256, 10 ** 6)}
+    buckets = {"40–63 px": (40, 64), "64–127 px": (64, 128), "128–255 px": (128, 256),
+               "≥ 256 px": (256, 10 ** 6)}
     totals = {k: [0, 0] for k in buckets}
     for case in cases:
         _, _, flags = match(above(result.per_case[case.name], threshold), case.faces)
@@ -408,7 +409,7 @@ def write_report(path: Path, cases: list[Case], crops: dict[str, tuple[list[np.n
         "",
     ]
     timed = [c for c in cases if c.timed]
-    header = "| detector | threshold | found | missed | FP in photos | FP on no-face photos | " + \
+    header = "| detector | threshold | found | missed | FP (all photos) | of which on no-face photos | " + \
         " | ".join(f"{c.name.replace('group on ', '')} ms" for c in timed) + " |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for result in results:

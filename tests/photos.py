@@ -19,8 +19,8 @@ from PIL import Image
 from skimage import data as skdata
 
 __all__ = [
-    "ASTRONAUT_FACE", "HOPPER_FACE", "FacePhoto", "astronaut", "hopper", "head_and_shoulders", "paste_head", "no_face", "several_faces", "encode", "one_face_jpeg",
-    "no_face_jpeg", "several_faces_jpeg", "with_exif_orientation", "EXIF_ORIENTATION_INVERSE", "iou",
+    "ASTRONAUT_FACE", "HOPPER_FACE", "FacePhoto", "astronaut", "hopper", "head_and_shoulders", "paste_head",
+    "no_face", "several_faces", "encode", "one_face_jpeg", "no_face_jpeg", "several_faces_jpeg", "with_exif_orientation", "EXIF_ORIENTATION_INVERSE", "iou",
 ]
 
 #: Where the astronaut's face is in ``skimage.data.astronaut()`` (x, y, width, height), measured by hand with a
@@ -46,10 +46,8 @@ def astronaut() -> FacePhoto:
 
 def hopper() -> FacePhoto:
     """512×600 colour portrait (matplotlib's sample ``grace_hopper.jpg``) with one face of about 190 px."""
-    from PIL import Image as _Image
-
     path = f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg"
-    with _Image.open(path) as opened:
+    with Image.open(path) as opened:
         return FacePhoto(np.asarray(opened.convert("RGB")), (HOPPER_FACE,))
 
 
