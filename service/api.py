@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Annotated, AsyncIterator
 
@@ -11,8 +12,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.app import ServiceState
-from service.errors import (MissingFieldError, PayloadTooLargeError, ServiceError, TooManyImagesError,
-                            UnsupportedMediaTypeError)
+from service.errors import (MissingFieldError, PayloadTooLargeError, RequestTimeoutError, ServiceError,
+                            TooManyImagesError, UnsupportedMediaTypeError)
 from service.guards import check_api_key, ready_predictor
 from service.metrics import CONTENT_TYPE_LATEST
 from service.pipeline import Options
@@ -45,16 +46,22 @@ def _media_type(request: Request) -> str:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it is known to exceed ``limit`` bytes."""
+    """The request body, refusing (413) as soon as it is known to exceed ``limit`` bytes, and (408) when it has
+    not arrived within the ``body_timeout_s`` setting: a slow-loris upload must not hold a request forever."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"the request body is {int(declared)} bytes; the limit is {limit} bytes")
+    timeout_s = request.app.state.service.settings.body_timeout_s
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 

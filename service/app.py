@@ -42,6 +42,8 @@ log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: Largest request line + headers accepted (uvicorn's h11 limit); larger requests get a 400 from the parser.
+MAX_HEADER_BYTES = 16 * 1024
 _PLACEHOLDER_PAGE = ("<!doctype html><title>FER service</title><p>Facial-expression recognition service. "
                      "See <a href=\"/docs\">/docs</a>.</p>\n")
 
@@ -107,7 +109,7 @@ async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) ->
     batcher.start()
     state.model, state.batcher = model, batcher
     state.predictor = Predictor(model, detector, batcher, state.metrics, max_pixels=settings.max_image_pixels,
-                                margin=settings.face_margin)
+                                margin=settings.face_margin, max_pending_images=settings.max_pending_images)
     state.metrics.model_loaded(model.metadata.name, model.metadata.version, seconds)
     state.ready = True
     log.info("ready", extra={"model": model.metadata.name, "version": model.metadata.version,
@@ -250,11 +252,15 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> "uvico
 
     ``ws_max_size`` equals the frame limit so an oversize WebSocket message is refused by the protocol layer with
     close code 1009 before it is buffered whole; graceful shutdown waits up to 30 s for requests in flight.
+    The HTTP parser is h11, which refuses a request line plus headers over ``h11_max_incomplete_event_size``
+    (16 KiB) with a 400; httptools, uvicorn's other parser, buffers headers of any size (measured: 1 MB of
+    headers and 20,000 header lines were accepted). Request parsing is a small part of a request's cost here.
     """
     import uvicorn
 
     options: dict[str, Any] = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
                                    ws_max_size=settings.ws_max_frame_bytes, timeout_graceful_shutdown=30,
-                                   server_header=False, lifespan="on")
+                                   server_header=False, lifespan="on", http="h11",
+                                   h11_max_incomplete_event_size=MAX_HEADER_BYTES)
     options.update(overrides)
     return uvicorn.Config(app, **options)

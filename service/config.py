@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Sequence, get_args, get_origin
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.faces import DEFAULT_DETECTOR, DETECTORS
+from service.faces import DEFAULT_DETECTOR, DEFAULT_THRESHOLD, DETECTORS
 
 ENV_PREFIX = "FER_"
 
@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # --- faces ------------------------------------------------------------------------------------------------
     detector: str = Field(DEFAULT_DETECTOR, description=f"Face detector: {', '.join(DETECTORS)}.")
     min_face_size: int = Field(40, ge=8, description="Smallest face to report, in pixels of the image.")
-    detection_threshold: float = Field(0.5, ge=0.0, le=1.0,
+    detection_threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0,
                                        description="Minimum detector score (0..1) of a reported face.")
     max_faces: int = Field(10, ge=1, le=1000, description="At most this many faces per image (largest scores).")
     face_margin: float = Field(0.2, ge=0.0, le=2.0,
@@ -65,12 +65,16 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(5.0, ge=0.0, le=10_000,
                                      description="Longest wait after a batch's first crop before it runs.")
     max_queue: int = Field(256, ge=1, description="Most face crops waiting for the model; more is answered 503.")
+    max_pending_images: int = Field(64, ge=1, description="Most images being decoded, searched for faces or "
+                                                          "classified at once; more is answered 503.")
 
     # --- limits -----------------------------------------------------------------------------------------------
     max_upload_bytes: int = Field(10 * MiB, ge=1024, description="Largest image upload, in bytes (413 above).")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image, in pixels (413 above; checked "
                                                                  "from the header, before decoding).")
     max_batch_images: int = Field(16, ge=1, le=1000, description="Most images in one /predict/batch request.")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest time to receive a request body, in "
+                                                                   "seconds (408 after; stops slow uploads).")
 
     # --- access -----------------------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -102,6 +106,9 @@ class Settings(BaseSettings):
         if self.max_queue < self.max_batch_size:
             raise ValueError(f"max_queue ({self.max_queue}) must be at least max_batch_size "
                              f"({self.max_batch_size})")
+        if self.max_pending_images < self.max_batch_images:
+            raise ValueError(f"max_pending_images ({self.max_pending_images}) must be at least max_batch_images "
+                             f"({self.max_batch_images})")
         if any(not key for key in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
         return self

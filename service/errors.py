@@ -49,6 +49,13 @@ class PayloadTooLargeError(ServiceError):
     status, code = 413, "payload_too_large"
 
 
+class RequestTimeoutError(ServiceError):
+    """The request body did not arrive within the body timeout (a stalled or slow-loris upload)."""
+
+    status, code = 408, "request_timeout"
+    headers = {"Connection": "close"}
+
+
 class ImageTooLargeError(ServiceError):
     """More pixels than allowed (refused from the header, before decoding: decompression bombs)."""
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from service import faces as face_ops
 from service.batching import MicroBatcher
-from service.errors import ServiceError
+from service.errors import OverloadedError, ServiceError
 from service.images import decode_image
 from service.metrics import Metrics
 from service.model import LoadedModel
@@ -67,13 +67,18 @@ class Predictor:
     """Runs the pipeline for one model, one detector and one batcher (all owned by the app's lifespan)."""
 
     def __init__(self, model: LoadedModel, detector: face_ops.FaceDetector, batcher: MicroBatcher,
-                 metrics: Metrics, *, max_pixels: int, margin: float) -> None:
+                 metrics: Metrics, *, max_pixels: int, margin: float, max_pending_images: int | None = None) -> None:
         self.model = model
         self.detector = detector
         self.batcher = batcher
         self.metrics = metrics
         self.max_pixels = max_pixels
         self.margin = margin
+        # Admission bound for the whole pipeline. The batcher's queue only bounds crops waiting for the model;
+        # decoding and detection (the costly stages for a small model) queue for worker threads, and without this
+        # bound an overload would grow that queue, and everyone's latency, without limit.
+        self.max_pending_images = max_pending_images
+        self.pending_images = 0
 
     def _prepare(self, data: bytes, options: Options) -> _Prepared:
         """Decode, detect and crop (blocking: run in a thread)."""
@@ -113,7 +118,19 @@ class Predictor:
         """Results for several images in order; all their crops go to the model together (one submit).
 
         Any image that fails to decode fails the whole call (the caller maps that to the request's error).
+        Raises ``OverloadedError`` at once when ``max_pending_images`` images are already in the pipeline.
         """
+        count = len(images)
+        if self.max_pending_images is not None and self.pending_images + count > self.max_pending_images:
+            raise OverloadedError(f"the service is busy ({self.pending_images} of {self.max_pending_images} images "
+                                  "in progress); retry shortly")
+        self.pending_images += count  # one event loop: no lock needed
+        try:
+            return await self._predict_many(images, options)
+        finally:
+            self.pending_images -= count
+
+    async def _predict_many(self, images: list[bytes], options: Options) -> list[ImageResult]:
         async def prepare(index: int, data: bytes) -> _Prepared:
             try:
                 return await asyncio.to_thread(self._prepare, data, options)
