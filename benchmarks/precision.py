@@ -1,0 +1,106 @@
+"""fp32 vs bf16 serving precision: accuracy effect on FER-2013 val and model throughput, through the service's own
+runtime (``service.model.load_model``). Writes ``benchmarks/PRECISION.md``.
+
+    .venv/bin/python benchmarks/precision.py --model-dir models/fer-cnn-48 --data ../shared/data/fer2013
+
+TensorFlow's bf16 rewrite is process-wide, so each precision runs in its own subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _measure(model_dir: str, data: str, precision: str, out: Path) -> None:
+    """Child process: val probabilities and throughput at one precision."""
+    from service.model import load_model
+    from training.data import read_split
+    from training.model import apply_layers, to_model_input
+    from training.config import ArchConfig
+
+    model = load_model(model_dir, precision=precision)
+    metadata = json.loads((Path(model.version_dir) / "metadata.json").read_text()) if hasattr(model, "version_dir") \
+        else None
+    val = read_split(data, "val")
+    height, width = model.input_size
+    arch = ArchConfig(input_size=height, color_mode="grayscale" if model.metadata.input.channels == 1 else "rgb")
+    images = np.asarray(apply_layers(to_model_input(arch), val.images.astype(np.float32)))
+    probabilities = np.concatenate([model.predict(images[i:i + 32]) for i in range(0, len(images), 32)])
+    timings = {}
+    for batch in (1, 8, 32):
+        x = images[:batch]
+        for _ in range(3):
+            model.predict(x)
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 3.0:
+            model.predict(x)
+            runs += 1
+        timings[batch] = batch * runs / (time.perf_counter() - started)
+    np.save(out / f"{precision}.npy", probabilities)
+    (out / f"{precision}.json").write_text(json.dumps({"throughput": timings, "labels": val.labels.tolist(),
+                                                       "name": model.metadata.name,
+                                                       "version": model.metadata.version}))
+    del metadata
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", default="models/fer-cnn-48")
+    parser.add_argument("--data", default="../shared/data/fer2013")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "PRECISION.md"))
+    parser.add_argument("--child", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _measure(args.model_dir, args.data, args.child, Path(args.child_out))
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "bf16"):
+            subprocess.run([sys.executable, __file__, "--model-dir", args.model_dir, "--data", args.data,
+                            "--child", precision, "--child-out", tmp], check=True,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        results = {p: (np.load(Path(tmp) / f"{p}.npy"), json.loads((Path(tmp) / f"{p}.json").read_text()))
+                   for p in ("fp32", "bf16")}
+    labels = np.array(results["fp32"][1]["labels"])
+    fp32, bf16 = results["fp32"][0], results["bf16"][0]
+    acc = {p: float((results[p][0].argmax(1) == labels).mean()) for p in results}
+    agreement = float((fp32.argmax(1) == bf16.argmax(1)).mean())
+    max_diff = float(np.abs(fp32 - bf16).max())
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    flags = Path("/proc/cpuinfo").read_text()
+    name, version = results["fp32"][1]["name"], results["fp32"][1]["version"]
+    lines = [
+        "# Serving precision: fp32 vs bf16", "",
+        f"Written by `benchmarks/precision.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {cpu}, "
+        f"{os.cpu_count()} logical cores, avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
+        f"Python {platform.python_version()}; load average at the end {os.getloadavg()[0]:.1f}.",
+        f"Model `{name}` version {version} through the service's runtime; FER-2013 val, {len(labels)} images.", "",
+        "| precision | val accuracy | img/s batch 1 | img/s batch 8 | img/s batch 32 |", "|---|---|---|---|---|",
+    ]
+    for p in ("fp32", "bf16"):
+        t = results[p][1]["throughput"]
+        lines.append(f"| {p} | {acc[p]:.4f} | {t['1']:.0f} | {t['8']:.0f} | {t['32']:.0f} |")
+    lines += ["", f"Top-1 agreement between fp32 and bf16: {agreement:.2%}; largest probability difference "
+                  f"{max_diff:.3f}.", ""]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
