@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(5.0, ge=0.0, le=10_000,
                                      description="Longest wait after a batch's first crop before it runs.")
     max_queue: int = Field(256, ge=1, description="Most face crops waiting for the model; more is answered 503.")
-    max_pending_images: int = Field(64, ge=1, description="Most images being decoded, searched for faces or "
+    max_pending_images: int = Field(32, ge=1, description="Most images being decoded, searched for faces or "
                                                           "classified at once; more is answered 503.")
 
     # --- limits -----------------------------------------------------------------------------------------------
