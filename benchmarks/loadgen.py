@@ -148,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="photo,crop,batch16")
     parser.add_argument("--max-batch-size", type=int, default=32, help="the service's setting (for raw batches)")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--service-args", default="", help="extra flags for the started service")
+    parser.add_argument("--service-args", default="--max-pending-images 1100 --max-queue 1100",
+                        help="extra flags for the started service (default: admission bounds above the highest "
+                             "level's load, so that the levels measure capacity; benchmarks/overload.py measures "
+                             "shedding with the defaults)")
+    parser.add_argument("--no-unbatched", dest="unbatched", action="store_false",
+                        help="skip the comparison with a service started with --max-batch-size 1")
     args = parser.parse_args(argv)
 
     print("raw model ...", flush=True)
@@ -188,19 +193,43 @@ def main(argv: list[str] | None = None) -> int:
         if service is not None:
             service.stop()
 
-    report = render(rows, raw, args, workloads)
+    unbatched = []
+    if args.unbatched and not args.url:
+        # The same service with batching off: at each workload's saturation level, how much batching buys.
+        service = start_service(args.model_dir, ROOT / "test-artifacts" / "benchmarks" / "loadgen-unbatched.log",
+                                "--max-batch-size", "1", *args.service_args.split())
+        try:
+            for workload in build_workloads(f"127.0.0.1:{service.port}"):
+                if workload.name not in args.workloads.split(","):
+                    continue
+                best = max((r for r in rows if r["workload"] == workload.name), key=lambda r: r["faces_per_s"])
+                tally, elapsed = asyncio.run(closed_loop("127.0.0.1", service.port, workload.request,
+                                                         best["clients"], args.seconds))
+                p50, p95, p99 = percentiles(tally.latencies)
+                unbatched.append({"workload": workload.name, "clients": best["clients"],
+                                  "faces_per_s": tally.ok * workload.faces_per_request / elapsed,
+                                  "batched_faces_per_s": best["faces_per_s"], "p50": p50, "p99": p99,
+                                  "batched_p99": best["p99"]})
+                print(f"  unbatched {workload.name:8s} c={best['clients']:3d} "
+                      f"{unbatched[-1]['faces_per_s']:8.1f} faces/s (batched {best['faces_per_s']:.1f})", flush=True)
+        finally:
+            service.stop()
+
+    report = render(rows, raw, args, workloads, unbatched)
     write_section(args.results, "loadgen", report, "Benchmark results")
     print(f"wrote {args.results}")
     return 0
 
 
-def render(rows: list[dict], raw: dict[str, float], args: argparse.Namespace, workloads: list[Workload]) -> str:
+def render(rows: list[dict], raw: dict[str, float], args: argparse.Namespace, workloads: list[Workload],
+           unbatched: list[dict]) -> str:
     lines = ["## Throughput and latency (benchmarks/loadgen.py)", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with "
              f"`python -m benchmarks.loadgen --seconds {args.seconds:g}`.", "",
              f"- Machine: {machine_description()}.",
              f"- Model: {model_description(args.model_dir)}; service defaults except `--max-batch-size "
-             f"{args.max_batch_size}` {args.service_args}; client and service share the machine (loopback).",
+             f"{args.max_batch_size} {args.service_args}` (admission bounds above the highest level's load, so the "
+             "levels measure capacity, not shedding); client and service share the machine (loopback).",
              "", "Raw model (the SavedModel's serving signature called directly, real face crops):", "",
              "| how | crops/s | ms per call |", "|---|---|---|",
              f"| full batches of {args.max_batch_size} | {raw['batched']:.0f} | {raw['batched_ms_per_call']:.2f} |",
@@ -220,6 +249,14 @@ def render(rows: list[dict], raw: dict[str, float], args: argparse.Namespace, wo
         lines += ["", f"Saturation: {best['faces_per_s']:.1f} faces/s at {best['clients']} clients = "
                       f"{100 * best['faces_per_s'] / raw['batched']:.1f} % of the raw model's batched throughput, "
                       f"{best['faces_per_s'] / raw['one_at_a_time']:.2f}x its one-at-a-time throughput.", ""]
+    if unbatched:
+        lines += ["### The service with batching off (`--max-batch-size 1`), at each workload's saturation level", "",
+                  "| workload | clients | faces/s batched | faces/s one at a time | gain | p99 ms batched | "
+                  "p99 ms one at a time |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {u['workload']} | {u['clients']} | {u['batched_faces_per_s']:.1f} | {u['faces_per_s']:.1f} | "
+                  f"{u['batched_faces_per_s'] / u['faces_per_s']:.2f}x | {ms(u['batched_p99'])} | {ms(u['p99'])} |"
+                  for u in unbatched if u["faces_per_s"]]
+        lines.append("")
     return "\n".join(lines)
 
 
