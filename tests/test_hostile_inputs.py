@@ -60,6 +60,11 @@ def client() -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
+def corpus() -> list[Any]:
+    return corpus_module().build_corpus()
+
+
+@pytest.fixture(scope="module")
 def face_jpeg() -> bytes:
     return photos.encode(photos.astronaut().image[40:340, 100:360], quality=85)
 
@@ -116,10 +121,9 @@ def test_corpus_script_writes_at_least_40_cases_with_a_manifest(tmp_path: Path) 
 
 
 def test_every_hostile_input_gets_its_documented_answer_and_the_service_keeps_serving(
-        service: RunningService, client: httpx.Client, face_jpeg: bytes) -> None:
-    cases = corpus_module().build_corpus()
+        service: RunningService, client: httpx.Client, face_jpeg: bytes, corpus: list[Any]) -> None:
     failures = []
-    for case in cases:
+    for case in corpus:
         try:
             answer = send_case(client, service.url, case)
         except (OSError, httpx.HTTPError) as exc:
@@ -223,6 +227,26 @@ def test_ws_garbage_frames_get_errors_and_the_connection_keeps_serving(service: 
         ws.send(face_jpeg)
         reply = receive(ws)
         assert reply["type"] == "result" and reply["seq"] == len(binary) + 1 and len(reply["faces"]) == 1
+
+
+def test_every_corpus_payload_as_a_stream_frame_gets_its_answer_on_an_open_connection(
+        service: RunningService, corpus: list[Any]) -> None:
+    """The corpus's byte payloads as WebSocket frames: the same error codes as over HTTP (content types do not
+    exist there, so those payloads are just valid images), one reply per frame, and the socket stays open."""
+    frames = [case for case in corpus if case.send == "raw" and len(case.data) <= service.settings.ws_max_frame_bytes
+              and not case.params]
+    assert len(frames) >= 40
+    failures = []
+    with connect(service.ws_url + "/ws/stream", max_size=None) as ws:
+        for seq, case in enumerate(frames, start=1):
+            ws.send(case.data)
+            reply = receive(ws)
+            valid = case.status == 200 or case.code == "unsupported_media_type"
+            expected = ("result", None) if valid else ("error", case.code)
+            got = (reply["type"], reply.get("code"))
+            if got != expected or reply["seq"] != seq or LEAKS.search(json.dumps(reply)):
+                failures.append(f"{case.name}: {got}, expected {expected} (seq {reply['seq']} for {seq})")
+    assert not failures, "\n".join(failures)
 
 
 def test_ws_oversize_frame_closes_only_that_connection(service: RunningService, face_jpeg: bytes) -> None:
