@@ -6,10 +6,10 @@ memory, threads and file descriptors must not grow, and there must be no 5xx.
 
 The mix (weights) sent by ``--clients`` concurrent HTTP clients over keep-alive connections:
 
-- 30 % a 512x512 photo with one face (raw JPEG body, whole pipeline), 10 % the same as multipart;
-- 25 % a pre-cropped face with ``detect=false``; 10 % ``/predict/batch`` with 4 pre-cropped faces;
+- 20 % a 512x512 photo with one face (raw JPEG body, whole pipeline), 5 % the same as multipart;
+- 35 % a pre-cropped face with ``detect=false``; 10 % ``/predict/batch`` with 4 pre-cropped faces;
 - 15 % bad input (random bytes, a truncated JPEG, an empty body, a decompression bomb header, wrong type): 4xx;
-- 10 % ``/healthz``, ``/readyz`` and ``/metrics``;
+- 15 % ``/healthz``, ``/readyz`` and ``/metrics``;
 
 and, alongside, ``--ws-clients`` WebSocket clients opening sessions one after another on /ws/stream, each sending
 a handful of frames (some faster than they are processed, so frames are dropped) and closing (a few vanish
@@ -57,18 +57,18 @@ def build_mix(host: str) -> list[tuple[str, float, bytes, tuple[int, ...]]]:
     photo_mp, photo_ct = multipart([("file", "a.jpg", photo)])
     batch, batch_ct = multipart([("files", f"{i}.jpg", crop) for i in range(4)])
     return [
-        ("photo", 30, http_request("POST", "/predict", host, photo, "image/jpeg"), (200,)),
-        ("photo-multipart", 10, http_request("POST", "/predict", host, photo_mp, photo_ct), (200,)),
-        ("crop", 25, http_request("POST", "/predict?detect=false", host, crop, "image/jpeg"), (200,)),
+        ("photo", 20, http_request("POST", "/predict", host, photo, "image/jpeg"), (200,)),
+        ("photo-multipart", 5, http_request("POST", "/predict", host, photo_mp, photo_ct), (200,)),
+        ("crop", 35, http_request("POST", "/predict?detect=false", host, crop, "image/jpeg"), (200,)),
         ("batch4", 10, http_request("POST", "/predict/batch?detect=false", host, batch, batch_ct), (200,)),
         ("random-bytes", 3, http_request("POST", "/predict", host, rng.bytes(5000), "image/jpeg"), (400,)),
         ("truncated", 3, http_request("POST", "/predict", host, photo[:20000], "image/jpeg"), (400,)),
         ("empty", 3, http_request("POST", "/predict", host, b"", "image/jpeg"), (400,)),
         ("bomb", 3, http_request("POST", "/predict", host, bomb, "image/png"), (400, 413)),
         ("wrong-type", 3, http_request("POST", "/predict", host, photo, "text/plain"), (415,)),
-        ("healthz", 4, http_request("GET", "/healthz", host), (200,)),
-        ("readyz", 3, http_request("GET", "/readyz", host), (200,)),
-        ("metrics", 3, http_request("GET", "/metrics", host), (200,)),
+        ("healthz", 5, http_request("GET", "/healthz", host), (200,)),
+        ("readyz", 5, http_request("GET", "/readyz", host), (200,)),
+        ("metrics", 5, http_request("GET", "/metrics", host), (200,)),
     ]
 
 
