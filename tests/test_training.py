@@ -122,6 +122,22 @@ def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:
     assert sorted(run["class_weights"]) == [str(c) for c in range(len(LABELS))]
 
 
+def test_finalize_completes_a_stopped_run_from_its_checkpoint(trained_run: Path, tiny_folder_dataset: Path,
+                                                             tmp_path: Path) -> None:
+    import shutil
+
+    from training.train import finalize
+
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    for name in ("config.json", "history.csv", "checkpoint.keras"):  # what a killed run leaves behind
+        shutil.copy(trained_run / name, stopped / name)
+    result = finalize(stopped, tiny_folder_dataset)
+    run = json.loads((stopped / "run.json").read_text())
+    assert run["interrupted"] is True and run["epochs_run"] == 2 and run["train_images"] == PER_CLASS * len(LABELS)
+    assert (stopped / "model.keras").is_file() and 0.0 <= result.val_accuracy <= 1.0
+
+
 def test_evaluate_gives_the_same_numbers_for_keras_and_savedmodel(trained_run: Path, exported_model: Path,
                                                                   tiny_folder_dataset: Path, tmp_path: Path) -> None:
     from training.evaluate import evaluate
@@ -167,7 +183,7 @@ def test_export_refuses_to_overwrite_and_self_check_catches_a_mismatch(trained_r
 
 
 def test_cli_help_for_every_command() -> None:
-    for command in ("pack", "train", "evaluate", "export"):
+    for command in ("pack", "train", "evaluate", "export", "finalize"):
         out = subprocess.run([sys.executable, "-m", "training", command, "--help"], capture_output=True, text=True,
                              cwd=ROOT, check=True).stdout
         assert "usage: python -m training " + command in out

@@ -155,7 +155,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXTRA_COMMANDS: list = [_add_evaluate, _add_export]
+def _add_finalize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finalize", help="finish a stopped training run from its best checkpoint",
+                       description="Write model.keras and run.json for a run that was stopped before its last "
+                                   "epoch, from checkpoint.keras (the best epoch so far).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run-dir", required=True, help="the run folder (config.json, history.csv, checkpoint.keras)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="the data the run was trained on")
+    p.set_defaults(func=_finalize)
+
+
+def _finalize(args: argparse.Namespace) -> int:
+    from training.train import finalize
+
+    result = finalize(args.run_dir, args.data)
+    print(f"best val accuracy {result.val_accuracy:.4f} after {result.epochs_run} epochs; model: {result.model_path}")
+    return 0
+
+
+_EXTRA_COMMANDS: list = [_add_evaluate, _add_export, _add_finalize]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -144,10 +144,23 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, verbose
 
     if mixed:  # the saved inference model is float32; export rebuilds it under float32 anyway
         keras.mixed_precision.set_global_policy("float32")
+    return _finish(run_dir, config, inference_model, train_split, val_split,
+                   epochs_run=epoch, seconds=time.time() - started, mixed=mixed)
+
+
+def _finish(run_dir: Path, config: TrainConfig, inference_model: keras.Model, train_split: Split, val_split: Split,
+            *, epochs_run: int, seconds: float, mixed: bool, interrupted: bool = False) -> TrainResult:
+    """Save ``model.keras``, measure it on val and write ``run.json`` (the run record export puts in metadata)."""
+    from training.model import apply_layers, to_model_input
+
     model_path = run_dir / "model.keras"
     inference_model.save(model_path)
-    _, val_accuracy = model.evaluate(val_split.images, val_split.labels, batch_size=256, verbose=0)
-    seconds = time.time() - started
+    steps = to_model_input(config.arch)
+    predicted = np.concatenate([
+        np.asarray(inference_model(apply_layers(steps, val_split.images[i:i + 256].astype(np.float32)),
+                                   training=False)).argmax(axis=1)
+        for i in range(0, len(val_split), 256)])
+    val_accuracy = float((predicted == val_split.labels).mean())
     record = {
         "command": " ".join(sys.argv),
         "backend": keras.backend.backend(),
@@ -155,14 +168,35 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, verbose
         "mixed_precision": mixed,
         "hardware": _hardware(),
         "seconds": round(seconds, 1),
-        "epochs_run": epoch,
-        "val_accuracy": round(float(val_accuracy), 4),
+        "epochs_run": epochs_run,
+        "interrupted": interrupted,
+        "val_accuracy": round(val_accuracy, 4),
         "train_images": len(train_split),
         "train_class_counts": train_split.class_counts(),
         "train_fingerprint": train_split.fingerprint(),
         "val_fingerprint": val_split.fingerprint(),
-        "class_weights": weights,
+        "class_weights": class_weights(train_split.labels) if config.class_weights else None,
         "seed": config.seed,
     }
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    return TrainResult(run_dir, model_path, float(val_accuracy), epoch, seconds)
+    return TrainResult(run_dir, model_path, val_accuracy, epochs_run, seconds)
+
+
+def finalize(run_dir: str | Path, data: str | Path) -> TrainResult:
+    """Finish a run that was stopped before its last epoch (time budget, killed machine) from its best checkpoint.
+
+    Writes ``model.keras`` and ``run.json`` as ``train`` would, marked ``"interrupted": true``; the duration is
+    the time from the run's ``config.json`` to its last ``history.csv`` line.
+    """
+    from training.model import load_inference_model
+
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir / "config.json")
+    history = run_dir / "history.csv"
+    with open(history) as handle:
+        epochs_run = max(0, sum(1 for _ in handle) - 1)
+    seconds = history.stat().st_mtime - (run_dir / "config.json").stat().st_mtime
+    train_split = limit_per_class(read_split(data, "train"), config.limit_per_class, config.seed)
+    inference_model = load_inference_model(str(run_dir / "checkpoint.keras"))
+    return _finish(run_dir, config, inference_model, train_split, read_split(data, "val"),
+                   epochs_run=epochs_run, seconds=seconds, mixed=False, interrupted=True)

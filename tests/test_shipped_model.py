@@ -1,0 +1,58 @@
+"""The default model committed in models/: it is what the service serves out of the box, it is a trained model,
+it reads a smiling face as happy, and the README's figures are the ones recorded with it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+
+from service.config import Settings
+from service.model import resolve_model_dir
+from tests import photos
+from tests.servers import running_service
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shipped() -> tuple[Path, dict]:
+    version_dir = resolve_model_dir(ROOT / Settings().model_dir)
+    return version_dir, json.loads((version_dir / "metadata.json").read_text())
+
+
+def test_default_setting_points_at_a_committed_trained_model() -> None:
+    version_dir, metadata = _shipped()
+    assert (version_dir / "saved_model.pb").is_file()
+    evaluation = metadata["evaluation"]
+    assert evaluation["split"] == "val" and evaluation["images"] == 3589
+    # a trained model, far from the 1/7 of chance (the report must come from a real evaluation run)
+    assert evaluation["accuracy"] > 0.45
+    assert metadata["training"]["train_images"] == 28709
+    assert (version_dir / "report" / "report.md").is_file()
+    assert (version_dir / "report" / "confusion_matrix.png").is_file()
+    total = sum(path.stat().st_size for path in version_dir.rglob("*") if path.is_file())
+    assert total < 100 * 2**20
+
+
+def test_readme_quotes_the_recorded_evaluation() -> None:
+    _, metadata = _shipped()
+    readme = (ROOT / "README.md").read_text()
+    evaluation = metadata["evaluation"]
+    assert f"{evaluation['accuracy']:.2%}".replace("%", " %") in readme
+    assert f"{evaluation['macro_f1']:.3f}" in readme
+    for label, figures in evaluation["per_class"].items():
+        assert re.search(rf"\| {label} \| [^\n]*{figures['f1']:.3f}", readme), label
+
+
+def test_the_service_reads_a_smiling_astronaut_as_happy() -> None:
+    with running_service(ROOT / Settings().model_dir) as service:
+        response = httpx.post(service.url + "/predict", files={"file": ("a.jpg", photos.one_face_jpeg(), "image/jpeg")},
+                              timeout=60)
+    assert response.status_code == 200
+    body = response.json()
+    _, metadata = _shipped()
+    assert body["model"] == {"name": metadata["name"], "version": metadata["version"]}
+    (face,) = body["faces"]
+    assert face["emotion"] == "happy", face["probabilities"]
