@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run the throughput, overload and soak benchmarks one after another on an otherwise idle machine (about 15 minutes
+# on 2 cores) and rewrite their sections of benchmarks/RESULTS.md and benchmarks/RELIABILITY.md.
+#   benchmarks/run_reliability.sh [MODEL_DIR]      (default: models/fer-cnn-48, the shipped model)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model="${1:-models/fer-cnn-48}"
+python=".venv/bin/python"
+[ -x "$python" ] || python=python3
+if pgrep -f "training train" >/dev/null; then
+    echo "a training run is using the CPUs: the numbers would not mean anything; stop it or wait" >&2
+    exit 1
+fi
+"$python" -m benchmarks.loadgen --model-dir "$model"
+"$python" -m benchmarks.overload --model-dir "$model" --seconds 15 --compare-unbounded
+"$python" -m benchmarks.soak --model-dir "$model" --requests 20000 --max-seconds 420
