@@ -49,9 +49,10 @@ class Workload:
 
 def build_workloads(host: str) -> list[Workload]:
     import cv2
+    import numpy as np
 
     photo = PHOTO.read_bytes()
-    image = cv2.imdecode(__import__("numpy").frombuffer(photo, dtype="uint8"), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(photo, dtype=np.uint8), cv2.IMREAD_COLOR)
     x, y, w, h = 178, 68, 93, 93  # the astronaut's face (tests/photos.py ASTRONAUT_FACE)
     margin = int(0.2 * w)
     crop = cv2.imencode(".jpg", image[y - margin:y + h + margin, x - margin:x + w + margin],
@@ -109,7 +110,6 @@ def check_answer(host: str, port: int, workload: Workload) -> None:
 
 def raw_model_throughput(model_dir: Path, batch_size: int, seconds: float) -> dict[str, float]:
     """Crops/s of the model called directly: full batches of ``batch_size`` and one crop at a time."""
-    import cv2
     import numpy as np
 
     from service import faces
@@ -123,7 +123,6 @@ def raw_model_throughput(model_dir: Path, batch_size: int, seconds: float) -> di
     boxes = [d.box for d in detector.detect(image)] or [faces.whole_image(image).box]
     crop = faces.crop_faces(image, boxes[:1], height=meta.height, width=meta.width, color_mode=meta.color_mode,
                             margin=0.2)
-    del cv2
     out: dict[str, float] = {}
     for name, size in (("batched", batch_size), ("one_at_a_time", 1)):
         batch = np.repeat(crop, size, axis=0)

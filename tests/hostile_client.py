@@ -128,11 +128,10 @@ def send_slowly(url: str, path: str, data: bytes, content_type: str, *, bytes_pe
             except OSError:
                 break  # the server gave up on us
             try:
-                peek = sock.recv(1, socket.MSG_PEEK)
+                sock.recv(1, socket.MSG_PEEK)
             except socket.timeout:
-                continue
-            if peek or not peek:
-                break  # the server answered (or closed)
+                continue  # no answer yet: keep trickling
+            break  # the server answered (or closed the connection)
         sock.settimeout(timeout)
         return _read_response(sock)
     finally:
