@@ -109,7 +109,8 @@ async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) ->
     batcher.start()
     state.model, state.batcher = model, batcher
     state.predictor = Predictor(model, detector, batcher, state.metrics, max_pixels=settings.max_image_pixels,
-                                margin=settings.face_margin, max_pending_images=settings.max_pending_images)
+                                margin=settings.face_margin, max_pending_images=settings.max_pending_images,
+                                prepare_threads=settings.prepare_threads)
     state.metrics.model_loaded(model.metadata.name, model.metadata.version, seconds)
     state.ready = True
     log.info("ready", extra={"model": model.metadata.name, "version": model.metadata.version,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +68,8 @@ class Predictor:
     """Runs the pipeline for one model, one detector and one batcher (all owned by the app's lifespan)."""
 
     def __init__(self, model: LoadedModel, detector: face_ops.FaceDetector, batcher: MicroBatcher,
-                 metrics: Metrics, *, max_pixels: int, margin: float, max_pending_images: int | None = None) -> None:
+                 metrics: Metrics, *, max_pixels: int, margin: float, max_pending_images: int | None = None,
+                 prepare_threads: int = 1) -> None:
         self.model = model
         self.detector = detector
         self.batcher = batcher
@@ -79,6 +81,11 @@ class Predictor:
         # bound an overload would grow that queue, and everyone's latency, without limit.
         self.max_pending_images = max_pending_images
         self.pending_images = 0
+        # Decoding and detection run in their own small pool rather than asyncio's default one (cpu_count + 4
+        # threads): the default YuNet detector holds the GIL while it runs, so parallel detections do not run
+        # faster, and every extra thread waiting for the GIL takes turns away from the event loop, which then
+        # cannot even read and refuse (503) new requests under overload.
+        self._prepare_pool = ThreadPoolExecutor(max_workers=prepare_threads, thread_name_prefix="prepare")
 
     def _prepare(self, data: bytes, options: Options) -> _Prepared:
         """Decode, detect and crop (blocking: run in a thread)."""
@@ -133,7 +140,8 @@ class Predictor:
     async def _predict_many(self, images: list[bytes], options: Options) -> list[ImageResult]:
         async def prepare(index: int, data: bytes) -> _Prepared:
             try:
-                return await asyncio.to_thread(self._prepare, data, options)
+                return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self._prepare, data,
+                                                                        options)
             except ServiceError as exc:
                 exc.image_index = index  # type: ignore[attr-defined]  # lets a batch route name the image
                 raise
