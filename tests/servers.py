@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import httpx
 import uvicorn
 
+from benchmarks.harness import metric_value  # one parser of /metrics text for tests and benchmarks
 from service.app import create_app, uvicorn_config
 from service.config import Settings
 
@@ -32,22 +33,6 @@ class RunningService:
 
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=30).text
-
-
-def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """The sum of the samples called ``name`` whose labels include ``labels`` (0.0 when there are none)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        sample, _, label_text = head.partition("{")
-        if sample != name:
-            continue
-        if labels and not all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-            continue
-        total += float(value)
-    return total
 
 
 def free_socket() -> socket.socket:
