@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any, Iterator
 import httpx
 import uvicorn
 
-from benchmarks.harness import metric_value  # one parser of /metrics text for tests and benchmarks
+from benchmarks.harness import metric_value  # noqa: F401 (re-exported: one /metrics parser for tests and benchmarks)
 from service.app import create_app, uvicorn_config
 from service.config import Settings
 
@@ -40,6 +41,21 @@ def free_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def service_env(**values: str) -> dict[str, str]:
+    """The environment for a ``python -m service`` subprocess: the caller's, minus any FER_* setting, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FER_")}
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **values})
+    return env
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for a service started as a subprocess)."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from websockets.sync.client import connect
 
 from tests import photos
 from tests.hostile_client import Answer, corpus_module, send_case, send_slowly, wait_until
-from tests.servers import RunningService, free_socket, metric_value, running_service
+from tests.servers import RunningService, free_port, metric_value, running_service, service_env
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Things that must never appear in a response body: tracebacks, source files, the install or checkout paths.
@@ -371,19 +371,6 @@ def test_ws_connection_churn_and_the_cap_leak_nothing(service: RunningService, f
 
 
 # --- item 6: faults ----------------------------------------------------------------------------------------------
-
-def service_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FER_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **values})
-    return env
-
-
-def free_port() -> int:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
 
 def readyz(url: str) -> int | None:
     try:

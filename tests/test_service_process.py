@@ -20,22 +20,9 @@ import pytest
 
 from service.config import Settings
 from tests import photos
-from tests.servers import free_socket, metric_value
+from tests.servers import free_port, metric_value, service_env
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def service_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FER_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **values})
-    return env
-
-
-def free_port() -> int:
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def test_help_lists_every_setting_with_default_and_env_name() -> None:
