@@ -117,13 +117,15 @@ def _export(args: argparse.Namespace) -> int:
 
     sample = None
     if args.data:
+        import numpy as np
+
         from training.config import TrainConfig
         from training.data import read_split
         from training.model import apply_layers, to_model_input
 
         config = TrainConfig.load(Path(args.config) if args.config else Path(args.model).parent / "config.json")
         images = read_split(args.data, "val").images[:32].astype("float32")
-        sample = __import__("numpy").asarray(apply_layers(to_model_input(config.arch), images))
+        sample = np.asarray(apply_layers(to_model_input(config.arch), images))
     out = export_model(args.model, args.out, name=args.name, version=args.version, config_path=args.config,
                        report_dir=args.report, sample=sample, tolerance=args.tolerance, force=args.force)
     print(f"exported {out}")

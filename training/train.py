@@ -151,16 +151,12 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, verbose
 def _finish(run_dir: Path, config: TrainConfig, inference_model: keras.Model, train_split: Split, val_split: Split,
             *, epochs_run: int, seconds: float, mixed: bool, interrupted: bool = False) -> TrainResult:
     """Save ``model.keras``, measure it on val and write ``run.json`` (the run record export puts in metadata)."""
-    from training.model import apply_layers, to_model_input
+    from training.evaluate import predict_split
 
     model_path = run_dir / "model.keras"
     inference_model.save(model_path)
-    steps = to_model_input(config.arch)
-    predicted = np.concatenate([
-        np.asarray(inference_model(apply_layers(steps, val_split.images[i:i + 256].astype(np.float32)),
-                                   training=False)).argmax(axis=1)
-        for i in range(0, len(val_split), 256)])
-    val_accuracy = float((predicted == val_split.labels).mean())
+    probabilities = predict_split(lambda x: np.asarray(inference_model(x, training=False)), config.arch, val_split)
+    val_accuracy = float((probabilities.argmax(axis=1) == val_split.labels).mean())
     record = {
         "command": " ".join(sys.argv),
         "backend": keras.backend.backend(),
