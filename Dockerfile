@@ -20,11 +20,12 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone, so that editing the service does not reinstall TensorFlow.
-COPY pyproject.toml ./
+# Dependencies first, from pyproject.toml and the lock alone, so that editing the service does not reinstall
+# TensorFlow. The lock is a constraints file: the image gets exactly the versions the test suite ran with.
+COPY pyproject.toml requirements.lock ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt --constraint requirements.lock \
     && rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include
 # (TensorFlow's C++ headers, ~290 MB, are only for compiling custom ops.)
 

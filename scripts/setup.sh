@@ -2,7 +2,7 @@
 # Create/refresh the project's virtual environment at .venv.
 #   scripts/setup.sh          service dependencies only (what `scripts/serve.sh` needs)
 #   scripts/setup.sh test     service + training + test dependencies, and Debian's Chromium for the browser tests
-# Re-running is cheap: pip only runs again when pyproject.toml changed.
+# Re-running is cheap: pip only runs again when pyproject.toml or requirements.lock changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
@@ -16,9 +16,10 @@ fi
 
 spec="."
 [ "$extra" = "test" ] && spec=".[test]"
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${extra:-service}"
+stamp=".venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)-${extra:-service}"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet -e "$spec"
+  # The lock as constraints: exactly the versions the project was tested with (unused pins are ignored).
+  .venv/bin/python -m pip install --quiet -c requirements.lock -e "$spec"
   touch "$stamp"
 fi
 

@@ -188,7 +188,12 @@ class MtcnnDetector:
 
     def __init__(self, *, min_face_size: int = 40, threshold: float = 0.9, max_side: int = 640,
                  name: str = "mtcnn") -> None:
-        from mtcnn import MTCNN  # TensorFlow import: only when this detector is chosen
+        try:
+            from mtcnn import MTCNN  # TensorFlow import: only when this detector is chosen
+        except ImportError as exc:
+            raise RuntimeError(
+                "the 'mtcnn' face detector needs the 'mtcnn' package (pip install 'fer-service[mtcnn]'); "
+                "choose another detector or install it") from exc
 
         self._mtcnn = MTCNN(stages="face_and_landmarks_detection", device="CPU:0")
         self._lock = threading.Lock()  # the package keeps per-call state in its stage objects
