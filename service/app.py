@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,13 +25,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import faces as face_ops
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import ModelLoadError, ServiceError
 from service.metrics import Metrics
 from service.model import LoadedModel, load_model
 from service.pipeline import Predictor
+from service.prepare import PreparePool, PrepareSpec
 from service.schemas import ModelRef
 
 if TYPE_CHECKING:
@@ -56,6 +55,7 @@ class ServiceState:
     metrics: Metrics
     model: LoadedModel | None = None
     predictor: Predictor | None = None
+    preparer: PreparePool | None = None
     batcher: MicroBatcher | None = None
     ready: bool = False
     shutting_down: bool = False
@@ -69,18 +69,19 @@ class ServiceState:
         return ModelRef(name=self.model.metadata.name, version=self.model.metadata.version)
 
 
-def _load_blocking(settings: Settings) -> tuple[LoadedModel, face_ops.FaceDetector]:
-    """Load + validate + warm up the model and the detector (slow: runs in a thread)."""
+def _load_blocking(settings: Settings) -> tuple[LoadedModel, PreparePool]:
+    """Load + validate + warm up the model, then start and warm up the face detection workers (slow: runs in a
+    thread)."""
     model = load_model(settings.model_dir, precision=settings.precision)
     warm_sizes = (1, settings.max_batch_size) if settings.max_batch_size > 1 else (1,)
     model.warm_up(warm_sizes)
-    try:
-        detector = face_ops.create_detector(settings.detector, min_face_size=settings.min_face_size,
-                                            threshold=settings.detection_threshold)
-    except (ValueError, RuntimeError, ImportError) as exc:  # unknown name, missing package, unreadable weights
-        raise ModelLoadError(f"face detector {settings.detector!r}: {exc}") from None
-    detector.detect(np.full((240, 320, 3), 128, dtype=np.uint8))  # first call pays one-off set-up costs
-    return model, detector
+    meta = model.metadata.input
+    spec = PrepareSpec(detector=settings.detector, min_face_size=settings.min_face_size,
+                       threshold=settings.detection_threshold, max_pixels=settings.max_image_pixels,
+                       margin=settings.face_margin, height=meta.height, width=meta.width, color_mode=meta.color_mode)
+    pool = PreparePool(spec, processes=settings.prepare_processes, recycle_after=settings.prepare_recycle_after)
+    pool.start()  # raises ModelLoadError naming the detector when it cannot be built
+    return model, pool
 
 
 async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) -> None:
@@ -89,7 +90,7 @@ async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) ->
     log.info("loading model", extra={"model_dir": str(settings.model_dir), "precision": settings.precision,
                                      "detector": settings.detector})
     try:
-        model, detector = await asyncio.to_thread(_load_blocking, settings)
+        model, preparer = await asyncio.to_thread(_load_blocking, settings)
     except ModelLoadError as exc:
         state.load_error = str(exc)
         log.error("cannot start: %s", exc)
@@ -108,14 +109,16 @@ async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) ->
                            observer=state.metrics)
     batcher.start()
     state.model, state.batcher = model, batcher
-    state.predictor = Predictor(model, detector, batcher, state.metrics, max_pixels=settings.max_image_pixels,
-                                margin=settings.face_margin, max_pending_images=settings.max_pending_images,
-                                prepare_threads=settings.prepare_threads)
+    preparer.on_restart = state.metrics.prepare_pool_restarted
+    state.preparer = preparer
+    state.predictor = Predictor(model, preparer, batcher, state.metrics,
+                                max_pending_images=settings.max_pending_images)
     state.metrics.model_loaded(model.metadata.name, model.metadata.version, seconds)
     state.ready = True
     log.info("ready", extra={"model": model.metadata.name, "version": model.metadata.version,
                              "path": str(model.path), "load_seconds": round(seconds, 3),
-                             "labels": model.labels, "detector": detector.name})
+                             "labels": model.labels, "detector": settings.detector,
+                             "prepare_processes": settings.prepare_processes})
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
@@ -225,6 +228,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                     await task
             if state.batcher is not None:
                 await state.batcher.stop()
+            if state.preparer is not None:
+                await asyncio.to_thread(state.preparer.close)
             log.info("stopped")
 
     app = FastAPI(

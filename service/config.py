@@ -67,8 +67,10 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, description="Most face crops waiting for the model; more is answered 503.")
     max_pending_images: int = Field(32, ge=1, description="Most images being decoded, searched for faces or "
                                                           "classified at once; more is answered 503.")
-    prepare_threads: int = Field(1, ge=1, le=64, description="Threads that decode images and detect faces (more "
-                                                             "only helps detectors that release the GIL, e.g. haar).")
+    prepare_processes: int = Field(1, ge=0, le=64, description="Worker processes that decode images and detect "
+                                                               "faces (0: one thread in the service process).")
+    prepare_recycle_after: int = Field(200, ge=1, description="Images after which the worker processes are "
+                                                              "replaced (bounds native memory leaks).")
 
     # --- limits -----------------------------------------------------------------------------------------------
     max_upload_bytes: int = Field(10 * MiB, ge=1024, description="Largest image upload, in bytes (413 above).")

@@ -101,5 +101,11 @@ class InferenceError(ServiceError):
     status, code = 500, "inference_failed"
 
 
+class DetectionError(ServiceError):
+    """The face detector's worker process crashed on this image twice; the service itself keeps serving."""
+
+    status, code = 500, "detection_failed"
+
+
 class ModelLoadError(RuntimeError):
     """The model directory violates the contract (docs/model-contract.md); the service refuses to start."""

@@ -46,6 +46,8 @@ class Metrics:
         self.model_load_seconds = Gauge("fer_model_load_seconds", "Time to load and validate the model.",
                                         registry=r)
         self.model_info = Info("fer_model", "The model being served.", registry=r)
+        self.prepare_pool_restarts = Counter("fer_prepare_pool_restarts", "Replacements of the face detection "
+                                             "worker pool, by reason (recycled, crashed).", ["reason"], registry=r)
 
     # --- BatchObserver -------------------------------------------------------------------------------------------
 
@@ -76,6 +78,9 @@ class Metrics:
     def model_loaded(self, name: str, version: str, seconds: float) -> None:
         self.model_load_seconds.set(seconds)
         self.model_info.info({"name": name, "version": version})
+
+    def prepare_pool_restarted(self, reason: str) -> None:
+        self.prepare_pool_restarts.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

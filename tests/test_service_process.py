@@ -38,6 +38,18 @@ def test_help_lists_every_setting_with_default_and_env_name() -> None:
     assert "[default: models/fer-cnn-48; env: FER_MODEL_DIR]" in text
 
 
+def test_the_readme_table_documents_every_setting_with_its_real_default() -> None:
+    section = (ROOT / "README.md").read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| `--")}
+    for name, field in Settings.model_fields.items():
+        flag = "`--" + name.replace("_", "-") + "`"
+        assert flag in rows, f"README's settings table has no row for {flag}"
+        default = field.get_default(call_default_factory=True)
+        shown = "(none)" if default == [] else f"`{default}`"
+        assert rows[flag].split("|")[2:4] == [f" `FER_{name.upper()}` ", f" {shown} "], rows[flag]
+    assert len(rows) == len(Settings.model_fields), "README documents a setting the service does not have"
+
+
 def test_flags_override_environment_variables() -> None:
     from service.config import settings_from_args
 

@@ -1,0 +1,119 @@
+"""The face detection worker processes (service/prepare.py): recycled after a number of images, so a native leak
+cannot grow without bound, and replaced when one dies, without losing the service or (on a first death) the
+request. Faults are real: worker processes are killed with SIGKILL while the service runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from service.prepare import PreparePool
+from tests import photos
+from tests.servers import RunningService, metric_value, running_service
+
+RECYCLE_AFTER = 3
+
+
+@pytest.fixture(scope="module")
+def service(exported_model: Path) -> Iterator[RunningService]:
+    with running_service(exported_model, prepare_processes=1, prepare_recycle_after=RECYCLE_AFTER) as running:
+        yield running
+
+
+def pool_of(service: RunningService) -> PreparePool:
+    pool = service.server.config.app.state.service.preparer
+    assert isinstance(pool, PreparePool)
+    return pool
+
+
+def predict(service: RunningService) -> httpx.Response:
+    return httpx.post(service.url + "/predict", content=photos.one_face_jpeg(),
+                      headers={"Content-Type": "image/jpeg"}, timeout=120)
+
+
+def restarts(service: RunningService, reason: str) -> float:
+    return metric_value(service.metrics(), "fer_prepare_pool_restarts_total", {"reason": reason})
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def wait_for(condition, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_detection_runs_in_a_worker_process_that_is_replaced_after_recycle_after_images(
+        service: RunningService) -> None:
+    pool = pool_of(service)
+    first = pool.worker_pids()
+    assert first and os.getpid() not in first
+    before = restarts(service, "recycled")
+    for _ in range(2 * RECYCLE_AFTER + 1):
+        response = predict(service)
+        assert response.status_code == 200
+        assert len(response.json()["faces"]) == 1
+    assert restarts(service, "recycled") - before >= 2
+    assert wait_for(lambda: all(gone(pid) for pid in first)), "a retired worker process did not exit"
+    assert pool.worker_pids() and not set(pool.worker_pids()) & set(first)
+
+
+def test_a_killed_idle_worker_is_replaced_and_the_next_request_still_succeeds(service: RunningService) -> None:
+    pool = pool_of(service)
+    assert wait_for(lambda: bool(pool.worker_pids()))
+    before = restarts(service, "crashed")
+    for pid in pool.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    response = predict(service)
+    assert response.status_code == 200
+    assert len(response.json()["faces"]) == 1
+    assert restarts(service, "crashed") - before == 1
+
+
+def test_an_image_whose_worker_dies_twice_gets_a_clear_500_and_the_service_recovers(
+        service: RunningService) -> None:
+    pool = pool_of(service)
+    before = restarts(service, "crashed")
+    stop = threading.Event()
+
+    def kill_every_worker() -> None:  # a detector that crashes on this image, every time
+        while not stop.is_set():
+            for pid in pool.worker_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_every_worker, daemon=True)
+    killer.start()
+    try:
+        response = predict(service)
+    finally:
+        stop.set()
+        killer.join()
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"]["code"] == "detection_failed"
+    assert "Traceback" not in response.text and "/" not in body["error"]["message"]
+    assert restarts(service, "crashed") - before == 2
+    after = predict(service)  # the next image is served by a fresh pool
+    assert after.status_code == 200
+    assert len(after.json()["faces"]) == 1
+    assert httpx.get(service.url + "/readyz", timeout=30).status_code == 200
