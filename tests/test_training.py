@@ -222,3 +222,6 @@ def test_real_resnet50v2_at_224_exports_the_expected_signature(tmp_path: Path) -
     assert spec.shape.as_list() == [None, 224, 224, 1] and spec.name == "images"
     out = serve(images=tf.zeros([2, 224, 224, 1]))["probabilities"]
     assert out.shape == (2, len(LABELS))
+    # Each weight stored once, as float32: the flagship fits the 100 MB budget for committed model files.
+    stored = sum(f.stat().st_size for f in (tmp_path / "resnet").rglob("*") if f.is_file())
+    assert stored < 1.05 * 4 * model.count_params() and stored < 100_000_000

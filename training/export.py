@@ -55,18 +55,25 @@ def rebuild_float32(model: keras.Model, arch: ArchConfig) -> keras.Model:
 
 
 def write_saved_model(model: keras.Model, path: Path) -> None:
-    """Write ``model`` as a SavedModel whose ``serving_default`` maps ``images`` to ``probabilities``."""
+    """Write ``model`` as a SavedModel whose ``serving_default`` maps ``images`` to ``probabilities``.
+
+    A plain ``tf.Module`` holding the traced function and the model's TensorFlow variables, rather than
+    ``keras.export.ExportArchive``: the archive saves every weight twice (its ``variables`` and ``_all_variables``
+    lists hold different wrappers of the same weights), which doubled the files (ResNet50V2: 188 MB instead
+    of 94 MB).
+    """
     import tensorflow as tf
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
     _, height, width, channels = model.input_shape
-    archive.add_endpoint(
-        name="serve",
-        fn=lambda images: {OUTPUT_NAME: model(images, training=False)},
-        input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)],
-    )
-    archive.write_out(str(path), verbose=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)])
+    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_NAME: model(images, training=False)}
+
+    module = tf.Module()
+    module.weights = [weight.value for weight in model.weights]  # the tf.Variables the traced function reads
+    module.serve = serve
+    tf.saved_model.save(module, str(path), signatures={SIGNATURE_KEY: serve})
 
 
 def self_check(model: keras.Model, path: Path, sample: np.ndarray, tolerance: float) -> float:
