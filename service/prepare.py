@@ -43,6 +43,7 @@ class PrepareSpec:
     detector: str
     min_face_size: int
     threshold: float
+    max_side: int
     max_pixels: int
     margin: float
     height: int  # the model's input size and colour mode, from its metadata
@@ -72,7 +73,7 @@ class Preparer:
     def __init__(self, spec: PrepareSpec) -> None:
         self.spec = spec
         self.detector = face_ops.create_detector(spec.detector, min_face_size=spec.min_face_size,
-                                                 threshold=spec.threshold)
+                                                 threshold=spec.threshold, max_side=spec.max_side)
 
     def warm_up(self) -> int:
         """Run the detector once (its first call pays one-off set-up costs); returns this process's id."""
