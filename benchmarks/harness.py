@@ -171,7 +171,10 @@ def proc_stats(pid: int) -> ProcStats:
             member_fds = len(os.listdir(f"/proc/{member}/fd"))
         except OSError:  # exited meanwhile (a retired worker)
             continue
-        rss_kb += int(re.search(r"VmRSS:\s*(\d+)", status).group(1))  # type: ignore[union-attr]
+        rss = re.search(r"VmRSS:\s*(\d+)", status)
+        if rss is None:  # a zombie: a retired worker that has exited and is not reaped yet
+            continue
+        rss_kb += int(rss.group(1))
         threads += int(re.search(r"Threads:\s*(\d+)", status).group(1))  # type: ignore[union-attr]
         fds += member_fds
         processes += 1

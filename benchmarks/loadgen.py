@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -108,8 +109,12 @@ def check_answer(host: str, port: int, workload: Workload) -> None:
         raise SystemExit(f"{workload.name}: {faces} faces found, expected {workload.faces_per_request}")
 
 
-def raw_model_throughput(model_dir: Path, batch_size: int, seconds: float) -> dict[str, float]:
-    """Crops/s of the model called directly: full batches of ``batch_size`` and one crop at a time."""
+def raw_model_throughput(model_dir: Path, batch_size: int, seconds: float) -> dict[str, Any]:
+    """Crops/s of the model called directly, one crop at a time and in full batches of 8 and ``batch_size``.
+
+    ``batched`` is the best of the batch sizes: the ratio of the service to it is then never flattered by a
+    batch size that suits this CPU badly (ResNet50V2 runs faster per crop in batches of 8 than of 32 here).
+    """
     import numpy as np
 
     from service import faces
@@ -123,8 +128,8 @@ def raw_model_throughput(model_dir: Path, batch_size: int, seconds: float) -> di
     boxes = [d.box for d in detector.detect(image)] or [faces.whole_image(image).box]
     crop = faces.crop_faces(image, boxes[:1], height=meta.height, width=meta.width, color_mode=meta.color_mode,
                             margin=0.2)
-    out: dict[str, float] = {}
-    for name, size in (("batched", batch_size), ("one_at_a_time", 1)):
+    by_size: dict[int, tuple[float, float]] = {}
+    for size in sorted({1, min(8, batch_size), batch_size}):
         batch = np.repeat(crop, size, axis=0)
         for _ in range(3):
             model.predict(batch)  # warm-up (graph optimisation for this batch size)
@@ -133,9 +138,10 @@ def raw_model_throughput(model_dir: Path, batch_size: int, seconds: float) -> di
             model.predict(batch)
             calls += 1
         elapsed = time.perf_counter() - started
-        out[name] = calls * size / elapsed
-        out[f"{name}_ms_per_call"] = elapsed / calls * 1000
-    return out
+        by_size[size] = (calls * size / elapsed, elapsed / calls * 1000)
+    best = max((size for size in by_size if size > 1), key=lambda size: by_size[size][0], default=1)
+    return {"by_size": by_size, "batched": by_size[best][0], "batched_size": best,
+            "one_at_a_time": by_size[1][0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,10 +245,11 @@ def render(rows: list[dict], raw: dict[str, float], args: argparse.Namespace, wo
              "levels measure capacity, not shedding); client and service share the machine (loopback).",
              "", "Raw model (the SavedModel's serving signature called directly, real face crops):", "",
              "| how | crops/s | ms per call |", "|---|---|---|",
-             f"| full batches of {args.max_batch_size} | {raw['batched']:.0f} | {raw['batched_ms_per_call']:.2f} |",
-             f"| one at a time | {raw['one_at_a_time']:.0f} | {raw['one_at_a_time_ms_per_call']:.2f} |",
+             *[f"| {'one at a time' if size == 1 else f'full batches of {size}'} | {rate:.0f} | {ms:.2f} |"
+               for size, (rate, ms) in raw["by_size"].items()],
              "", f"Batching gives {raw['batched'] / raw['one_at_a_time']:.1f}x the throughput of one-at-a-time "
-             "inference on the raw model.", ""]
+             f"inference on the raw model (best: batches of {raw['batched_size']}, {raw['batched']:.0f} crops/s, "
+             "the reference for the percentages below).", ""]
     for workload in workloads:
         mine = [r for r in rows if r["workload"] == workload.name]
         if not mine:
@@ -254,7 +261,7 @@ def render(rows: list[dict], raw: dict[str, float], args: argparse.Namespace, wo
         lines += [f"| {r['clients']} | {r['faces_per_s']:.1f} | {r['requests_per_s']:.1f} | {ms(r['p50'])} | "
                   f"{ms(r['p95'])} | {ms(r['p99'])} | {r['mean_batch']:.1f} | {r['non_200']} |" for r in mine]
         lines += ["", f"Saturation: {best['faces_per_s']:.1f} faces/s at {best['clients']} clients = "
-                      f"{100 * best['faces_per_s'] / raw['batched']:.1f} % of the raw model's batched throughput, "
+                      f"{100 * best['faces_per_s'] / raw['batched']:.1f} % of the raw model's best batched throughput, "
                       f"{best['faces_per_s'] / raw['one_at_a_time']:.2f}x its one-at-a-time throughput.", ""]
     if unbatched:
         lines += ["### The service with batching off (`--max-batch-size 1`), at each workload's saturation level", "",

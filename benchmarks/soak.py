@@ -159,7 +159,10 @@ def _ws_count(state: SoakState, reply: dict) -> None:
 async def sampler(state: SoakState, pid: int, started: float, every: float) -> None:
     while not state.stop:
         await asyncio.sleep(every)
-        state.samples.append((time.perf_counter() - started, proc_stats(pid)))
+        try:
+            state.samples.append((time.perf_counter() - started, proc_stats(pid)))
+        except Exception as exc:  # a failed sample must not end the series silently
+            print(f"sample failed: {exc!r}", flush=True)
 
 
 async def soak(host: str, port: int, pid: int, args: argparse.Namespace, state: SoakState, limit: int,

@@ -230,7 +230,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             if state.batcher is not None:
                 await state.batcher.stop()
             if state.preparer is not None:
-                await asyncio.to_thread(state.preparer.close)
+                await state.preparer.aclose()
             log.info("stopped")
 
     app = FastAPI(

@@ -18,6 +18,7 @@ processes are unwanted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -167,12 +168,18 @@ class PreparePool:
             raise ModelLoadError(f"face detector {self.spec.detector!r}: its worker process died ({exc})") from None
 
     def close(self) -> None:
-        """Finish what was submitted, then stop the workers."""
-        if self._recycling is not None:
-            self._recycling.cancel()
+        """Finish what was submitted, then stop the workers (blocking)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    async def aclose(self) -> None:
+        """`close` from the event loop: also stops a replacement pool that is still warming up."""
+        if self._recycling is not None:
+            self._recycling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recycling
+        await asyncio.to_thread(self.close)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the current pool's live workers (empty with ``processes=0``)."""
@@ -198,9 +205,12 @@ class PreparePool:
         new = self._new_executor()
         try:
             await asyncio.to_thread(self._warm_up, new)
-        except BaseException:  # cancelled at shutdown, or the new pool failed: keep serving with the old one
+        except asyncio.CancelledError:  # shutdown
             new.shutdown(wait=False)
-            log.warning("could not start a fresh face detection pool; the current one keeps serving")
+            raise
+        except Exception as exc:  # keep serving with the old pool; the next detection tries again
+            new.shutdown(wait=False)
+            log.warning("could not start a fresh face detection pool (%s); the current one keeps serving", exc)
             return
         finally:
             self._recycling = None
