@@ -153,6 +153,40 @@ def test_evaluate_gives_the_same_numbers_for_keras_and_savedmodel(trained_run: P
     assert "macro-F1" in (tmp_path / "keras" / "report.md").read_text()
 
 
+def test_test_time_flip_exports_the_mean_over_the_mirror_image_and_evaluates_the_same(
+        trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from training.evaluate import evaluate, load_predictor
+    from training.export import export_model
+
+    report = tmp_path / "report"
+    from_keras = evaluate(trained_run / "model.keras", tiny_folder_dataset, report, test_time_flip=True)
+    assert from_keras["test_time_flip"] is True
+    with pytest.raises(ValueError, match="test_time_flip"):  # a plain export cannot carry the flipped figures
+        export_model(trained_run / "model.keras", tmp_path / "models", name="plain", version="1", report_dir=report)
+    out = export_model(trained_run / "model.keras", tmp_path / "models", name="flip", version="1",
+                       report_dir=report, test_time_flip=True)
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["architecture"]["test_time_flip"] is True
+    assert metadata["evaluation"]["accuracy"] == from_keras["accuracy"]
+
+    # The served graph answers the mean of the plain model's answers for the crop and its mirror image.
+    plain, arch, _ = load_predictor(trained_run / "model.keras")
+    crops = np.random.default_rng(3).integers(0, 256, (4, 24, 24, 1)).astype(np.float32)
+    crops[:, :, :12] = 0  # left-right asymmetric, so the mirror image really is different
+    expected = (plain(crops) + plain(crops[:, :, ::-1].copy())) / 2
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    np.testing.assert_allclose(serve(images=tf.constant(crops))["probabilities"].numpy(), expected, atol=1e-5)
+    assert not np.allclose(plain(crops), expected, atol=1e-4)
+
+    from_export = evaluate(out, tiny_folder_dataset, tmp_path / "export")
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "test_time_flip"):
+        assert from_keras[key] == from_export[key], key
+    with pytest.raises(ValueError, match="at export"):
+        load_predictor(out, test_time_flip=False)
+
+
 def test_export_writes_the_contract(exported_model: Path) -> None:
     import tensorflow as tf
 

@@ -109,6 +109,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="if given, the self-check batch is taken from this data set's val split")
     p.add_argument("--tolerance", type=float, default=1e-5, help="max allowed |Keras - SavedModel| probability")
     p.add_argument("--force", action="store_true", help="replace an existing version folder")
+    p.add_argument("--test-time-flip", action="store_true",
+                   help="export the graph that averages each crop's answer with its mirror image's (evaluate the "
+                        ".keras model with --test-time-flip for its --report)")
     p.set_defaults(func=_export)
 
 
@@ -127,7 +130,8 @@ def _export(args: argparse.Namespace) -> int:
         images = read_split(args.data, "val").images[:32].astype("float32")
         sample = np.asarray(apply_layers(to_model_input(config.arch), images))
     out = export_model(args.model, args.out, name=args.name, version=args.version, config_path=args.config,
-                       report_dir=args.report, sample=sample, tolerance=args.tolerance, force=args.force)
+                       report_dir=args.report, sample=sample, tolerance=args.tolerance, force=args.force,
+                       test_time_flip=args.test_time_flip)
     print(f"exported {out}")
     return 0
 
@@ -141,13 +145,17 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--out", required=True, help="report folder to write")
     p.add_argument("--history", help="history.csv from train, for the training-curves plot")
+    p.add_argument("--test-time-flip", action="store_true", default=None,
+                   help="(.keras only) average each crop's answer with its mirror image's, as an export with "
+                        "--test-time-flip does; an exported model carries its own choice")
     p.set_defaults(func=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
-    m = evaluate(args.model, args.data, args.out, split=args.split, config_path=args.config, history=args.history)
+    m = evaluate(args.model, args.data, args.out, split=args.split, config_path=args.config, history=args.history,
+                 test_time_flip=args.test_time_flip)
     print(f"{m['model']} on {m['split']} ({m['images']} images): accuracy {m['accuracy']:.4f}, "
           f"macro-F1 {m['macro_f1']:.4f}")
     for label, c in m["per_class"].items():

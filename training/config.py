@@ -24,6 +24,8 @@ class ArchConfig:
     dropout: float = 0.4
     #: Width of each block of the compact ``fer_cnn`` backbone (ignored by keras.applications backbones).
     cnn_widths: tuple[int, ...] = (16, 32, 64, 128)
+    #: Inference only (set at export): average the answers for the crop and its mirror image. Training ignores it.
+    test_time_flip: bool = False
 
     @property
     def channels(self) -> int:

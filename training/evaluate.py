@@ -7,6 +7,7 @@ resized and converted exactly as during training), so both give the same numbers
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -20,14 +21,17 @@ from training.labels import LABELS
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 
-def _keras_predictor(path: Path, config_path: Path | None) -> tuple[Predictor, ArchConfig, str]:
+def _keras_predictor(path: Path, config_path: Path | None,
+                     test_time_flip: bool | None) -> tuple[Predictor, ArchConfig, str]:
     from training.export import rebuild_float32
-    from training.model import load_inference_model
+    from training.model import for_inference, load_inference_model
 
     config_path = config_path or path.parent / "config.json"
-    arch = TrainConfig.load(config_path).arch
-    model = rebuild_float32(load_inference_model(str(path)), arch)
-    return (lambda x: np.asarray(model(x, training=False))), arch, f"{path} (Keras)"
+    trained = TrainConfig.load(config_path).arch
+    arch = trained if test_time_flip is None else dataclasses.replace(trained, test_time_flip=test_time_flip)
+    model = for_inference(rebuild_float32(load_inference_model(str(path)), trained), arch)
+    flip = ", test-time flip" if arch.test_time_flip else ""
+    return (lambda x: np.asarray(model(x, training=False))), arch, f"{path} (Keras{flip})"
 
 
 def _saved_model_predictor(path: Path) -> tuple[Predictor, ArchConfig, str]:
@@ -41,12 +45,21 @@ def _saved_model_predictor(path: Path) -> tuple[Predictor, ArchConfig, str]:
     return (lambda x: serve(**{sig["input"]: tf.constant(x, tf.float32)})[sig["output"]].numpy()), arch, name
 
 
-def load_predictor(model: str | Path, config_path: str | Path | None = None) -> tuple[Predictor, ArchConfig, str]:
-    """A function from model-input batches to probabilities, the model's architecture, and a display name."""
+def load_predictor(model: str | Path, config_path: str | Path | None = None,
+                   test_time_flip: bool | None = None) -> tuple[Predictor, ArchConfig, str]:
+    """A function from model-input batches to probabilities, the model's architecture, and a display name.
+
+    ``test_time_flip`` (``.keras`` models only) evaluates the graph `training.export` writes with that choice; an
+    exported SavedModel already contains its choice, recorded in its metadata.
+    """
     model = Path(model)
     if model.is_dir():
-        return _saved_model_predictor(model)
-    return _keras_predictor(model, Path(config_path) if config_path else None)
+        predict, arch, name = _saved_model_predictor(model)
+        if test_time_flip is not None and test_time_flip != arch.test_time_flip:
+            raise ValueError(f"{model} was exported with test_time_flip={arch.test_time_flip}; the choice is made "
+                             "at export and cannot be changed here")
+        return predict, arch, name
+    return _keras_predictor(model, Path(config_path) if config_path else None, test_time_flip)
 
 
 def predict_split(predict: Predictor, arch: ArchConfig, split: Split, batch_size: int = 256) -> np.ndarray:
@@ -156,17 +169,18 @@ def _markdown(metrics: dict[str, Any], model_name: str, split: str, has_curves: 
 
 
 def evaluate(model: str | Path, data: str | Path, out_dir: str | Path, *, split: str = "val",
-             config_path: str | Path | None = None, history: str | Path | None = None) -> dict[str, Any]:
+             config_path: str | Path | None = None, history: str | Path | None = None,
+             test_time_flip: bool | None = None) -> dict[str, Any]:
     """Evaluate ``model`` (``.keras`` or SavedModel folder) on ``split`` of ``data``; write the report folder.
 
     Writes ``metrics.json``, ``confusion_matrix.json``/``.png``, ``training_curves.png`` (if ``history`` is given)
     and ``report.md`` into ``out_dir``; returns the metrics.
     """
-    predict, arch, name = load_predictor(model, config_path)
+    predict, arch, name = load_predictor(model, config_path, test_time_flip)
     data_split = read_split(data, split)
     probabilities = predict_split(predict, arch, data_split)
     metrics = {"split": split, "model": name, "data_fingerprint": data_split.fingerprint(),
-               **compute_metrics(data_split.labels, probabilities)}
+               "test_time_flip": arch.test_time_flip, **compute_metrics(data_split.labels, probabilities)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

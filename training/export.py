@@ -7,6 +7,7 @@ and the half-written version folder is removed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -19,7 +20,7 @@ import numpy as np
 
 from training.config import ArchConfig, TrainConfig
 from training.labels import LABELS
-from training.model import build_inference_model, load_inference_model
+from training.model import build_inference_model, for_inference, load_inference_model
 
 SCHEMA_VERSION = 1
 SIGNATURE_KEY = "serving_default"
@@ -126,13 +127,15 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
 def export_model(model_path: str | Path, out_root: str | Path, *, name: str, version: str,
                  config_path: str | Path | None = None, report_dir: str | Path | None = None,
                  sample: np.ndarray | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                 force: bool = False) -> Path:
+                 force: bool = False, test_time_flip: bool | None = None) -> Path:
     """Export ``model_path`` to ``<out_root>/<name>/<version>/`` and return that folder.
 
     ``config_path`` defaults to ``config.json`` beside the model (written by ``train``); the run record
     ``run.json`` beside it, if present, goes into the metadata's ``training`` section. ``report_dir`` is an
     evaluation report folder (``python -m training evaluate``): its figures go into ``evaluation`` and the
-    folder is copied beside the SavedModel.
+    folder is copied beside the SavedModel. ``test_time_flip`` (default: the config's) exports the graph that
+    averages each crop's answer with its mirror image's (`training.model.with_test_time_flip`); evaluate the
+    ``.keras`` model with the same choice for the report.
 
     Raises:
         FileExistsError: the version folder exists and ``force`` is false.
@@ -143,13 +146,19 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
     if not config_path.is_file():
         raise FileNotFoundError(f"no training config at {config_path} (pass --config)")
     config = TrainConfig.load(config_path)
+    arch = config.arch if test_time_flip is None else dataclasses.replace(config.arch, test_time_flip=test_time_flip)
+    report = _read_json(Path(report_dir) / "metrics.json") if report_dir else None
+    if report is not None and report.get("test_time_flip", False) != arch.test_time_flip:
+        raise ValueError(f"the report in {report_dir} was made with test_time_flip="
+                         f"{report.get('test_time_flip', False)}, the export uses {arch.test_time_flip}: its "
+                         "figures would not describe this model")
     out_dir = Path(out_root) / name / str(version)
     if out_dir.exists():
         if not force:
             raise FileExistsError(f"{out_dir} already exists (choose another --version or pass --force)")
         shutil.rmtree(out_dir)
 
-    model = rebuild_float32(load_inference_model(str(model_path)), config.arch)
+    model = for_inference(rebuild_float32(load_inference_model(str(model_path)), config.arch), arch)
     if sample is None:
         rng = np.random.default_rng(0)
         sample = rng.integers(0, 256, size=(8, *model.input_shape[1:]), dtype=np.uint8)
@@ -163,10 +172,9 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
 
-    report = _read_json(Path(report_dir) / "metrics.json") if report_dir else None
     run = _read_json(model_path.parent / "run.json")
     training = {"config": config.to_dict(), **(run or {})}
-    metadata = build_metadata(name=name, version=str(version), arch=config.arch, labels=LABELS, evaluation=report,
+    metadata = build_metadata(name=name, version=str(version), arch=arch, labels=LABELS, evaluation=report,
                               training=training, self_check_diff=diff, tolerance=tolerance)
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     if report_dir:

