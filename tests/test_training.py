@@ -138,6 +138,36 @@ def test_finalize_completes_a_stopped_run_from_its_checkpoint(trained_run: Path,
     assert (stopped / "model.keras").is_file() and 0.0 <= result.val_accuracy <= 1.0
 
 
+def test_init_from_continues_from_an_earlier_model_and_refuses_another_architecture(
+        trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from training.config import PRESETS, TrainConfig
+    from training.model import load_inference_model
+    from training.train import train
+
+    smoke = PRESETS["smoke"]
+    # learning rate 0: the optimiser changes nothing, so the continued run ends with the earlier model's trained
+    # weights (BatchNorm's moving statistics aside, which a training pass still updates)
+    frozen = dataclasses.replace(smoke, epochs=1, learning_rate=0.0, augment=0.0, weight_decay=0.0,
+                                 init_from=str(trained_run / "model.keras"))
+    train(frozen, tiny_folder_dataset, tmp_path / "continued", verbose=0)
+    assert TrainConfig.load(tmp_path / "continued" / "config.json").init_from.endswith("model.keras")
+    fresh = dataclasses.replace(frozen, init_from="")
+    train(fresh, tiny_folder_dataset, tmp_path / "fresh", verbose=0)
+
+    def kernels(run: Path) -> list[np.ndarray]:
+        return [np.asarray(w) for w in load_inference_model(str(run / "model.keras")).trainable_weights]
+
+    earlier = kernels(trained_run)
+    assert all(np.array_equal(a, b) for a, b in zip(kernels(tmp_path / "continued"), earlier))
+    assert not all(np.array_equal(a, b) for a, b in zip(kernels(tmp_path / "fresh"), earlier))
+
+    wider = dataclasses.replace(frozen, arch=dataclasses.replace(smoke.arch, cnn_widths=(8, 16)))
+    with pytest.raises(ValueError, match="not a model of this architecture"):
+        train(wider, tiny_folder_dataset, tmp_path / "wider", verbose=0)
+
+
 def test_evaluate_gives_the_same_numbers_for_keras_and_savedmodel(trained_run: Path, exported_model: Path,
                                                                   tiny_folder_dataset: Path, tmp_path: Path) -> None:
     from training.evaluate import evaluate

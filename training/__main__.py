@@ -39,6 +39,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mixed-precision", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int)
     p.add_argument("--limit-per-class", type=int, help="use at most N training images per class (0 = all)")
+    p.add_argument("--init-from", help="start from the weights of this .keras model (an earlier run's model.keras "
+                                       "or checkpoint.keras, same architecture), e.g. to continue a stopped run")
     p.set_defaults(func=_train)
 
 

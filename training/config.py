@@ -56,6 +56,9 @@ class TrainConfig:
     seed: int = 1337
     #: Use at most this many training images per class (0 = all); the smoke setting uses it to stay fast.
     limit_per_class: int = 0
+    #: Start from the weights of this ``.keras`` model (an earlier run's, same architecture) instead of from the
+    #: backbone's initial weights: continues a run that stopped while it was still improving. "" = off.
+    init_from: str = ""
 
     @property
     def trains_from_scratch(self) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 from training.config import TrainConfig
 from training.data import Split, class_weights, read_split
 from training.labels import LABELS
-from training.model import BACKBONE_NAME, build_inference_model, build_training_model
+from training.model import BACKBONE_NAME, build_inference_model, build_training_model, load_inference_model
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,17 @@ def _set_fine_tune_trainable(backbone: keras.Model, config: TrainConfig) -> None
         layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
+def _load_weights_from(model: keras.Model, path: Path) -> None:
+    """Copy the weights of the inference model saved at ``path`` into ``model`` (same architecture)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from: no model file at {path}")
+    source = load_inference_model(str(path))
+    mine, theirs = model.get_weights(), source.get_weights()
+    if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
+        raise ValueError(f"--init-from: {path} is not a model of this architecture (its input is {tuple(source.input_shape[1:])}, it has {source.count_params():,} parameters)")
+    model.set_weights(theirs)
+
+
 def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, verbose: int | str = "auto") -> TrainResult:
     """Train ``config`` on ``data`` (folder root, Kaggle CSV or packed .npz), selecting on its ``val`` split.
 
@@ -122,7 +133,9 @@ def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, verbose
     val_split = read_split(data, "val")
     weights = class_weights(train_split.labels) if config.class_weights else None
 
-    inference_model = build_inference_model(config.arch)
+    inference_model = build_inference_model(config.arch, pretrained=not config.init_from)
+    if config.init_from:
+        _load_weights_from(inference_model, Path(config.init_from))
     model = build_training_model(inference_model, config)
     backbone = inference_model.get_layer(BACKBONE_NAME)
     fit_args = dict(x=train_split.images, y=train_split.labels, batch_size=config.batch_size,
