@@ -41,10 +41,13 @@ RUN
   export)
     RUN_DIR=${2:?usage: scripts/gpu-train.sh export RUN_DIR [DATA_DIR]}
     DATA=${3:-../shared/data/fer2013}
+    # TEST_TIME_FLIP=1: export the mirror-averaged graph (more accurate, twice the model's CPU per crop)
+    FLIP=()
+    [ "${TEST_TIME_FLIP:-0}" = 1 ] && FLIP=(--test-time-flip)
     $PY -m training evaluate --model "$RUN_DIR/model.keras" --data "$DATA" --out "$RUN_DIR/report" \
-      --history "$RUN_DIR/history.csv"
+      --history "$RUN_DIR/history.csv" "${FLIP[@]}"
     $PY -m training export --model "$RUN_DIR/model.keras" --report "$RUN_DIR/report" --data "$DATA" \
-      --name fer-resnet50v2-224 --version 1
+      --name fer-resnet50v2-224 --version 1 "${FLIP[@]}"
     ;;
   *)
     sed -n '2,10p' "$0"; exit 2 ;;
