@@ -245,8 +245,8 @@ def render(rows: list[dict], raw: dict[str, float], args: argparse.Namespace, wo
              "levels measure capacity, not shedding); client and service share the machine (loopback).",
              "", "Raw model (the SavedModel's serving signature called directly, real face crops):", "",
              "| how | crops/s | ms per call |", "|---|---|---|",
-             *[f"| {'one at a time' if size == 1 else f'full batches of {size}'} | {rate:.0f} | {ms:.2f} |"
-               for size, (rate, ms) in raw["by_size"].items()],
+             *[f"| {'one at a time' if size == 1 else f'full batches of {size}'} | {rate:.0f} | {per_call:.2f} |"
+               for size, (rate, per_call) in raw["by_size"].items()],
              "", f"Batching gives {raw['batched'] / raw['one_at_a_time']:.1f}x the throughput of one-at-a-time "
              f"inference on the raw model (best: batches of {raw['batched_size']}, {raw['batched']:.0f} crops/s, "
              "the reference for the percentages below).", ""]

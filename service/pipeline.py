@@ -18,7 +18,7 @@ from service.batching import MicroBatcher
 from service.errors import OverloadedError, ServiceError
 from service.metrics import Metrics
 from service.model import LoadedModel
-from service.prepare import Prepared, PreparePool
+from service.prepare import Prepared, PreparePool, rounded_ms
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,6 @@ class ImageResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
-
-
 class Predictor:
     """Runs the pipeline for one model, one detector and one batcher (all owned by the app's lifespan)."""
 
@@ -75,7 +71,7 @@ class Predictor:
                                     probabilities={label: float(p) for label, p in zip(labels, row)}))
         self.metrics.image_done(len(faces))
         timings = {"decode": prepared.decode_ms, "detect": prepared.detect_ms, "infer": infer_ms,
-                   "total": _ms(time.perf_counter() - started)}
+                   "total": rounded_ms(time.perf_counter() - started)}
         return ImageResult(prepared.width, prepared.height, faces, timings)
 
     async def predict(self, data: bytes, options: Options) -> ImageResult:
@@ -112,7 +108,7 @@ class Predictor:
         crops = [p.crops for p in prepared if len(p.crops)]
         infer_started = time.perf_counter()
         rows = await self.batcher.submit(np.concatenate(crops)) if crops else np.empty((0, len(self.model.labels)))
-        infer_ms = _ms(time.perf_counter() - infer_started)
+        infer_ms = rounded_ms(time.perf_counter() - infer_started)
         results, offset = [], 0
         for p in prepared:
             count = len(p.detections)

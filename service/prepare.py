@@ -64,7 +64,8 @@ class Prepared:
     detect_ms: float
 
 
-def _ms(seconds: float) -> float:
+def rounded_ms(seconds: float) -> float:
+    """``seconds`` as milliseconds rounded to microseconds (the unit of the responses' ``timings_ms``)."""
     return round(seconds * 1000.0, 3)
 
 
@@ -94,7 +95,8 @@ class Preparer:
                                     color_mode=spec.color_mode, margin=spec.margin if detect else 0.0)
         detected = time.perf_counter()
         height, width = image.shape[:2]
-        return Prepared(int(width), int(height), detections, crops, _ms(decoded - started), _ms(detected - decoded))
+        return Prepared(int(width), int(height), detections, crops, rounded_ms(decoded - started),
+                        rounded_ms(detected - decoded))
 
 
 # --- worker-process side (module-level functions: they are pickled by name) ---------------------------------------

@@ -16,6 +16,7 @@ import pytest
 
 from service.prepare import PreparePool
 from tests import photos
+from tests.hostile_client import wait_until
 from tests.servers import RunningService, metric_value, running_service
 
 RECYCLE_AFTER = 3
@@ -50,15 +51,6 @@ def gone(pid: int) -> bool:
     return False
 
 
-def wait_for(condition, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_detection_runs_in_a_worker_process_that_is_replaced_after_recycle_after_images(
         service: RunningService) -> None:
     pool = pool_of(service)
@@ -75,13 +67,13 @@ def test_detection_runs_in_a_worker_process_that_is_replaced_after_recycle_after
         assert sent < 200, "the pool was not replaced after recycle_after detections"
         assert predict(service).status_code == 200
         sent += 1
-    assert wait_for(lambda: all(gone(pid) for pid in first)), "a retired worker process did not exit"
+    assert wait_until(lambda: all(gone(pid) for pid in first), timeout=60), "a retired worker process did not exit"
     assert pool.worker_pids() and not set(pool.worker_pids()) & set(first)
 
 
 def test_a_killed_idle_worker_is_replaced_and_the_next_request_still_succeeds(service: RunningService) -> None:
     pool = pool_of(service)
-    assert wait_for(lambda: bool(pool.worker_pids()))
+    assert wait_until(lambda: bool(pool.worker_pids()), timeout=60)
     before = restarts(service, "crashed")
     for pid in pool.worker_pids():
         os.kill(pid, signal.SIGKILL)

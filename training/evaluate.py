@@ -7,7 +7,6 @@ resized and converted exactly as during training), so both give the same numbers
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -23,13 +22,10 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 def _keras_predictor(path: Path, config_path: Path | None,
                      test_time_flip: bool | None) -> tuple[Predictor, ArchConfig, str]:
-    from training.export import rebuild_float32
-    from training.model import for_inference, load_inference_model
+    from training.export import served_model
 
     config_path = config_path or path.parent / "config.json"
-    trained = TrainConfig.load(config_path).arch
-    arch = trained if test_time_flip is None else dataclasses.replace(trained, test_time_flip=test_time_flip)
-    model = for_inference(rebuild_float32(load_inference_model(str(path)), trained), arch)
+    model, arch = served_model(path, TrainConfig.load(config_path).arch, test_time_flip)
     flip = ", test-time flip" if arch.test_time_flip else ""
     return (lambda x: np.asarray(model(x, training=False))), arch, f"{path} (Keras{flip})"
 

@@ -55,6 +55,17 @@ def rebuild_float32(model: keras.Model, arch: ArchConfig) -> keras.Model:
     return clean
 
 
+def served_model(model_path: str | Path, trained: ArchConfig,
+                 test_time_flip: bool | None = None) -> tuple[keras.Model, ArchConfig]:
+    """The graph that is exported (and evaluated) for a trained ``.keras`` model, and its architecture.
+
+    ``trained`` is the architecture the model was trained with; ``test_time_flip`` (``None``: as recorded there)
+    chooses whether the graph averages each crop's answer with its mirror image's.
+    """
+    arch = trained if test_time_flip is None else dataclasses.replace(trained, test_time_flip=test_time_flip)
+    return for_inference(rebuild_float32(load_inference_model(str(model_path)), trained), arch), arch
+
+
 def write_saved_model(model: keras.Model, path: Path) -> None:
     """Write ``model`` as a SavedModel whose ``serving_default`` maps ``images`` to ``probabilities``.
 
@@ -146,11 +157,11 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
     if not config_path.is_file():
         raise FileNotFoundError(f"no training config at {config_path} (pass --config)")
     config = TrainConfig.load(config_path)
-    arch = config.arch if test_time_flip is None else dataclasses.replace(config.arch, test_time_flip=test_time_flip)
+    flip = config.arch.test_time_flip if test_time_flip is None else test_time_flip
     report = _read_json(Path(report_dir) / "metrics.json") if report_dir else None
-    if report is not None and report.get("test_time_flip", False) != arch.test_time_flip:
+    if report is not None and report.get("test_time_flip", False) != flip:
         raise ValueError(f"the report in {report_dir} was made with test_time_flip="
-                         f"{report.get('test_time_flip', False)}, the export uses {arch.test_time_flip}: its "
+                         f"{report.get('test_time_flip', False)}, the export uses {flip}: its "
                          "figures would not describe this model")
     out_dir = Path(out_root) / name / str(version)
     if out_dir.exists():
@@ -158,7 +169,7 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
             raise FileExistsError(f"{out_dir} already exists (choose another --version or pass --force)")
         shutil.rmtree(out_dir)
 
-    model = for_inference(rebuild_float32(load_inference_model(str(model_path)), config.arch), arch)
+    model, arch = served_model(model_path, config.arch, flip)
     if sample is None:
         rng = np.random.default_rng(0)
         sample = rng.integers(0, 256, size=(8, *model.input_shape[1:]), dtype=np.uint8)
