@@ -72,8 +72,9 @@ class Settings(BaseSettings):
                                                           "classified at once; more is answered 503.")
     prepare_processes: int = Field(1, ge=0, le=64, description="Worker processes that decode images and detect "
                                                                "faces (0: one thread in the service process).")
-    prepare_recycle_after: int = Field(100, ge=1, description="Detections after which the worker processes are "
-                                                              "replaced (bounds native memory leaks).")
+    prepare_recycle_after: int = Field(5000, ge=1, description="Detections after which the worker processes are "
+                                                               "replaced (bounds native memory leaks and heap "
+                                                               "growth).")
 
     # --- limits -----------------------------------------------------------------------------------------------
     max_upload_bytes: int = Field(10 * MiB, ge=1024, description="Largest image upload, in bytes (413 above).")

