@@ -60,7 +60,7 @@ class Candidate:
     default_threshold: float
     max_side: int = 640
     min_face_size: int = 40
-    options: dict[str, int] = field(default_factory=dict)  # extra constructor arguments (YuNet variants)
+    options: dict[str, int | None] = field(default_factory=dict)  # extra constructor arguments (YuNet variants)
 
 
 CANDIDATES = [
@@ -73,6 +73,12 @@ CANDIDATES = [
     # Smaller detection copies (the `detection_max_side` setting): cheaper, until the smallest faces get lost.
     Candidate("YuNet, detection copy at most 480 px", "yunet", 0.3, (0.6, 0.7), 0.7, max_side=480),
     Candidate("YuNet, detection copy at most 320 px", "yunet", 0.3, (0.6, 0.7), 0.7, max_side=320),
+    Candidate("YuNet, detection copy at most 256 px", "yunet", 0.3, (0.6, 0.7), 0.7, max_side=256),
+    # The upper bound on the detection scale (`ample_face`, default 24 px for a 40 px face): without it, or lower.
+    Candidate("YuNet, small photos searched at full resolution (no ample_face)", "yunet", 0.3, (0.6, 0.7), 0.7,
+              options={"ample_face": None}),
+    Candidate("YuNet, 40 px faces seen at most at 20 px", "yunet", 0.3, (0.6, 0.7, 0.75), 0.7,
+              options={"ample_face": 20}),
 ]
 
 

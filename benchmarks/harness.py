@@ -181,6 +181,27 @@ def proc_stats(pid: int) -> ProcStats:
     return ProcStats(rss_kb / 1024, threads, fds, processes)
 
 
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of ``pid`` and each of its descendants (Linux /proc), by process id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        seconds[member] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return seconds
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float], pid: int) -> tuple[float, float]:
+    """CPU seconds spent between two `cpu_seconds` readings by ``pid`` itself and by its descendants (a process
+    started meanwhile counts from zero; one that exited meanwhile is missing from ``after`` and is not counted)."""
+    own = after.get(pid, 0.0) - before.get(pid, 0.0)
+    others = sum(value - before.get(member, 0.0) for member, value in after.items() if member != pid)
+    return own, others
+
+
 def fetch_metrics(url: str) -> str:
     with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
         return response.read().decode()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from service.faces import (
-    DEFAULT_DETECTOR, DETECTORS, Box, Detection, FaceDetector, create_detector, crop_faces, crop_window, select_faces,
-    whole_image,
+    DEFAULT_DETECTOR, DETECTORS, Box, Detection, FaceDetector, create_detector, crop_faces, crop_window, detection_scale,
+    select_faces, whole_image,
 )
 from service.images import decode_image
 from tests.photos import (
@@ -139,6 +139,33 @@ def test_detect_from_several_threads(detector):
 def test_detector_rejects_non_rgb(detector):
     with pytest.raises(ValueError):
         detector.detect(cv2.cvtColor(astronaut().image, cv2.COLOR_RGB2GRAY))
+
+
+@pytest.mark.parametrize("size, expected", [
+    ((512, 512), 0.6),      # under max_side: shrunk only to where a 40 px face is 24 px (ample_min_face)
+    ((1280, 720), 0.5),     # max_side decides
+    ((1920, 1080), 0.4),    # a 40 px face must stay 16 px (native_min_face)
+    ((300, 200), 0.6),
+    ((200, 150), 0.72),     # ... but never below SMALL_IMAGE_SIDE (144 px): tight face crops need their pixels
+    ((320, 240), 0.6),
+    ((48, 48), 3.0),        # pre-cropped face: enlarged to SMALL_IMAGE_SIDE
+])
+def test_detection_scale_bounds(size, expected):
+    scale = detection_scale(*size, max_side=640, min_face_size=40, native_min_face=16, ample_min_face=24)
+    assert scale == pytest.approx(expected)
+
+
+def test_detection_scale_without_ample_searches_small_photos_at_full_resolution():
+    assert detection_scale(512, 512, max_side=640, min_face_size=40, native_min_face=16) == 1.0
+
+
+def test_small_photos_are_searched_at_the_ample_scale_and_still_found(detector):
+    # The astronaut (512x512, a 93 px face) is searched on a 307x307 copy and found where it is.
+    assert detector.ample_face == 24
+    assert_finds_exactly(detector.detect(astronaut().image), astronaut().faces)
+    full = create_detector(DEFAULT_DETECTOR, min_face_size=40, threshold=0.7)
+    full.ample_face = None
+    assert_finds_exactly(full.detect(astronaut().image), astronaut().faces)
 
 
 def _resident_mib() -> float:
