@@ -53,14 +53,42 @@ def _measure(model_dir: str, data: str, precision: str, out: Path) -> None:
                                                        "version": model.metadata.version}))
 
 
+def _measure_speed(model_dir: str, precision: str, out: Path) -> None:
+    """Child process: throughput only (a model without meaningful accuracy, e.g. an untrained flagship-size one)."""
+    from service.model import load_model
+
+    model = load_model(model_dir, precision=precision)
+    height, width = model.input_size
+    crops = np.random.default_rng(0).integers(0, 256, (32, height, width, model.metadata.input.channels),
+                                              dtype=np.uint8)
+    timings = {}
+    for batch in (1, 8, 32):
+        x = crops[:batch]
+        for _ in range(3):
+            model.predict(x)
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 8.0:
+            model.predict(x)
+            runs += 1
+        timings[batch] = batch * runs / (time.perf_counter() - started)
+    (out / f"speed-{precision}.json").write_text(json.dumps({"throughput": timings, "name": model.metadata.name,
+                                                             "version": model.metadata.version}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", default="models/fer-cnn-48")
     parser.add_argument("--data", default="../shared/data/fer2013")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "PRECISION.md"))
+    parser.add_argument("--speed-model", help="also measure the throughput (only) of this model at both precisions, "
+                                              "e.g. an untrained flagship-size model from benchmarks/untrained_model.py")
     parser.add_argument("--child", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-speed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.child_speed:
+        _measure_speed(args.model_dir, args.child, Path(args.child_out))
+        return 0
     if args.child:
         _measure(args.model_dir, args.data, args.child, Path(args.child_out))
         return 0
@@ -70,8 +98,14 @@ def main() -> int:
             subprocess.run([sys.executable, __file__, "--model-dir", args.model_dir, "--data", args.data,
                             "--child", precision, "--child-out", tmp], check=True,
                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            if args.speed_model:
+                subprocess.run([sys.executable, __file__, "--model-dir", args.speed_model, "--child", precision,
+                                "--child-speed", "--child-out", tmp], check=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         results = {p: (np.load(Path(tmp) / f"{p}.npy"), json.loads((Path(tmp) / f"{p}.json").read_text()))
                    for p in ("fp32", "bf16")}
+        speed = ({p: json.loads((Path(tmp) / f"speed-{p}.json").read_text()) for p in ("fp32", "bf16")}
+                 if args.speed_model else None)
     labels = np.array(results["fp32"][1]["labels"])
     fp32, bf16 = results["fp32"][0], results["bf16"][0]
     acc = {p: float((results[p][0].argmax(1) == labels).mean()) for p in results}
@@ -97,6 +131,15 @@ def main() -> int:
     if max_diff == 0.0:
         lines.append("Identical outputs: TensorFlow did not apply the bf16 rewrite here (it needs a CPU that reports "
                      "avx512_bf16 or amx_bf16), so `--precision bf16` is a no-op on this machine.")
+    if speed:
+        rate = {p: speed[p]["throughput"] for p in speed}
+        lines += ["", f"Throughput only, model `{speed['fp32']['name']}` version {speed['fp32']['version']} "
+                      f"(`{args.speed_model}`; random crops, no accuracy to measure):", "",
+                  "| precision | img/s batch 1 | img/s batch 8 | img/s batch 32 |", "|---|---|---|---|",
+                  *[f"| {p} | {rate[p]['1']:.1f} | {rate[p]['8']:.1f} | {rate[p]['32']:.1f} |" for p in rate], "",
+                  f"bf16 / fp32: {rate['bf16']['1'] / rate['fp32']['1']:.2f}x at batch 1, "
+                  f"{rate['bf16']['8'] / rate['fp32']['8']:.2f}x at batch 8, "
+                  f"{rate['bf16']['32'] / rate['fp32']['32']:.2f}x at batch 32."]
     lines.append("")
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))

@@ -18,6 +18,9 @@ models="$(mktemp -d)"
 trap 'rm -rf "$models"' EXIT
 "$python" -m benchmarks.untrained_model --out "$models"
 "$python" -m benchmarks.loadgen --model-dir "$models/resnet50v2-224-untrained" --section loadgen-flagship-size \
-    --workloads photo,crop --levels 1,4,8,16,32 --seconds 10 --raw-seconds 20 --no-unbatched
+    --workloads photo,crop --levels 4,8,16,32 --seconds 10 --raw-seconds 12 --no-unbatched
+"$python" -m benchmarks.loadgen --model-dir "$models/resnet50v2-224-untrained" --section loadgen-flagship-size-detect256 \
+    --workloads photo --levels 8,16,32 --seconds 10 --raw-seconds 12 --no-unbatched \
+    --service-args "--max-pending-images 1100 --max-queue 1100 --detection-max-side 256"
 "$python" -m benchmarks.overload --model-dir "$model" --seconds 15 --compare-unbounded
 "$python" -m benchmarks.soak --model-dir "$model" --requests 20000 --max-seconds 720
