@@ -17,11 +17,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+def _throughput(model: Any, inputs: np.ndarray, *, seconds: float) -> dict[int, float]:
+    """Inputs/s of ``model.predict`` on the first 1, 8 and 32 of ``inputs``, each after a warm-up."""
+    timings = {}
+    for batch in (1, 8, 32):
+        x = inputs[:batch]
+        for _ in range(3):
+            model.predict(x)
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model.predict(x)
+            runs += 1
+        timings[batch] = batch * runs / (time.perf_counter() - started)
+    return timings
 
 
 def _measure(model_dir: str, data: str, precision: str, out: Path) -> None:
@@ -37,16 +53,7 @@ def _measure(model_dir: str, data: str, precision: str, out: Path) -> None:
     arch = ArchConfig(input_size=height, color_mode="grayscale" if model.metadata.input.channels == 1 else "rgb")
     images = np.asarray(apply_layers(to_model_input(arch), val.images.astype(np.float32)))
     probabilities = np.concatenate([model.predict(images[i:i + 32]) for i in range(0, len(images), 32)])
-    timings = {}
-    for batch in (1, 8, 32):
-        x = images[:batch]
-        for _ in range(3):
-            model.predict(x)
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < 3.0:
-            model.predict(x)
-            runs += 1
-        timings[batch] = batch * runs / (time.perf_counter() - started)
+    timings = _throughput(model, images, seconds=3.0)
     np.save(out / f"{precision}.npy", probabilities)
     (out / f"{precision}.json").write_text(json.dumps({"throughput": timings, "labels": val.labels.tolist(),
                                                        "name": model.metadata.name,
@@ -61,16 +68,7 @@ def _measure_speed(model_dir: str, precision: str, out: Path) -> None:
     height, width = model.input_size
     crops = np.random.default_rng(0).integers(0, 256, (32, height, width, model.metadata.input.channels),
                                               dtype=np.uint8)
-    timings = {}
-    for batch in (1, 8, 32):
-        x = crops[:batch]
-        for _ in range(3):
-            model.predict(x)
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < 8.0:
-            model.predict(x)
-            runs += 1
-        timings[batch] = batch * runs / (time.perf_counter() - started)
+    timings = _throughput(model, crops, seconds=8.0)
     (out / f"speed-{precision}.json").write_text(json.dumps({"throughput": timings, "name": model.metadata.name,
                                                              "version": model.metadata.version}))
 
