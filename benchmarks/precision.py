@@ -73,6 +73,11 @@ def _measure_speed(model_dir: str, precision: str, out: Path) -> None:
                                                              "version": model.metadata.version}))
 
 
+def _run_child(*args: str) -> None:
+    """This script in a fresh process (TensorFlow's bf16 switch is process-wide)."""
+    subprocess.run([sys.executable, __file__, *args], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", default="models/fer-cnn-48")
@@ -93,13 +98,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         for precision in ("fp32", "bf16"):
-            subprocess.run([sys.executable, __file__, "--model-dir", args.model_dir, "--data", args.data,
-                            "--child", precision, "--child-out", tmp], check=True,
-                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            _run_child("--model-dir", args.model_dir, "--data", args.data, "--child", precision, "--child-out", tmp)
             if args.speed_model:
-                subprocess.run([sys.executable, __file__, "--model-dir", args.speed_model, "--child", precision,
-                                "--child-speed", "--child-out", tmp], check=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                _run_child("--model-dir", args.speed_model, "--child", precision, "--child-speed", "--child-out", tmp)
         results = {p: (np.load(Path(tmp) / f"{p}.npy"), json.loads((Path(tmp) / f"{p}.json").read_text()))
                    for p in ("fp32", "bf16")}
         speed = ({p: json.loads((Path(tmp) / f"speed-{p}.json").read_text()) for p in ("fp32", "bf16")}

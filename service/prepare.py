@@ -115,8 +115,9 @@ def _keep_freed_memory() -> None:
     """Let this worker reuse the memory the detector frees instead of returning it to the kernel after each call.
 
     libfacedetection allocates and frees ~16 MB of feature maps per 512x512 detection; with glibc's defaults those
-    blocks are mmap'ed and unmapped on every call, so every call page-faults them in again: about 4,000 faults and
-    a quarter of the detection's CPU time, all in the kernel (benchmarks/DETECTORS.md). Blocks up to 32 MiB (the
+    blocks are mmap'ed and unmapped on every call, so every call page-faults them in again (measured in-process on
+    this 2-core machine: ~4,000 faults and ~9 of ~37 ms per call in the kernel; with this setting, no faults and
+    the call ~10 % faster). Blocks up to 32 MiB (the
     largest glibc allows here) now come from the heap, and up to 64 MiB of free heap is kept, so a worker's
     resident memory stays at its working set; larger images' buffers are still mapped and given back, and the pool
     is replaced every ``recycle_after`` detections anyway.
