@@ -21,7 +21,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train on the train split, select on val. Flags override the preset.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=DEFAULT_DATA, help="folder root (<split>/<label>/*.jpg), Kaggle CSV or packed .npz")
-    p.add_argument("--run-dir", required=True, help="output folder for checkpoints, log, config and model.keras")
+    p.add_argument("--run-dir", help="output folder for checkpoints, log, config and model.keras (keep long runs "
+                                      "outside the work tree, e.g. ~/fer-runs/<run>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the stopped run in RUN_DIR exactly (its own config; no other training options)")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="train at most N epochs in this call, leaving the run resumable (0 = to the end)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="flagship", help="starting configuration")
     p.add_argument("--backbone", help="resnet50v2, mobilenetv2, efficientnetv2b0 or fer_cnn")
     p.add_argument("--input-size", type=int, help="square input size of the served model, pixels")
@@ -33,7 +38,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="phase 2 epochs (fine-tuning; the whole run when from scratch)")
     p.add_argument("--learning-rate", type=float, help="phase 2 learning rate")
     p.add_argument("--fine-tune-layers", type=int, help="backbone layers unfrozen in phase 2")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--schedule", choices=["plateau", "cosine"])
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", type=float, help="augmentation strength (0 disables)")
+    p.add_argument("--random-erasing", type=float, help="probability of random erasing per image")
+    p.add_argument("--calibration-fraction", type=float,
+                   help="share of each train class held out to fit the temperature on")
+    p.add_argument("--early-stopping-patience", type=int, help="epochs without improvement (0 = never stop early)")
     p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="weight the loss by inverse class frequency (preset default: on)")
     p.add_argument("--mixed-precision", choices=["auto", "on", "off"])
@@ -48,17 +62,37 @@ def _train(args: argparse.Namespace) -> int:
     from training.config import PRESETS
     from training.train import train
 
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    options = set(given) - {"func", "command", "data", "resume", "stop_after", "preset"}
+    if args.resume:
+        if options - {"run_dir"}:
+            raise ValueError(f"--resume continues the run's own config; drop {', '.join(sorted(options))}")
+        result = train(None, args.data, args.resume, resume=True, stop_after=args.stop_after, verbose=_verbosity())
+        return _report_train(result)
+    if not args.run_dir:
+        raise ValueError("--run-dir is required (or --resume RUN_DIR)")
     config = PRESETS[args.preset]
     arch_fields = {f.name for f in dataclasses.fields(config.arch)}
-    given = {k: v for k, v in vars(args).items() if v is not None}
     config = dataclasses.replace(
         config,
         arch=dataclasses.replace(config.arch, **{k: v for k, v in given.items() if k in arch_fields}),
         **{k: v for k, v in given.items() if k in {f.name for f in dataclasses.fields(config)} and k != "arch"},
     )
-    result = train(config, args.data, args.run_dir)
-    print(f"best val accuracy {result.val_accuracy:.4f} after {result.epochs_run} epochs "
-          f"({result.seconds / 60:.1f} min); model: {result.model_path}")
+    return _report_train(train(config, args.data, args.run_dir, stop_after=args.stop_after, verbose=_verbosity()))
+
+
+def _verbosity() -> int:
+    """A progress bar on a terminal, one line per epoch in a log file."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _report_train(result) -> int:
+    if result.model_path.name != "model.keras":
+        print(f"stopped after epoch {result.epochs_run} ({result.seconds / 60:.1f} min so far); "
+              f"continue with: python -m training train --resume {result.run_dir}")
+    else:
+        print(f"best val accuracy {result.val_accuracy:.4f} after {result.epochs_run} epochs "
+              f"({result.seconds / 60:.1f} min); model: {result.model_path}")
     return 0
 
 

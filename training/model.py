@@ -5,8 +5,8 @@ Two models are built:
 * the **inference model** (named ``fer_model``): takes a batch of ``(size, size, channels)`` crops with pixel values
   0-255 in the metadata's colour mode and returns class probabilities. Every bit of preprocessing (channel
   replication, scaling to what the backbone expects) is inside it; this is what gets exported.
-* the **training model**: FER-2013's 48x48 grayscale pixels -> resize to the input size -> augmentation (active only
-  in training) -> the inference model.
+* the **training model**: FER-2013's 48x48 grayscale pixels -> resize to the input size -> the inference model
+  (augmentation happens before, in :mod:`training.batches`).
 
 Only built-in Keras layers are used, so a ``.keras`` file loads anywhere Keras 3 runs, whatever the backend.
 """
@@ -152,21 +152,6 @@ def for_inference(model: keras.Model, arch: ArchConfig) -> keras.Model:
     return with_test_time_flip(model) if arch.test_time_flip else model
 
 
-def augmentation(strength: float, seed: int) -> list[layers.Layer]:
-    """Augmentation layers (no-ops at inference); ``strength`` scales every range, 0 disables them."""
-    if strength <= 0:
-        return []
-    return [
-        layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
-        layers.RandomRotation(0.03 * strength, fill_mode="nearest", seed=seed + 1, name="aug_rotate"),
-        layers.RandomZoom(0.1 * strength, fill_mode="nearest", seed=seed + 2, name="aug_zoom"),
-        layers.RandomTranslation(0.08 * strength, 0.08 * strength, fill_mode="nearest", seed=seed + 3,
-                                 name="aug_shift"),
-        layers.RandomBrightness(0.15 * strength, value_range=(0, 255), seed=seed + 4, name="aug_brightness"),
-        layers.RandomContrast(0.2 * strength, value_range=(0, 255), seed=seed + 5, name="aug_contrast"),
-    ]
-
-
 def to_model_input(arch: ArchConfig) -> list[layers.Layer]:
     """Layers turning FER-2013 48x48x1 pixels into the inference model's input (size, channels)."""
     steps: list[layers.Layer] = []
@@ -185,10 +170,13 @@ def apply_layers(steps: list[layers.Layer], x):
 
 
 def build_training_model(inference_model: keras.Model, config: TrainConfig) -> keras.Model:
-    """Wrap the inference model for training on FER-2013 pixels: resize, augment, classify."""
+    """Wrap the inference model for training on FER-2013 pixels: resize, classify.
+
+    Augmentation is not in this graph: it happens in the data pipeline (:mod:`training.batches`), where it is a pure
+    function of the step, so a resumed run sees exactly the batches an uninterrupted one would.
+    """
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="fer_pixels")
     x = apply_layers(to_model_input(config.arch), inputs)
-    x = apply_layers(augmentation(config.augment, config.seed), x)
     return keras.Model(inputs, inference_model(x), name="fer_training")
 
 

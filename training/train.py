@@ -19,9 +19,16 @@ import keras
 import numpy as np
 
 from training.config import TrainConfig
+from training.batches import Augmentation, calibration_split, steps_per_epoch, training_batches
 from training.data import Split, class_weights, read_split
 from training.labels import LABELS
-from training.model import BACKBONE_NAME, build_inference_model, build_training_model, load_inference_model
+from training.model import (
+    BACKBONE_NAME,
+    INFERENCE_MODEL_NAME,
+    build_inference_model,
+    build_training_model,
+    load_inference_model,
+)
 
 
 @dataclass(frozen=True)
@@ -43,19 +50,38 @@ def limit_per_class(split: Split, limit: int, seed: int) -> Split:
     return Split(split.images[keep], split.labels[keep])
 
 
-def _use_mixed_precision(setting: str) -> bool:
-    if setting in ("on", "off"):
-        return setting == "on"
+def mixed_precision_policy(setting: str) -> str | None:
+    """The Keras mixed-precision policy for ``setting`` on this machine, or None for float32.
+
+    A GPU gets ``mixed_float16``. A CPU gets ``mixed_bfloat16`` only where it computes bf16 natively (AVX512_BF16
+    or AMX: measured 1.2-1.4x over float32 for the CPU nets, see ``../shared/notes/cpu-training.md``); elsewhere bf16
+    is emulated and slower, so ``auto`` stays in float32 there.
+    """
+    if setting == "off":
+        return None
     backend = keras.backend.backend()
+    gpu = False
     if backend == "jax":
         import jax
 
-        return any(d.platform == "gpu" for d in jax.devices())
-    if backend == "tensorflow":
+        gpu = any(d.platform == "gpu" for d in jax.devices())
+    elif backend == "tensorflow":
         import tensorflow as tf
 
-        return bool(tf.config.list_physical_devices("GPU"))
-    return False
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    if gpu:
+        return "mixed_float16"
+    if setting == "on" or _cpu_has_native_bf16():
+        return "mixed_bfloat16"
+    return None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _hardware() -> str:
@@ -75,21 +101,88 @@ def _hardware() -> str:
     return f"{cpu} x{os.cpu_count()}" + (f"; {accel}" if accel else "")
 
 
-def _callbacks(run_dir: Path, config: TrainConfig) -> list[keras.callbacks.Callback]:
-    return [
+class _ResumePoint(keras.callbacks.Callback):
+    """After every epoch: the whole training state (weights, optimizer and its step) to ``last.keras`` and the
+    epoch count to ``state.json``, each replaced atomically, so a killed run loses at most the epoch in progress."""
+
+    def __init__(self, run_dir: Path, seconds_before: float) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.seconds_before = seconds_before
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        partial = self.run_dir / "last.partial.keras"
+        self.model.save(partial)
+        os.replace(partial, self.run_dir / LAST_CHECKPOINT)
+        _write_state(self.run_dir, epochs_done=epoch + 1, seconds=self.seconds_before + time.time() - self.started,
+                     random_states=[np.asarray(v).tolist() for v in _random_states(self.model)])
+
+
+LAST_CHECKPOINT = "last.keras"
+BEST_CHECKPOINT = "checkpoint.keras"
+
+
+def _random_states(model: keras.Model) -> list:
+    """The states of the model's random generators (dropout's): ``model.save`` leaves them out, so a resumed run
+    would draw different dropout masks without them."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def _write_state(run_dir: Path, *, epochs_done: int, seconds: float, random_states: list) -> None:
+    partial = run_dir / "state.partial.json"
+    partial.write_text(json.dumps({"epochs_done": epochs_done, "seconds": round(seconds, 1),
+                                   "random_states": random_states}) + "\n")
+    os.replace(partial, run_dir / "state.json")
+
+
+def _read_state(run_dir: Path) -> dict:
+    path = run_dir / "state.json"
+    if not path.is_file() or not (run_dir / LAST_CHECKPOINT).is_file():
+        raise FileNotFoundError(f"--resume: {run_dir} has no state.json and {LAST_CHECKPOINT} (nothing to resume; "
+                                "a run writes them after its first epoch)")
+    return json.loads(path.read_text())
+
+
+def _callbacks(run_dir: Path, config: TrainConfig, seconds_before: float) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoint.keras"), monitor="val_accuracy", mode="max",
+        keras.callbacks.ModelCheckpoint(str(run_dir / BEST_CHECKPOINT), monitor="val_accuracy", mode="max",
                                         save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.early_stopping_patience,
-                                      restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience,
-                                          min_lr=1e-6),
+        _ResumePoint(run_dir, seconds_before),
     ]
+    if config.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                                       patience=config.early_stopping_patience))
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                           patience=config.reduce_lr_patience, min_lr=1e-6))
+    return callbacks
 
 
-def _compile(model: keras.Model, learning_rate: float, weight_decay: float) -> None:
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def _learning_rate(config: TrainConfig, peak: float, epochs: int, per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    if config.schedule == "plateau":
+        return peak
+    if config.schedule != "cosine":
+        raise ValueError(f"schedule must be 'plateau' or 'cosine', not '{config.schedule}'")
+    warmup = int(round(config.warmup_epochs * per_epoch))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak / 10 if warmup else peak, decay_steps=max(1, epochs * per_epoch - warmup),
+        alpha=0.0, warmup_target=peak if warmup else None, warmup_steps=warmup)
+
+
+def _compile(model: keras.Model, config: TrainConfig, learning_rate: float, epochs: int, per_epoch: int) -> None:
+    rate = _learning_rate(config, learning_rate, epochs, per_epoch)
+    if config.optimizer == "sgd":
+        optimizer: keras.optimizers.Optimizer = keras.optimizers.SGD(
+            rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    elif config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', not '{config.optimizer}'")
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                  metrics=["accuracy"])
 
 
 def _set_fine_tune_trainable(backbone: keras.Model, config: TrainConfig) -> None:
@@ -113,52 +206,116 @@ def _load_weights_from(model: keras.Model, path: Path) -> None:
     model.set_weights(theirs)
 
 
-def train(config: TrainConfig, data: str | Path, run_dir: str | Path, *, verbose: int | str = "auto") -> TrainResult:
+@dataclass(frozen=True)
+class _Phase:
+    name: str
+    epochs: int
+    learning_rate: float
+
+
+def _phases(config: TrainConfig) -> list[_Phase]:
+    phases = []
+    if not config.trains_from_scratch and config.head_epochs > 0:
+        phases.append(_Phase("head", config.head_epochs, config.head_learning_rate))
+    phases.append(_Phase("fine_tune", config.epochs, config.learning_rate))
+    return phases
+
+
+def train(config: TrainConfig | None, data: str | Path, run_dir: str | Path, *, resume: bool = False,
+          stop_after: int = 0, verbose: int | str = "auto") -> TrainResult:
     """Train ``config`` on ``data`` (folder root, Kaggle CSV or packed .npz), selecting on its ``val`` split.
+
+    With ``resume`` the run in ``run_dir`` continues where it stopped (its own ``config.json``; ``config`` must be
+    None): weights, optimizer state and step (hence the learning-rate schedule), epoch and the data stream are those
+    an uninterrupted run would have had. ``stop_after`` > 0 trains at most that many epochs in this call and leaves
+    the run resumable (the model is then not finished: no ``model.keras``).
 
     Raises:
         training.data.DataError: the data is unusable.
         training.model.WeightsUnavailableError: pretrained weights were asked for and cannot be had.
+        FileNotFoundError: ``resume`` and the run folder holds nothing to resume.
     """
-    started = time.time()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        if config is not None:
+            raise ValueError("--resume continues the run's own config.json; give no other training options")
+        config = TrainConfig.load(run_dir / "config.json")
+        state = _read_state(run_dir)
+    else:
+        if config is None:
+            raise ValueError("a config is needed unless resuming")
+        if (run_dir / "state.json").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume or use a new folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+        state = {"epochs_done": 0, "seconds": 0.0, "random_states": []}
+    started = time.time()
     keras.utils.set_random_seed(config.seed)
-    mixed = _use_mixed_precision(config.mixed_precision)
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    config.save(run_dir / "config.json")
+    policy = mixed_precision_policy(config.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy or "float32")
 
-    train_split = limit_per_class(read_split(data, "train"), config.limit_per_class, config.seed)
+    everything = limit_per_class(read_split(data, "train"), config.limit_per_class, config.seed)
+    train_split, _held_out = calibration_split(everything, config.calibration_fraction, config.seed)
     val_split = read_split(data, "val")
     weights = class_weights(train_split.labels) if config.class_weights else None
+    per_epoch = steps_per_epoch(len(train_split), config.batch_size)
+    aug = Augmentation.scaled(config.augment, config.random_erasing)
+    val_targets = keras.ops.convert_to_numpy(keras.ops.one_hot(val_split.labels, len(LABELS)))
 
-    inference_model = build_inference_model(config.arch, pretrained=not config.init_from)
-    if config.init_from:
-        _load_weights_from(inference_model, Path(config.init_from))
-    model = build_training_model(inference_model, config)
-    backbone = inference_model.get_layer(BACKBONE_NAME)
-    fit_args = dict(x=train_split.images, y=train_split.labels, batch_size=config.batch_size,
-                    validation_data=(val_split.images, val_split.labels), class_weight=weights,
-                    shuffle=True, verbose=verbose)
+    done = int(state["epochs_done"])
+    budget_end = done + stop_after if stop_after > 0 else None
+    model: keras.Model | None = None
+    first_epoch = 0
+    stopped_early = False
+    for phase in _phases(config):
+        last_epoch = first_epoch + phase.epochs
+        if done >= last_epoch or stopped_early:
+            first_epoch = last_epoch
+            continue
+        if model is None and done > first_epoch:
+            # Resuming inside this phase: the saved training model carries its optimizer, step and trainability.
+            model = keras.saving.load_model(run_dir / LAST_CHECKPOINT)
+            for variable, value in zip(_random_states(model), state.get("random_states", [])):
+                variable.assign(np.asarray(value, dtype=variable.dtype))
+        else:
+            if model is None:
+                inference_model = build_inference_model(config.arch, pretrained=not config.init_from and done == 0)
+                if config.init_from and done == 0:
+                    _load_weights_from(inference_model, Path(config.init_from))
+                model = build_training_model(inference_model, config)
+                if done > 0:  # resuming at a phase boundary: the weights of the phase before
+                    model.set_weights(keras.saving.load_model(run_dir / LAST_CHECKPOINT, compile=False).get_weights())
+                    for variable, value in zip(_random_states(model), state.get("random_states", [])):
+                        variable.assign(np.asarray(value, dtype=variable.dtype))
+            backbone = model.get_layer(INFERENCE_MODEL_NAME).get_layer(BACKBONE_NAME)
+            if phase.name == "head":
+                backbone.trainable = False
+            else:
+                _set_fine_tune_trainable(backbone, config)
+            _compile(model, config, phase.learning_rate, phase.epochs, per_epoch)
+        end = last_epoch if budget_end is None else min(last_epoch, budget_end)
+        if end <= done:
+            break
+        stream = training_batches(train_split, batch_size=config.batch_size, seed=config.seed,
+                                  start_step=done * per_epoch, end_step=end * per_epoch, aug=aug,
+                                  sample_weights=weights)
+        history = model.fit(stream, epochs=end, initial_epoch=done, steps_per_epoch=per_epoch,
+                            validation_data=(val_split.images, val_targets),
+                            callbacks=_callbacks(run_dir, config, float(state["seconds"]) + time.time() - started),
+                            verbose=verbose)
+        done += len(history.epoch)
+        stopped_early = done < end
+        first_epoch = last_epoch
+        if budget_end is not None and done >= budget_end and done < sum(p.epochs for p in _phases(config)):
+            keras.mixed_precision.set_global_policy("float32")
+            return TrainResult(run_dir, run_dir / LAST_CHECKPOINT, float("nan"), done,
+                               float(state["seconds"]) + time.time() - started)
 
-    epoch = 0
-    if not config.trains_from_scratch and config.head_epochs > 0:
-        backbone.trainable = False
-        _compile(model, config.head_learning_rate, config.weight_decay)
-        history = model.fit(epochs=config.head_epochs, callbacks=_callbacks(run_dir, config), **fit_args)
-        epoch = len(history.epoch)
-
-    _set_fine_tune_trainable(backbone, config)
-    _compile(model, config.learning_rate, config.weight_decay)
-    history = model.fit(epochs=epoch + config.epochs, initial_epoch=epoch,
-                        callbacks=_callbacks(run_dir, config), **fit_args)
-    epoch += len(history.epoch)
-
-    if mixed:  # the saved inference model is float32; export rebuilds it under float32 anyway
-        keras.mixed_precision.set_global_policy("float32")
-    return _finish(run_dir, config, inference_model, train_split, val_split,
-                   epochs_run=epoch, seconds=time.time() - started, mixed=mixed)
+    keras.mixed_precision.set_global_policy("float32")  # the saved inference model is rebuilt in float32 at export
+    seconds = json.loads((run_dir / "state.json").read_text())["seconds"] if (run_dir / "state.json").exists() else 0.0
+    best = load_inference_model(str(run_dir / BEST_CHECKPOINT))
+    return _finish(run_dir, config, best, train_split, val_split, epochs_run=done, seconds=float(seconds),
+                   mixed=policy is not None)
 
 
 def _finish(run_dir: Path, config: TrainConfig, inference_model: keras.Model, train_split: Split, val_split: Split,
