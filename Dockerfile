@@ -35,7 +35,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY pyproject.toml README.m[d] ./
 COPY service/ ./service/
 RUN pip install --no-deps . \
-    && python -c "import service.app, service.config"
+    && python -c "import service.app, service.config, service.server"
 
 
 FROM python:3.11-slim AS runtime

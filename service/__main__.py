@@ -16,8 +16,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    from service.app import create_app, uvicorn_config
+    from service.app import create_app
     from service.logs import configure_logging
+    from service.server import uvicorn_config
 
     configure_logging(settings.log_level)
     fatal: list[str] = []

@@ -19,7 +19,8 @@ import httpx
 import uvicorn
 
 from benchmarks.harness import metric_value  # noqa: F401 (re-exported: one /metrics parser for tests and benchmarks)
-from service.app import create_app, uvicorn_config
+from service.app import create_app
+from service.server import uvicorn_config
 from service.config import Settings
 
 READY_TIMEOUT_S = 180.0

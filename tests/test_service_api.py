@@ -479,3 +479,19 @@ def test_stream_auth_and_connection_cap(strict: RunningService) -> None:
     while metric_value(strict.metrics(), "fer_websocket_connections") != 0:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_without_a_demo_page_the_root_is_a_placeholder_made_in_memory(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package without ``static/index.html`` serves a page built in memory and writes nothing (the package
+    folder may be on a read-only root filesystem)."""
+    from fastapi.testclient import TestClient
+
+    from service import app as app_module
+    from service.config import Settings
+
+    missing = tmp_path / "no-static"
+    monkeypatch.setattr(app_module, "STATIC_DIR", missing)
+    page = TestClient(app_module.create_app(Settings(model_dir=tmp_path))).get("/")  # no lifespan: no model load
+    assert page.status_code == 200 and page.text == app_module.PLACEHOLDER_PAGE
+    assert not missing.exists()

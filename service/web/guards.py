@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
 
 from service.errors import NotReadyError, ShuttingDownError, UnauthorizedError
 from service.pipeline import Predictor
-
-if TYPE_CHECKING:
-    from service.app import ServiceState
+from service.web.state import ServiceState
 
 
 def check_api_key(keys: list[str], authorization: str | None, query_key: str | None = None) -> None:
@@ -31,7 +28,7 @@ def check_api_key(keys: list[str], authorization: str | None, query_key: str | N
         raise UnauthorizedError("the API key is not valid")
 
 
-def ready_predictor(state: "ServiceState") -> Predictor:
+def ready_predictor(state: ServiceState) -> Predictor:
     """The predictor, or the 503 that says why there is none (loading, failed to load, shutting down)."""
     if state.shutting_down:
         raise ShuttingDownError("the service is shutting down")

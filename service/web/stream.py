@@ -12,18 +12,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from service.errors import ServiceError, UnauthorizedError
-from service.guards import check_api_key, ready_predictor
 from service.pipeline import Options
-from service.schemas import Prediction
-
-if TYPE_CHECKING:
-    from service.app import ServiceState
+from service.web.guards import check_api_key, ready_predictor
+from service.web.schemas import Prediction
+from service.web.state import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ class StreamOptions(BaseModel):
 class StreamSession:
     """Serves one accepted-or-about-to-be-accepted WebSocket until it closes."""
 
-    def __init__(self, websocket: WebSocket, state: "ServiceState") -> None:
+    def __init__(self, websocket: WebSocket, state: ServiceState) -> None:
         self.ws = websocket
         self.state = state
         self.settings = state.settings

@@ -1,0 +1,112 @@
+"""HTTP and WebSocket routes. Thin: parse the request, call the pipeline, map the result (docs/api.md)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, WebSocket
+from fastapi.responses import Response
+
+from service.errors import MissingFieldError, ServiceError, TooManyImagesError, UnsupportedMediaTypeError
+from service.metrics import CONTENT_TYPE_LATEST
+from service.pipeline import Options
+from service.web.guards import check_api_key, ready_predictor
+from service.web.schemas import BatchPrediction, ErrorBody, Health, Prediction, Readiness
+from service.web.state import ServiceState, StateDep
+from service.web.stream import StreamSession
+from service.web.uploads import media_type, read_files, read_image
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+async def require_api_key(request: Request, state: StateDep) -> None:
+    check_api_key(state.settings.api_keys, request.headers.get("authorization"))
+
+
+AuthDep = Depends(require_api_key)
+
+
+_IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+_PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "image/jpeg": _IMAGE_BODY, "image/png": _IMAGE_BODY, "image/webp": _IMAGE_BODY, "image/*": _IMAGE_BODY}}}
+_BATCH_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+
+DetectQuery = Annotated[bool, Query(description="Find faces (true) or treat the whole image as one face (false).")]
+MaxFacesQuery = Annotated[int | None, Query(ge=1, le=1000, description="Return at most this many faces per "
+                                            "image (capped at the server's max_faces setting).")]
+
+
+def _options(state: ServiceState, detect: bool, max_faces: int | None) -> Options:
+    limit = state.settings.max_faces
+    return Options(detect=detect, max_faces=min(max_faces or limit, limit))
+
+
+# --- routes ----------------------------------------------------------------------------------------------------
+
+@router.post("/predict", response_model=Prediction, dependencies=[AuthDep], openapi_extra=_PREDICT_BODY,
+             summary="Find the faces in one image and classify their expressions")
+async def predict(request: Request, state: StateDep, detect: DetectQuery = True,
+                  max_faces: MaxFacesQuery = None) -> Prediction:
+    predictor = ready_predictor(state)
+    data = await read_image(request, state.settings.max_upload_bytes, state.settings.body_timeout_s)
+    result = await predictor.predict(data, _options(state, detect, max_faces))
+    request.scope["fer.faces"] = len(result.faces)
+    return Prediction.from_result(state.model_ref, result)
+
+
+@router.post("/predict/batch", response_model=BatchPrediction, dependencies=[AuthDep], openapi_extra=_BATCH_BODY,
+             summary="Several images in one multipart request; one result per image, in order")
+async def predict_batch(request: Request, state: StateDep, detect: DetectQuery = True,
+                        max_faces: MaxFacesQuery = None) -> BatchPrediction:
+    predictor = ready_predictor(state)
+    settings = state.settings
+    if media_type(request) != "multipart/form-data":
+        raise UnsupportedMediaTypeError("send multipart/form-data with one or more 'files' parts")
+    files = await read_files(request, file_limit=settings.max_upload_bytes, max_files=settings.max_batch_images,
+                             timeout_s=settings.body_timeout_s)
+    if not files:
+        raise MissingFieldError("the multipart body has no file parts (use the field name 'files')")
+    if len(files) > settings.max_batch_images:
+        raise TooManyImagesError(f"{len(files)} images in one request; the limit is {settings.max_batch_images}")
+    try:
+        results = await predictor.predict_many([data for _, data in files], _options(state, detect, max_faces))
+    except ServiceError as exc:
+        index = getattr(exc, "image_index", None)
+        if index is None:
+            raise
+        named = copy.copy(exc)  # same type, status and code; the message says which image
+        named.message = f"image {index + 1} ({files[index][0] or 'no name'}): {exc.message}"
+        raise named from None
+    request.scope["fer.faces"] = sum(len(r.faces) for r in results)
+    return BatchPrediction(results=[Prediction.from_result(state.model_ref, r) for r in results])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive (never touches the model)")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, summary="The model is loaded and warmed up (503 before)",
+            responses={503: {"model": ErrorBody}})
+async def readyz(state: StateDep) -> Readiness:
+    ready_predictor(state)
+    return Readiness(status="ready", model=state.model_ref)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.websocket("/ws/stream")
+async def stream(websocket: WebSocket, state: StateDep) -> None:
+    """Webcam stream: binary frames in, JSON results out, latest frame wins (docs/api.md)."""
+    await StreamSession(websocket, state).run()

@@ -1,0 +1,95 @@
+"""Reading uploads: the raw or multipart body of ``/predict`` and the file parts of ``/predict/batch``, with size
+limits enforced while the body arrives and a time limit for the whole body (slow-loris uploads)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.errors import MissingFieldError, PayloadTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
+
+#: Room for the multipart framing (boundaries, part headers) on top of the file bytes a body may carry.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def media_type(request: Request) -> str:
+    """The request's Content-Type without parameters, lower case ("" when there is none)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refusing (413) as soon as it is known to exceed ``limit`` bytes, and (408) when it has
+    not arrived within ``timeout_s`` seconds: a slow-loris upload must not hold a request forever."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the request body is {int(declared)} bytes; the limit is {limit} bytes")
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"the request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s") from None
+    return b"".join(chunks)
+
+
+async def _single(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def read_files(request: Request, *, file_limit: int, max_files: int,
+                     timeout_s: float) -> list[tuple[str, bytes]]:
+    """``(filename, bytes)`` of every file part of a multipart body, in order. The body may hold ``max_files``
+    files of ``file_limit`` bytes plus their framing; the caller checks how many files there were."""
+    body = await read_body(request, file_limit * max_files + MULTIPART_OVERHEAD_BYTES, timeout_s)
+    parser = MultiPartParser(request.headers, _single(body), max_files=10_000, max_fields=1000)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise MissingFieldError(f"the multipart body cannot be parsed: {exc.message}") from None
+    files = []
+    try:
+        for _, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                if len(data) > file_limit:
+                    raise PayloadTooLargeError(f"'{value.filename}' is {len(data)} bytes; the limit is "
+                                               f"{file_limit} bytes")
+                files.append((value.filename or "", data))
+    finally:
+        await form.close()
+    return files
+
+
+async def read_image(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The image of a /predict request: multipart field ``file``, or the raw body with an ``image/*`` type."""
+    kind = media_type(request)
+    if kind.startswith("image/"):
+        return await read_body(request, limit, timeout_s)
+    if kind == "multipart/form-data":
+        body = await read_body(request, limit + MULTIPART_OVERHEAD_BYTES, timeout_s)
+        parser = MultiPartParser(request.headers, _single(body), max_files=16, max_fields=16)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise MissingFieldError(f"the multipart body cannot be parsed: {exc.message}") from None
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise MissingFieldError("the multipart body has no file field named 'file'")
+            data = await upload.read()
+        finally:
+            await form.close()
+        if len(data) > limit:
+            raise PayloadTooLargeError(f"the image is {len(data)} bytes; the limit is {limit} bytes")
+        return data
+    shown = kind or "none"
+    raise UnsupportedMediaTypeError(f"Content-Type is {shown}; send multipart/form-data with a 'file' field or "
+                                    "the raw image with an image/* Content-Type")
