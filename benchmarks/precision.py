@@ -44,14 +44,14 @@ def _measure(model_dir: str, data: str, precision: str, out: Path) -> None:
     """Child process: val probabilities and throughput at one precision."""
     from service.model import load_model
     from training.data import read_split
-    from training.model import apply_layers, to_model_input
+    from training.inference import fer_pixels_to_model_input
     from training.config import ArchConfig
 
     model = load_model(model_dir, precision=precision)
     val = read_split(data, "val")
     height, width = model.input_size
     arch = ArchConfig(input_size=height, color_mode="grayscale" if model.metadata.input.channels == 1 else "rgb")
-    images = np.asarray(apply_layers(to_model_input(arch), val.images.astype(np.float32)))
+    images = np.asarray(fer_pixels_to_model_input(arch, val.images.astype(np.float32)))
     probabilities = np.concatenate([model.predict(images[i:i + 32]) for i in range(0, len(images), 32)])
     timings = _throughput(model, images, seconds=3.0)
     np.save(out / f"{precision}.npy", probabilities)

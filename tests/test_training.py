@@ -134,7 +134,9 @@ def test_finalize_completes_a_stopped_run_from_its_checkpoint(trained_run: Path,
         shutil.copy(trained_run / name, stopped / name)
     result = finalize(stopped, tiny_folder_dataset)
     run = json.loads((stopped / "run.json").read_text())
-    assert run["interrupted"] is True and run["epochs_run"] == 2 and run["train_images"] == PER_CLASS * len(LABELS)
+    held_out = round(0.2 * PER_CLASS)  # the smoke preset holds 20 % of each class out for the temperature
+    assert run["interrupted"] is True and run["epochs_run"] == 2
+    assert run["train_images"] == (PER_CLASS - held_out) * len(LABELS)
     assert (stopped / "model.keras").is_file() and 0.0 <= result.val_accuracy <= 1.0
 
 
@@ -289,3 +291,108 @@ def test_real_resnet50v2_at_224_exports_the_expected_signature(tmp_path: Path) -
     # Each weight stored once, as float32: the flagship fits the 100 MB budget for committed model files.
     stored = sum(f.stat().st_size for f in (tmp_path / "resnet").rglob("*") if f.is_file())
     assert stored < 1.05 * 4 * model.count_params() and stored < 100_000_000
+
+
+# --- the CPU recipe: deterministic batches, exact resume, calibration -----------------------------------------------
+
+def test_training_batches_are_a_pure_function_of_the_step() -> None:
+    from training.batches import Augmentation, training_batches
+    from training.data import Split
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (100, 48, 48, 1), dtype=np.uint8), rng.integers(0, 7, 100).astype(np.int32))
+    aug = Augmentation.scaled(1.0, erasing=0.5)
+    whole = [b[0].numpy() for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=14, aug=aug)]
+    tail = [b[0].numpy() for b in training_batches(split, batch_size=16, seed=5, start_step=9, end_step=14, aug=aug)]
+    assert len(whole) == 14 and len(tail) == 5
+    for a, b in zip(whole[9:], tail):
+        np.testing.assert_array_equal(a, b)
+    # augmentation really changes the pixels, and a different seed gives a different stream
+    plain = [b[0].numpy() for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=1,
+                                                     aug=Augmentation())]
+    other = [b[0].numpy() for b in training_batches(split, batch_size=16, seed=6, start_step=0, end_step=1, aug=aug)]
+    assert not np.array_equal(plain[0], whole[0]) and not np.array_equal(other[0], whole[0])
+    assert whole[0].min() >= 0 and whole[0].max() <= 255
+
+
+def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
+        tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    """Weights, optimizer state and step, schedule, dropout masks and the data stream all continue exactly."""
+    import dataclasses
+
+    import keras
+
+    from training.config import PRESETS
+    from training.train import train
+
+    config = dataclasses.replace(PRESETS["smoke"], epochs=3, optimizer="sgd", schedule="cosine", warmup_epochs=1,
+                                 random_erasing=0.5, label_smoothing=0.1)
+    whole = train(config, tiny_folder_dataset, tmp_path / "whole", verbose=0)
+    stopped = train(config, tiny_folder_dataset, tmp_path / "parts", stop_after=1, verbose=0)
+    assert stopped.epochs_run == 1 and not (tmp_path / "parts" / "model.keras").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, tiny_folder_dataset, tmp_path / "parts", verbose=0)
+    train(None, tiny_folder_dataset, tmp_path / "parts", resume=True, stop_after=1, verbose=0)
+    resumed = train(None, tiny_folder_dataset, tmp_path / "parts", resume=True, verbose=0)
+    assert resumed.epochs_run == whole.epochs_run == 3
+
+    a = keras.saving.load_model(tmp_path / "whole" / "last.keras")
+    b = keras.saving.load_model(tmp_path / "parts" / "last.keras")
+    assert int(a.optimizer.iterations) == int(b.optimizer.iterations) > 0
+    for x, y in zip(a.get_weights() + [np.asarray(v) for v in a.optimizer.variables],
+                    b.get_weights() + [np.asarray(v) for v in b.optimizer.variables]):
+        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=0, atol=1e-6)
+    with open(tmp_path / "whole" / "history.csv") as w, open(tmp_path / "parts" / "history.csv") as p:
+        assert len(w.readlines()) == len(p.readlines()) == 4
+
+
+def test_resume_needs_a_resumable_run(tmp_path: Path, tiny_folder_dataset: Path) -> None:
+    from training.train import train
+
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(None, tiny_folder_dataset, tmp_path, resume=True)
+    result = subprocess.run([sys.executable, "-m", "training", "train", "--resume", str(tmp_path), "--epochs", "3"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "drop epochs" in result.stderr
+
+
+def test_temperature_fit_recovers_a_known_temperature_and_lowers_the_calibration_error() -> None:
+    from training import calibration
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2.0, (4000, 7))
+    labels = np.array([rng.choice(7, p=np.exp(row) / np.exp(row).sum()) for row in logits])
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    overconfident = calibration.scale(calibrated, 1 / 2.5)  # as if the network's logits were 2.5x too large
+    assert calibration.fit_temperature(overconfident, labels) == pytest.approx(2.5, rel=0.1)
+    before = calibration.expected_calibration_error(overconfident, labels)
+    after = calibration.expected_calibration_error(calibration.scale(overconfident, 2.5), labels)
+    assert after < 0.03 < before
+    assert (calibration.scale(overconfident, 2.5).argmax(1) == overconfident.argmax(1)).all()
+
+
+def test_calibrated_export_builds_the_reported_temperature_into_the_graph(
+        trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from training import calibration
+    from training.evaluate import evaluate, load_predictor
+    from training.export import export_model
+
+    report = tmp_path / "report"
+    m = evaluate(trained_run / "model.keras", tiny_folder_dataset, report, calibrate=True)
+    temperature = m["calibration"]["temperature"]
+    assert m["temperature"] == temperature and "held out" in m["calibration"]["fitted_on"]
+    assert {"ece_before", "ece", "nll_before", "nll"} <= set(m["calibration"])
+    assert (report / "reliability.png").stat().st_size > 1000 and "Calibration" in (report / "report.md").read_text()
+    out = export_model(trained_run / "model.keras", tmp_path / "models", name="cal", version="1", report_dir=report)
+    assert json.loads((out / "metadata.json").read_text())["architecture"]["temperature"] == temperature
+
+    plain, _, _ = load_predictor(trained_run / "model.keras")
+    crops = np.random.default_rng(3).integers(0, 256, (4, 24, 24, 1)).astype(np.float32)
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    served = serve(images=tf.constant(crops))["probabilities"].numpy()
+    np.testing.assert_allclose(served, calibration.scale(plain(crops), temperature), atol=1e-5)
+    again = evaluate(out, tiny_folder_dataset, tmp_path / "export")
+    assert again["accuracy"] == m["accuracy"] and again["calibration"]["ece"] == pytest.approx(
+        m["calibration"]["ece"], abs=1e-3)

@@ -115,24 +115,6 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_pack(sub)
-    _add_train(sub)
-    for add in _EXTRA_COMMANDS:
-        add(sub)
-    args = parser.parse_args(argv)
-    from training.data import DataError
-    from training.model import WeightsUnavailableError
-
-    try:
-        return args.func(args)
-    except (DataError, WeightsUnavailableError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a .keras model as the SavedModel + metadata.json the service loads",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -160,11 +142,11 @@ def _export(args: argparse.Namespace) -> int:
 
         from training.config import TrainConfig
         from training.data import read_split
-        from training.model import apply_layers, to_model_input
+        from training.inference import fer_pixels_to_model_input
 
         config = TrainConfig.load(Path(args.config) if args.config else Path(args.model).parent / "config.json")
         images = read_split(args.data, "val").images[:32].astype("float32")
-        sample = np.asarray(apply_layers(to_model_input(config.arch), images))
+        sample = np.asarray(fer_pixels_to_model_input(config.arch, images))
     out = export_model(args.model, args.out, name=args.name, version=args.version, config_path=args.config,
                        report_dir=args.report, sample=sample, tolerance=args.tolerance, force=args.force,
                        test_time_flip=args.test_time_flip)
@@ -184,6 +166,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-time-flip", action="store_true", default=None,
                    help="(.keras only) average each crop's answer with its mirror image's, as an export with "
                         "--test-time-flip does; an exported model carries its own choice")
+    p.add_argument("--calibrate", action="store_true",
+                   help="(.keras only) fit a temperature on the run's held-out train images and report the scaled "
+                        "probabilities (ECE before/after, reliability diagram); export --report builds it in")
     p.set_defaults(func=_evaluate)
 
 
@@ -191,12 +176,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     m = evaluate(args.model, args.data, args.out, split=args.split, config_path=args.config, history=args.history,
-                 test_time_flip=args.test_time_flip)
+                 test_time_flip=args.test_time_flip, calibrate=args.calibrate)
     print(f"{m['model']} on {m['split']} ({m['images']} images): accuracy {m['accuracy']:.4f}, "
           f"macro-F1 {m['macro_f1']:.4f}")
     for label, c in m["per_class"].items():
         print(f"  {label:<9} precision {c['precision']:.3f}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}  "
               f"support {c['support']}")
+    cal = m["calibration"]
+    if "temperature" in cal:
+        print(f"temperature {cal['temperature']} (fitted on {cal['fitted_on']}): expected calibration error "
+              f"{cal['ece_before']:.4f} -> {cal['ece']:.4f}")
+    else:
+        print(f"expected calibration error {cal['ece']:.4f}")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -219,7 +210,25 @@ def _finalize(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXTRA_COMMANDS: list = [_add_evaluate, _add_export, _add_finalize]
+#: Every command, in the order ``--help`` lists them.
+COMMANDS = [_add_pack, _add_train, _add_evaluate, _add_export, _add_finalize]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    args = parser.parse_args(argv)
+    from training.data import DataError
+    from training.model import WeightsUnavailableError
+
+    try:
+        return args.func(args)
+    except (DataError, WeightsUnavailableError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -133,16 +133,3 @@ def training_batches(split: Split, *, batch_size: int, seed: int, start_step: in
 
     steps = tf.data.Dataset.range(start_step, end_step)
     return steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
-
-
-def calibration_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Hold out ``fraction`` of every class (seeded): ``(what to train on, what to fit the temperature on)``."""
-    if fraction <= 0:
-        return split, Split(split.images[:0], split.labels[:0])
-    rng = np.random.default_rng([seed, 424242])
-    held = np.concatenate([
-        rng.permutation(idx)[: max(1, round(fraction * len(idx)))]
-        for idx in (np.flatnonzero(split.labels == c) for c in range(len(LABELS))) if len(idx) > 1])
-    mask = np.zeros(len(split), bool)
-    mask[held] = True
-    return Split(split.images[~mask], split.labels[~mask]), Split(split.images[mask], split.labels[mask])

@@ -118,6 +118,6 @@ PRESETS: dict[str, TrainConfig] = {
     "smoke": TrainConfig(
         arch=ArchConfig(backbone="fer_cnn", input_size=24, weights="none", dense_units=16, dropout=0.1,
                         cnn_widths=(4, 8)),
-        batch_size=16, head_epochs=0, epochs=2, learning_rate=1e-3, limit_per_class=8,
+        batch_size=16, head_epochs=0, epochs=2, learning_rate=1e-3, limit_per_class=8, calibration_fraction=0.2,
     ),
 }

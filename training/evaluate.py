@@ -7,67 +7,38 @@ resized and converted exactly as during training), so both give the same numbers
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from training import calibration
 from training.config import ArchConfig, TrainConfig
-from training.data import Split, read_split
+from training.data import read_split
+from training.inference import Predictor, keras_predictor, predict_split, saved_model_predictor, served_model
 from training.labels import LABELS
+from training.splits import training_splits
 
-Predictor = Callable[[np.ndarray], np.ndarray]
-
-
-def _keras_predictor(path: Path, config_path: Path | None,
-                     test_time_flip: bool | None) -> tuple[Predictor, ArchConfig, str]:
-    from training.export import served_model
-
-    config_path = config_path or path.parent / "config.json"
-    model, arch = served_model(path, TrainConfig.load(config_path).arch, test_time_flip)
-    flip = ", test-time flip" if arch.test_time_flip else ""
-    return (lambda x: np.asarray(model(x, training=False))), arch, f"{path} (Keras{flip})"
-
-
-def _saved_model_predictor(path: Path) -> tuple[Predictor, ArchConfig, str]:
-    import tensorflow as tf
-
-    metadata = json.loads((path / "metadata.json").read_text())
-    arch = ArchConfig(**{**metadata["architecture"], "cnn_widths": tuple(metadata["architecture"]["cnn_widths"])})
-    sig = metadata["signature"]
-    serve = tf.saved_model.load(str(path)).signatures[sig["key"]]
-    name = f"{metadata['name']} v{metadata['version']} (SavedModel {path})"
-    return (lambda x: serve(**{sig["input"]: tf.constant(x, tf.float32)})[sig["output"]].numpy()), arch, name
-
-
-def load_predictor(model: str | Path, config_path: str | Path | None = None,
-                   test_time_flip: bool | None = None) -> tuple[Predictor, ArchConfig, str]:
+def load_predictor(model: str | Path, config_path: str | Path | None = None, test_time_flip: bool | None = None,
+                   temperature: float | None = None) -> tuple[Predictor, ArchConfig, str]:
     """A function from model-input batches to probabilities, the model's architecture, and a display name.
 
-    ``test_time_flip`` (``.keras`` models only) evaluates the graph `training.export` writes with that choice; an
-    exported SavedModel already contains its choice, recorded in its metadata.
+    ``test_time_flip`` and ``temperature`` (``.keras`` models only) evaluate the graph `training.export` writes with
+    those choices; an exported SavedModel already contains its choices, recorded in its metadata.
     """
     model = Path(model)
     if model.is_dir():
-        predict, arch, name = _saved_model_predictor(model)
+        predict, arch, metadata = saved_model_predictor(model)
         if test_time_flip is not None and test_time_flip != arch.test_time_flip:
             raise ValueError(f"{model} was exported with test_time_flip={arch.test_time_flip}; the choice is made "
                              "at export and cannot be changed here")
-        return predict, arch, name
-    return _keras_predictor(model, Path(config_path) if config_path else None, test_time_flip)
-
-
-def predict_split(predict: Predictor, arch: ArchConfig, split: Split, batch_size: int = 256) -> np.ndarray:
-    """Probabilities for every image of ``split``, fed through the training pipeline's resize/colour steps."""
-    from training.model import apply_layers, to_model_input
-
-    steps = to_model_input(arch)
-    out = []
-    for start in range(0, len(split), batch_size):
-        batch = split.images[start:start + batch_size].astype(np.float32)
-        out.append(predict(np.asarray(apply_layers(steps, batch))))
-    return np.concatenate(out)
+        return predict, arch, f"{metadata['name']} v{metadata['version']} (SavedModel {model})"
+    config_path = Path(config_path) if config_path else model.parent / "config.json"
+    keras_model, arch = served_model(model, TrainConfig.load(config_path).arch, test_time_flip, temperature)
+    flip = ", test-time flip" if arch.test_time_flip else ""
+    return keras_predictor(keras_model), arch, f"{model} (Keras{flip})"
 
 
 def compute_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
@@ -159,30 +130,77 @@ def _markdown(metrics: dict[str, Any], model_name: str, split: str, has_curves: 
         auc = "–" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
         lines.append(f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {auc} | {m['support']} |")
     lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
+    cal = metrics.get("calibration")
+    if cal:
+        lines += ["## Calibration", "",
+                  f"Expected calibration error ({calibration.BINS} bins) on `{split}`: **{cal['ece']:.4f}**, "
+                  f"negative log-likelihood {cal['nll']:.4f}."]
+        if "temperature" in cal:
+            lines += ["", f"Temperature **{cal['temperature']}**, fitted on {cal['fitted_on']}: ECE "
+                          f"{cal['ece_before']:.4f} -> {cal['ece']:.4f}, NLL {cal['nll_before']:.4f} -> "
+                          f"{cal['nll']:.4f} (accuracy unchanged: scaling keeps the ranking)."]
+        lines += ["", "![reliability diagram](reliability.png)", ""]
     if has_curves:
         lines += ["![training curves](training_curves.png)", ""]
     return "\n".join(lines)
 
 
+def _held_out(config_path: Path, data: str | Path) -> tuple[Any, str]:
+    config = TrainConfig.load(config_path)
+    _, held = training_splits(config, data)
+    if len(held) == 0:
+        raise ValueError(f"the run of {config_path} held nothing out (calibration_fraction 0): there is nothing to "
+                         "fit the temperature on without touching the reported split")
+    return held, (f"{len(held)} train images held out before training ({config.calibration_fraction:.0%} of each "
+                  f"class, seed {config.seed}; never trained on, not the reported split)")
+
+
 def evaluate(model: str | Path, data: str | Path, out_dir: str | Path, *, split: str = "val",
              config_path: str | Path | None = None, history: str | Path | None = None,
-             test_time_flip: bool | None = None) -> dict[str, Any]:
+             test_time_flip: bool | None = None, calibrate: bool = False) -> dict[str, Any]:
     """Evaluate ``model`` (``.keras`` or SavedModel folder) on ``split`` of ``data``; write the report folder.
 
-    Writes ``metrics.json``, ``confusion_matrix.json``/``.png``, ``training_curves.png`` (if ``history`` is given)
-    and ``report.md`` into ``out_dir``; returns the metrics.
+    Writes ``metrics.json``, ``confusion_matrix.json``/``.png``, ``reliability.png``, ``training_curves.png`` (if
+    ``history`` is given) and ``report.md`` into ``out_dir``; returns the metrics. ``calibrate`` (``.keras`` only)
+    fits a temperature on the run's held-out train images and reports the scaled probabilities (ECE before and
+    after); ``export --report`` then puts that temperature into the graph.
     """
+    model = Path(model)
     predict, arch, name = load_predictor(model, config_path, test_time_flip)
     data_split = read_split(data, split)
     probabilities = predict_split(predict, arch, data_split)
+    labels = data_split.labels
+    cal: dict[str, Any] = {}
+    curves = {"as served": calibration.reliability(probabilities, labels)}
+    eces = {"as served": calibration.expected_calibration_error(probabilities, labels)}
+    if calibrate:
+        if model.is_dir():
+            raise ValueError("--calibrate works on a .keras model; an export already carries its temperature")
+        held, fitted_on = _held_out(Path(config_path) if config_path else model.parent / "config.json", data)
+        temperature = calibration.fit_temperature(predict_split(predict, arch, held), held.labels)
+        scaled = calibration.scale(probabilities, temperature)
+        cal = {"temperature": temperature, "fitted_on": fitted_on,
+               "ece_before": eces["as served"], "nll_before": calibration.negative_log_likelihood(probabilities, labels)}
+        curves = {"before scaling": curves["as served"], f"T = {temperature}": calibration.reliability(scaled, labels)}
+        eces = {"before scaling": eces["as served"], f"T = {temperature}": calibration.expected_calibration_error(
+            scaled, labels)}
+        probabilities = scaled
+        arch = dataclasses.replace(arch, temperature=temperature)
+    cal.update(ece=calibration.expected_calibration_error(probabilities, labels),
+               nll=round(calibration.negative_log_likelihood(probabilities, labels), 4),
+               reliability=calibration.reliability(probabilities, labels))
+    if "nll_before" in cal:
+        cal["nll_before"] = round(cal["nll_before"], 4)
     metrics = {"split": split, "model": name, "data_fingerprint": data_split.fingerprint(),
-               "test_time_flip": arch.test_time_flip, **compute_metrics(data_split.labels, probabilities)}
+               "test_time_flip": arch.test_time_flip, "temperature": arch.temperature, "calibration": cal,
+               **compute_metrics(labels, probabilities)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "confusion_matrix.json").write_text(
         json.dumps({"labels": list(LABELS), "matrix": metrics["confusion_matrix"]}, indent=2) + "\n")
     _plot_confusion(metrics["confusion_matrix"], out / "confusion_matrix.png")
+    calibration.plot_reliability(curves, eces, out / "reliability.png")
     has_curves = history is not None and Path(history).is_file()
     if has_curves:
         _plot_history(Path(history), out / "training_curves.png")

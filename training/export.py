@@ -7,7 +7,6 @@ and the half-written version folder is removed.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -20,7 +19,7 @@ import numpy as np
 
 from training.config import ArchConfig, TrainConfig
 from training.labels import LABELS
-from training.model import build_inference_model, for_inference, load_inference_model
+from training.inference import served_model
 
 SCHEMA_VERSION = 1
 SIGNATURE_KEY = "serving_default"
@@ -41,29 +40,6 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-def rebuild_float32(model: keras.Model, arch: ArchConfig) -> keras.Model:
-    """The same network rebuilt under float32 with ``model``'s weights (training may have used mixed precision)."""
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        clean = build_inference_model(arch, num_classes=model.output_shape[-1], pretrained=False)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    clean.set_weights(model.get_weights())
-    return clean
-
-
-def served_model(model_path: str | Path, trained: ArchConfig,
-                 test_time_flip: bool | None = None) -> tuple[keras.Model, ArchConfig]:
-    """The graph that is exported (and evaluated) for a trained ``.keras`` model, and its architecture.
-
-    ``trained`` is the architecture the model was trained with; ``test_time_flip`` (``None``: as recorded there)
-    chooses whether the graph averages each crop's answer with its mirror image's.
-    """
-    arch = trained if test_time_flip is None else dataclasses.replace(trained, test_time_flip=test_time_flip)
-    return for_inference(rebuild_float32(load_inference_model(str(model_path)), trained), arch), arch
 
 
 def write_saved_model(model: keras.Model, path: Path) -> None:
@@ -146,7 +122,8 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
     evaluation report folder (``python -m training evaluate``): its figures go into ``evaluation`` and the
     folder is copied beside the SavedModel. ``test_time_flip`` (default: the config's) exports the graph that
     averages each crop's answer with its mirror image's (`training.model.with_test_time_flip`); evaluate the
-    ``.keras`` model with the same choice for the report.
+    ``.keras`` model with the same choice for the report. The report's temperature (``evaluate --calibrate``)
+    is built into the graph.
 
     Raises:
         FileExistsError: the version folder exists and ``force`` is false.
@@ -163,13 +140,15 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
         raise ValueError(f"the report in {report_dir} was made with test_time_flip="
                          f"{report.get('test_time_flip', False)}, the export uses {flip}: its "
                          "figures would not describe this model")
+    # The temperature comes from the report that measured it (evaluate --calibrate), so figures and graph agree.
+    temperature = float(report.get("temperature", 1.0)) if report is not None else config.arch.temperature
     out_dir = Path(out_root) / name / str(version)
     if out_dir.exists():
         if not force:
             raise FileExistsError(f"{out_dir} already exists (choose another --version or pass --force)")
         shutil.rmtree(out_dir)
 
-    model, arch = served_model(model_path, config.arch, flip)
+    model, arch = served_model(model_path, config.arch, flip, temperature)
     if sample is None:
         rng = np.random.default_rng(0)
         sample = rng.integers(0, 256, size=(8, *model.input_shape[1:]), dtype=np.uint8)

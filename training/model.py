@@ -1,12 +1,12 @@
 """Network builders. The architecture is data (:class:`ArchConfig`); this module is the code that builds it.
 
-Two models are built:
+Models built here:
 
 * the **inference model** (named ``fer_model``): takes a batch of ``(size, size, channels)`` crops with pixel values
   0-255 in the metadata's colour mode and returns class probabilities. Every bit of preprocessing (channel
   replication, scaling to what the backbone expects) is inside it; this is what gets exported.
-* the **training model**: FER-2013's 48x48 grayscale pixels -> resize to the input size -> the inference model
-  (augmentation happens before, in :mod:`training.batches`).
+* the **training model** (built in :mod:`training.train`): FER-2013's 48x48 grayscale pixels -> the inference
+  model's input size and channels -> the inference model.
 
 Only built-in Keras layers are used, so a ``.keras`` file loads anywhere Keras 3 runs, whatever the backend.
 """
@@ -19,8 +19,8 @@ from typing import Callable
 import keras
 from keras import layers
 
-from training.config import ArchConfig, TrainConfig
-from training.labels import IMAGE_SIZE, LABELS
+from training.config import ArchConfig
+from training.labels import LABELS
 
 INFERENCE_MODEL_NAME = "fer_model"
 BACKBONE_NAME = "backbone"
@@ -117,7 +117,7 @@ def build_inference_model(arch: ArchConfig, num_classes: int = len(LABELS), *, p
     inputs = keras.Input((arch.input_size, arch.input_size, arch.channels), name="images")
     x = inputs
     if backbone.rgb and arch.channels == 1:
-        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+        x = gray_to_rgb(x, name="gray_to_rgb")
     if backbone.rescale is not None:
         x = layers.Rescaling(backbone.rescale[0], offset=backbone.rescale[1], name="rescale")(x)
     # A pretrained backbone always runs its BatchNorm in inference mode, also when unfrozen for fine-tuning
@@ -147,37 +147,21 @@ def with_test_time_flip(model: keras.Model) -> keras.Model:
     return keras.Model(images, outputs, name=f"{model.name}_with_flip")
 
 
-def for_inference(model: keras.Model, arch: ArchConfig) -> keras.Model:
-    """The served graph for ``arch``: ``model`` itself, or wrapped by `with_test_time_flip`."""
-    return with_test_time_flip(model) if arch.test_time_flip else model
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """``model`` whose probabilities ``p`` become ``softmax(log p / temperature)`` (temperature scaling).
 
-
-def to_model_input(arch: ArchConfig) -> list[layers.Layer]:
-    """Layers turning FER-2013 48x48x1 pixels into the inference model's input (size, channels)."""
-    steps: list[layers.Layer] = []
-    if arch.input_size != IMAGE_SIZE:
-        steps.append(layers.Resizing(arch.input_size, arch.input_size, interpolation="bilinear", name="resize"))
-    if arch.channels == 3:
-        steps.append(layers.Concatenate(name="data_gray_to_rgb"))
-    return steps
-
-
-def apply_layers(steps: list[layers.Layer], x):
-    """Apply layers in order (a Concatenate replicates its single input to three channels)."""
-    for step in steps:
-        x = step([x, x, x]) if isinstance(step, layers.Concatenate) else step(x)
-    return x
-
-
-def build_training_model(inference_model: keras.Model, config: TrainConfig) -> keras.Model:
-    """Wrap the inference model for training on FER-2013 pixels: resize, classify.
-
-    Augmentation is not in this graph: it happens in the data pipeline (:mod:`training.batches`), where it is a pure
-    function of the step, so a resumed run sees exactly the batches an uninterrupted one would.
+    The class ranking is unchanged; a temperature above 1 softens over-confident answers. ``training.calibration``
+    fits it on held-out training images.
     """
-    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="fer_pixels")
-    x = apply_layers(to_model_input(config.arch), inputs)
-    return keras.Model(inputs, inference_model(x), name="fer_training")
+    images = keras.Input(model.input_shape[1:], name="images")
+    log_p = keras.ops.log(keras.ops.maximum(model(images), 1e-7))
+    outputs = layers.Softmax(dtype="float32", name="probabilities")(log_p / temperature)
+    return keras.Model(images, outputs, name=f"{model.name}_calibrated")
+
+
+def gray_to_rgb(x, name: str):
+    """Replicate a one-channel tensor to three channels (how grayscale crops feed an RGB backbone)."""
+    return layers.Concatenate(axis=-1, name=name)([x, x, x])
 
 
 def load_inference_model(path: str) -> keras.Model:

@@ -18,17 +18,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from training.batches import Augmentation, steps_per_epoch, training_batches
 from training.config import TrainConfig
-from training.batches import Augmentation, calibration_split, steps_per_epoch, training_batches
 from training.data import Split, class_weights, read_split
-from training.labels import LABELS
-from training.model import (
-    BACKBONE_NAME,
-    INFERENCE_MODEL_NAME,
-    build_inference_model,
-    build_training_model,
-    load_inference_model,
-)
+from training.inference import fer_pixels_to_model_input, keras_predictor, predict_split
+from training.labels import IMAGE_SIZE, LABELS
+from training.splits import training_splits
+from training.model import BACKBONE_NAME, INFERENCE_MODEL_NAME, build_inference_model, load_inference_model
 
 
 @dataclass(frozen=True)
@@ -38,16 +34,6 @@ class TrainResult:
     val_accuracy: float
     epochs_run: int
     seconds: float
-
-
-def limit_per_class(split: Split, limit: int, seed: int) -> Split:
-    """At most ``limit`` images of each class (random but seeded); ``limit <= 0`` keeps everything."""
-    if limit <= 0:
-        return split
-    rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.permutation(np.flatnonzero(split.labels == c))[:limit] for c in range(len(LABELS))])
-    keep.sort()
-    return Split(split.images[keep], split.labels[keep])
 
 
 def mixed_precision_policy(setting: str) -> str | None:
@@ -129,6 +115,11 @@ def _random_states(model: keras.Model) -> list:
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
+def _restore_random_states(model: keras.Model, state: dict) -> None:
+    for variable, value in zip(_random_states(model), state.get("random_states", [])):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+
+
 def _write_state(run_dir: Path, *, epochs_done: int, seconds: float, random_states: list) -> None:
     partial = run_dir / "state.partial.json"
     partial.write_text(json.dumps({"epochs_done": epochs_done, "seconds": round(seconds, 1),
@@ -185,6 +176,16 @@ def _compile(model: keras.Model, config: TrainConfig, learning_rate: float, epoc
                   metrics=["accuracy"])
 
 
+def build_training_model(inference_model: keras.Model, config: TrainConfig) -> keras.Model:
+    """Wrap the inference model for training on FER-2013 pixels: resize, classify.
+
+    Augmentation is not in this graph: it happens in the data pipeline (:mod:`training.batches`), where it is a pure
+    function of the step, so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="fer_pixels")
+    return keras.Model(inputs, inference_model(fer_pixels_to_model_input(config.arch, inputs)), name="fer_training")
+
+
 def _set_fine_tune_trainable(backbone: keras.Model, config: TrainConfig) -> None:
     """Unfreeze the backbone's top ``fine_tune_layers`` layers (all when from scratch); BatchNorm stays frozen."""
     backbone.trainable = True
@@ -239,8 +240,8 @@ def train(config: TrainConfig | None, data: str | Path, run_dir: str | Path, *, 
     if resume:
         if config is not None:
             raise ValueError("--resume continues the run's own config.json; give no other training options")
-        config = TrainConfig.load(run_dir / "config.json")
         state = _read_state(run_dir)
+        config = TrainConfig.load(run_dir / "config.json")
     else:
         if config is None:
             raise ValueError("a config is needed unless resuming")
@@ -249,13 +250,22 @@ def train(config: TrainConfig | None, data: str | Path, run_dir: str | Path, *, 
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.json")
         state = {"epochs_done": 0, "seconds": 0.0, "random_states": []}
+    policy = mixed_precision_policy(config.mixed_precision)
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy or "float32")
+    try:
+        return _run(config, data, run_dir, state, stop_after=stop_after, mixed=policy is not None, verbose=verbose)
+    finally:  # also when the run fails: later models in this process must not inherit the training policy
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _run(config: TrainConfig, data: str | Path, run_dir: Path, state: dict, *, stop_after: int, mixed: bool,
+         verbose: int | str) -> TrainResult:
+    """The epochs of ``config`` not yet in ``state``, under the mixed-precision policy already set."""
     started = time.time()
     keras.utils.set_random_seed(config.seed)
-    policy = mixed_precision_policy(config.mixed_precision)
-    keras.mixed_precision.set_global_policy(policy or "float32")
 
-    everything = limit_per_class(read_split(data, "train"), config.limit_per_class, config.seed)
-    train_split, _held_out = calibration_split(everything, config.calibration_fraction, config.seed)
+    train_split, _held_out = training_splits(config, data)
     val_split = read_split(data, "val")
     weights = class_weights(train_split.labels) if config.class_weights else None
     per_epoch = steps_per_epoch(len(train_split), config.batch_size)
@@ -275,8 +285,7 @@ def train(config: TrainConfig | None, data: str | Path, run_dir: str | Path, *, 
         if model is None and done > first_epoch:
             # Resuming inside this phase: the saved training model carries its optimizer, step and trainability.
             model = keras.saving.load_model(run_dir / LAST_CHECKPOINT)
-            for variable, value in zip(_random_states(model), state.get("random_states", [])):
-                variable.assign(np.asarray(value, dtype=variable.dtype))
+            _restore_random_states(model, state)
         else:
             if model is None:
                 inference_model = build_inference_model(config.arch, pretrained=not config.init_from and done == 0)
@@ -285,8 +294,7 @@ def train(config: TrainConfig | None, data: str | Path, run_dir: str | Path, *, 
                 model = build_training_model(inference_model, config)
                 if done > 0:  # resuming at a phase boundary: the weights of the phase before
                     model.set_weights(keras.saving.load_model(run_dir / LAST_CHECKPOINT, compile=False).get_weights())
-                    for variable, value in zip(_random_states(model), state.get("random_states", [])):
-                        variable.assign(np.asarray(value, dtype=variable.dtype))
+                    _restore_random_states(model, state)
             backbone = model.get_layer(INFERENCE_MODEL_NAME).get_layer(BACKBONE_NAME)
             if phase.name == "head":
                 backbone.trainable = False
@@ -307,25 +315,21 @@ def train(config: TrainConfig | None, data: str | Path, run_dir: str | Path, *, 
         stopped_early = done < end
         first_epoch = last_epoch
         if budget_end is not None and done >= budget_end and done < sum(p.epochs for p in _phases(config)):
-            keras.mixed_precision.set_global_policy("float32")
             return TrainResult(run_dir, run_dir / LAST_CHECKPOINT, float("nan"), done,
                                float(state["seconds"]) + time.time() - started)
 
-    keras.mixed_precision.set_global_policy("float32")  # the saved inference model is rebuilt in float32 at export
     seconds = json.loads((run_dir / "state.json").read_text())["seconds"] if (run_dir / "state.json").exists() else 0.0
     best = load_inference_model(str(run_dir / BEST_CHECKPOINT))
     return _finish(run_dir, config, best, train_split, val_split, epochs_run=done, seconds=float(seconds),
-                   mixed=policy is not None)
+                   mixed=mixed)
 
 
 def _finish(run_dir: Path, config: TrainConfig, inference_model: keras.Model, train_split: Split, val_split: Split,
             *, epochs_run: int, seconds: float, mixed: bool, interrupted: bool = False) -> TrainResult:
     """Save ``model.keras``, measure it on val and write ``run.json`` (the run record export puts in metadata)."""
-    from training.evaluate import predict_split
-
     model_path = run_dir / "model.keras"
     inference_model.save(model_path)
-    probabilities = predict_split(lambda x: np.asarray(inference_model(x, training=False)), config.arch, val_split)
+    probabilities = predict_split(keras_predictor(inference_model), config.arch, val_split)
     val_accuracy = float((probabilities.argmax(axis=1) == val_split.labels).mean())
     record = {
         "command": " ".join(sys.argv),
@@ -354,15 +358,13 @@ def finalize(run_dir: str | Path, data: str | Path) -> TrainResult:
     Writes ``model.keras`` and ``run.json`` as ``train`` would, marked ``"interrupted": true``; the duration is
     the time from the run's ``config.json`` to its last ``history.csv`` line.
     """
-    from training.model import load_inference_model
-
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir / "config.json")
     history = run_dir / "history.csv"
     with open(history) as handle:
         epochs_run = max(0, sum(1 for _ in handle) - 1)
     seconds = history.stat().st_mtime - (run_dir / "config.json").stat().st_mtime
-    train_split = limit_per_class(read_split(data, "train"), config.limit_per_class, config.seed)
+    train_split, _held_out = training_splits(config, data)
     inference_model = load_inference_model(str(run_dir / "checkpoint.keras"))
     return _finish(run_dir, config, inference_model, train_split, read_split(data, "val"),
                    epochs_run=epochs_run, seconds=seconds, mixed=False, interrupted=True)
