@@ -29,7 +29,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && rm -rf /opt/venv/lib/python3*/site-packages/tensorflow/include
 # (TensorFlow's C++ headers, ~290 MB, are only for compiling custom ops.)
 
-# The service package only: `training/` is not copied, so setuptools finds no training code to install.
+# The service package only: `training/` and the client (`fer_client/`) are not copied, so setuptools finds no
+# training or client code to install.
 # README.m[d]: pyproject.toml names README.md as the long description; the glob (next to a file that always
 # exists) keeps the build working in a checkout without it.
 COPY pyproject.toml README.m[d] ./

@@ -1,4 +1,4 @@
-"""``python -m service.client`` run as a user runs it (a subprocess) against the real service in its own process,
+"""``python -m fer_client`` run as a user runs it (a subprocess) against the real service in its own process,
 on short video files and image folders made here from a real photograph."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.client import (EXIT_AUTH, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, colour_for, http_url,
+from fer_client.cli import (EXIT_AUTH, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, colour_for, http_url,
                             stream_url)
 from tests.live_service import ROOT, TEST_API_KEY, ServiceProcess, free_port, model_labels, running_service
 from tests.photos import ASTRONAUT_FACE, astronaut, iou, no_face
@@ -50,7 +50,7 @@ def write_video(path: Path, frames: int, fps: float = 10.0) -> Path:
 
 
 def run_client(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service.client", *map(str, args)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fer_client", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 

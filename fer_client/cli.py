@@ -1,14 +1,14 @@
 """Command-line stream client: send a webcam, a video file or a folder of images to a running service over
 ``/ws/stream`` and print one line per analysed frame.
 
-    python -m service.client http://127.0.0.1:8000 interview.mp4 --fps 5 --log interview.csv --annotate out.mp4
-    python -m service.client http://127.0.0.1:8000 0            # webcam 0
-    python -m service.client http://127.0.0.1:8000 photos/      # every image in a folder, in name order
+    python -m fer_client http://127.0.0.1:8000 interview.mp4 --fps 5 --log interview.csv --annotate out.mp4
+    python -m fer_client http://127.0.0.1:8000 0            # webcam 0
+    python -m fer_client http://127.0.0.1:8000 photos/      # every image in a folder, in name order
 
 At most one frame is in flight: the next frame is sent when the reply to the previous one has arrived, so the
 server never has to drop a frame of a file and every analysed frame gets its own result. The client imports
 nothing from the service (it only speaks HTTP and WebSocket) and needs ``websockets``, ``opencv-python-headless``
-and ``numpy``.
+and ``numpy`` (the ``client`` extra).
 """
 
 from __future__ import annotations
@@ -502,7 +502,7 @@ class Annotator:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m service.client",
+        prog="python -m fer_client",
         description="Stream a webcam, a video file or a folder of images to the facial-expression service over "
                     "its WebSocket (/ws/stream) and print one line per analysed frame: frame index, time, number "
                     "of faces, each face's top emotion and confidence, round trip.",
@@ -660,7 +660,3 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
