@@ -6,6 +6,9 @@ Domain modules raise these; one exception handler in the app maps them to respon
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 
 class ServiceError(Exception):
     """Base class: ``status`` is the HTTP status, ``code`` the stable machine-readable error code."""
@@ -107,5 +110,35 @@ class DetectionError(ServiceError):
     status, code = 500, "detection_failed"
 
 
+class BatchImageError(ServiceError):
+    """One image of a several-image call failed: ``index`` (0-based) says which and ``error`` is that image's own
+    error. Status, code and headers are the image error's; the message names the image (and its file name, once
+    the route has given it with `named`)."""
+
+    def __init__(self, index: int, error: ServiceError, name: str | None = None) -> None:
+        label = f"image {index + 1}" if name is None else f"image {index + 1} ({name or 'no name'})"
+        super().__init__(f"{label}: {error.message}")
+        self.index = index
+        self.error = error
+        self.status, self.code, self.headers = error.status, error.code, error.headers
+
+    def named(self, name: str) -> BatchImageError:
+        """The same failure, its message naming the image's file (``"no name"`` when it is empty)."""
+        return BatchImageError(self.index, self.error, name)
+
+
 class ModelLoadError(RuntimeError):
     """The model directory violates the contract (docs/model-contract.md); the service refuses to start."""
+
+
+def describe_validation_errors(errors: Iterable[Mapping[str, Any]], *, root: str | None = None) -> str:
+    """pydantic's (or FastAPI's) validation errors as one line, ``where: what; where: what``.
+
+    ``where`` is the dotted location without FastAPI's ``query``/``body`` parts; an error without a location is
+    written ``root: what``, or only ``what`` when ``root`` is None.
+    """
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "body")) or root
+        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return "; ".join(parts)

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.errors import ModelLoadError
+from service.errors import ModelLoadError, describe_validation_errors
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,6 @@ class ModelMetadata(BaseModel):
                              f"'{self.input.color_mode}' needs {expected}")
 
 
-def _format_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "(root)"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
-
-
 def read_metadata(version_dir: Path) -> ModelMetadata:
     """Read and validate ``<version_dir>/metadata.json``; raises ``ModelLoadError``."""
     path = version_dir / METADATA_FILE
@@ -109,7 +101,8 @@ def read_metadata(version_dir: Path) -> ModelMetadata:
         metadata = ModelMetadata.model_validate(raw)
         metadata.check_consistent()
     except ValidationError as exc:
-        raise ModelLoadError(f"{path} violates the model contract: {_format_validation_error(exc)}") from None
+        problems = describe_validation_errors(exc.errors(), root="(root)")
+        raise ModelLoadError(f"{path} violates the model contract: {problems}") from None
     except ValueError as exc:
         raise ModelLoadError(f"{path} violates the model contract: {exc}") from None
     return metadata

@@ -15,7 +15,7 @@ import numpy as np
 
 from service import faces as face_ops
 from service.batching import MicroBatcher
-from service.errors import OverloadedError, ServiceError
+from service.errors import BatchImageError, OverloadedError, ServiceError
 from service.metrics import Metrics
 from service.model import LoadedModel
 from service.prepare import Prepared, PreparePool, rounded_ms
@@ -76,12 +76,15 @@ class Predictor:
 
     async def predict(self, data: bytes, options: Options) -> ImageResult:
         """One image's result; raises the ``service.errors`` of decoding and of the batcher."""
-        return (await self.predict_many([data], options))[0]
+        try:
+            return (await self.predict_many([data], options))[0]
+        except BatchImageError as exc:
+            raise exc.error from None  # the only image: its own error says it all
 
     async def predict_many(self, images: list[bytes], options: Options) -> list[ImageResult]:
         """Results for several images in order; all their crops go to the model together (one submit).
 
-        Any image that fails to decode fails the whole call (the caller maps that to the request's error).
+        Any image that fails to decode fails the whole call with a `BatchImageError` naming the image's index.
         Raises ``OverloadedError`` at once when ``max_pending_images`` images are already in the pipeline.
         """
         count = len(images)
@@ -101,8 +104,7 @@ class Predictor:
             try:
                 return await self.preparer.prepare(data, options.detect, options.max_faces)
             except ServiceError as exc:
-                exc.image_index = index  # type: ignore[attr-defined]  # lets a batch route name the image
-                raise
+                raise BatchImageError(index, exc) from exc
 
         prepared = await asyncio.gather(*(prepare(i, data) for i, data in enumerate(images)))
         crops = [p.crops for p in prepared if len(p.crops)]

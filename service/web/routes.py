@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import Response
 
-from service.errors import MissingFieldError, ServiceError, TooManyImagesError, UnsupportedMediaTypeError
+from service.errors import BatchImageError, MissingFieldError, TooManyImagesError, UnsupportedMediaTypeError
 from service.metrics import CONTENT_TYPE_LATEST
 from service.pipeline import Options
 from service.web.guards import check_api_key, ready_predictor
@@ -77,13 +76,8 @@ async def predict_batch(request: Request, state: StateDep, detect: DetectQuery =
         raise TooManyImagesError(f"{len(files)} images in one request; the limit is {settings.max_batch_images}")
     try:
         results = await predictor.predict_many([data for _, data in files], _options(state, detect, max_faces))
-    except ServiceError as exc:
-        index = getattr(exc, "image_index", None)
-        if index is None:
-            raise
-        named = copy.copy(exc)  # same type, status and code; the message says which image
-        named.message = f"image {index + 1} ({files[index][0] or 'no name'}): {exc.message}"
-        raise named from None
+    except BatchImageError as exc:  # same status and code as the image's own error; the message names the file
+        raise exc.named(files[exc.index][0]) from None
     request.scope["fer.faces"] = sum(len(r.faces) for r in results)
     return BatchPrediction(results=[Prediction.from_result(state.model_ref, r) for r in results])
 

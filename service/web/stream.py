@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from service.errors import ServiceError, UnauthorizedError
+from service.errors import ServiceError, UnauthorizedError, describe_validation_errors
 from service.pipeline import Options
 from service.web.guards import check_api_key, ready_predictor
 from service.web.schemas import Prediction
@@ -132,7 +132,7 @@ class StreamSession:
         try:
             update = StreamOptions.model_validate_json(text)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors())
+            problems = describe_validation_errors(exc.errors(), root="message")
             self.metrics.rejected("invalid_parameter")
             await self._send({"type": "error", "seq": None, "code": "invalid_parameter",
                               "message": f"bad options message ({problems}); send JSON like "
