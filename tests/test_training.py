@@ -302,17 +302,32 @@ def test_training_batches_are_a_pure_function_of_the_step() -> None:
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (100, 48, 48, 1), dtype=np.uint8), rng.integers(0, 7, 100).astype(np.int32))
     aug = Augmentation.scaled(1.0, erasing=0.5)
-    whole = [b[0].numpy() for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=14, aug=aug)]
-    tail = [b[0].numpy() for b in training_batches(split, batch_size=16, seed=5, start_step=9, end_step=14, aug=aug)]
+    whole = [b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=14, aug=aug)]
+    tail = [b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=9, end_step=14, aug=aug)]
     assert len(whole) == 14 and len(tail) == 5
     for a, b in zip(whole[9:], tail):
         np.testing.assert_array_equal(a, b)
     # augmentation really changes the pixels, and a different seed gives a different stream
-    plain = [b[0].numpy() for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=1,
-                                                     aug=Augmentation())]
-    other = [b[0].numpy() for b in training_batches(split, batch_size=16, seed=6, start_step=0, end_step=1, aug=aug)]
+    plain = [b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=1,
+                                             aug=Augmentation())]
+    other = [b[0] for b in training_batches(split, batch_size=16, seed=6, start_step=0, end_step=1, aug=aug)]
     assert not np.array_equal(plain[0], whole[0]) and not np.array_equal(other[0], whole[0])
     assert whole[0].min() >= 0 and whole[0].max() <= 255
+    # no augmentation: the batch is exactly the permuted images
+    np.testing.assert_array_equal(plain[0], split.images[np.random.default_rng([5, 0]).permutation(100)[:16]])
+
+
+def test_the_affine_warp_mirrors_exactly() -> None:
+    from training.batches import Augmentation, augment
+
+    image = np.random.default_rng(1).integers(0, 256, (1, 48, 48, 1)).astype(np.float32)
+    mirror_only = Augmentation(flip=True)
+    mirrored = []
+    for seed in range(8):  # some seeds mirror, the others leave the image as it is
+        out = augment(image, np.random.default_rng(seed), mirror_only)
+        mirrored.append(np.allclose(out, image[:, :, ::-1], atol=1e-3))
+        assert mirrored[-1] or np.allclose(out, image, atol=1e-3)
+    assert any(mirrored) and not all(mirrored)
 
 
 def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(

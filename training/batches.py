@@ -1,14 +1,15 @@
-"""Training batches as a pure function of the global step: stateless augmentation, exact resume.
+"""Training batches as a pure function of the global step: augmentation in numpy, exact resume, any backend.
 
 Batch ``s`` is always the same images with the same augmentation, whatever happened before it: the images of
-epoch ``e`` come from a permutation seeded by ``(seed, e)`` and every random draw of batch ``s`` from a stateless
-generator seeded by ``(seed, s)``. A run resumed at step ``s`` therefore sees exactly the batches an uninterrupted
-run would have seen, without saving any random-generator state.
+epoch ``e`` come from a permutation seeded by ``(seed, e)`` and every random draw of batch ``s`` from a generator
+seeded by ``(seed, s)``. A run resumed at step ``s`` therefore sees exactly the batches an uninterrupted run would
+have seen, without saving any random-generator state. Plain numpy, so the same code feeds Keras on TensorFlow (CPU)
+and on JAX (the GPU machine, which has no TensorFlow).
 
 The augmentation works on FER-2013's 48x48 grayscale pixels (0-255) before any resizing to the model's input:
 
 * a random affine warp per image: mirror (p = 0.5), rotation, zoom and shift (ranges scaled by ``strength``),
-  edges filled with the nearest pixel;
+  sampled bilinearly, edges filled with the nearest pixel;
 * random brightness and contrast;
 * random erasing (Zhong et al. 2017): with probability ``erasing`` one rectangle of 2-25 % of the image is filled
   with uniform noise, which makes the network use the whole face instead of one cue.
@@ -17,10 +18,10 @@ The augmentation works on FER-2013's 48x48 grayscale pixels (0-255) before any r
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from training.data import Split
 from training.labels import LABELS
@@ -47,51 +48,62 @@ class Augmentation:
                    brightness=20 * strength, contrast=0.2 * strength, flip=True, erasing=erasing)
 
 
-def _uniform(seed: tf.Tensor, salt: int, shape: tuple[int, ...] | list, low: float, high: float) -> tf.Tensor:
-    return tf.random.stateless_uniform(shape, seed=seed + tf.constant([0, salt], tf.int64) * 7919,
-                                       minval=low, maxval=high)
+def _affine(images: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
+    """Mirror, rotate, zoom and shift each image about its centre; bilinear sampling, edge pixels repeated."""
+    n, height, width, _ = images.shape
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    angle = rng.uniform(-1, 1, n) * math.radians(aug.rotation_degrees)
+    scale = 1 + rng.uniform(-1, 1, n) * aug.zoom
+    shift_x = rng.uniform(-1, 1, n) * aug.shift * width
+    shift_y = rng.uniform(-1, 1, n) * aug.shift * height
+    mirror = np.where(rng.uniform(0, 1, n) < (0.5 if aug.flip else 0.0), -1.0, 1.0)
+    # Each output pixel samples the input at the inverse transform: M = F R(-angle) / scale about the shifted centre.
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    m00, m01, m10, m11 = (v[:, None, None] for v in (mirror * cos, mirror * sin, -sin, cos))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    dx = xs[None] - centre_x - shift_x[:, None, None]
+    dy = ys[None] - centre_y - shift_y[:, None, None]
+    src_x = np.clip(centre_x + m00 * dx + m01 * dy, 0, width - 1)
+    src_y = np.clip(centre_y + m10 * dx + m11 * dy, 0, height - 1)
+    x0, y0 = np.floor(src_x).astype(np.intp), np.floor(src_y).astype(np.intp)
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    wx, wy = (src_x - x0)[..., None], (src_y - y0)[..., None]
+    idx = np.arange(n)[:, None, None]
+    top = images[idx, y0, x0] * (1 - wx) + images[idx, y0, x1] * wx
+    bottom = images[idx, y1, x0] * (1 - wx) + images[idx, y1, x1] * wx
+    return (top * (1 - wy) + bottom * wy).astype(np.float32)
 
 
-def augment(images: tf.Tensor, seed: tf.Tensor, aug: Augmentation) -> tf.Tensor:
-    """Augment a float32 batch ``(n, h, w, 1)`` of 0-255 pixels; the same ``seed`` always gives the same result."""
-    n = tf.shape(images)[0]
-    size = float(images.shape[1])
-    centre = (size - 1) / 2
-    x = images
+def _erase(images: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
+    n, height, width, _ = images.shape
+    area = rng.uniform(0.02, 0.25, n) * height * width
+    ratio = np.exp(rng.uniform(math.log(0.3), math.log(3.3), n))
+    box_h = np.minimum(np.sqrt(area * ratio), height)
+    box_w = np.minimum(np.sqrt(area / ratio), width)
+    top = rng.uniform(0, 1, n) * (height - box_h)
+    left = rng.uniform(0, 1, n) * (width - box_w)
+    chosen = rng.uniform(0, 1, n) < probability
+    rows = np.arange(height)[None, :, None]
+    cols = np.arange(width)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < (top + box_h)[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < (left + box_w)[:, None, None]) & chosen[:, None, None])
+    noise = rng.uniform(0, 255, images.shape).astype(np.float32)
+    return np.where(inside[..., None], noise, images)
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
+    """Augment a float32 batch ``(n, h, w, 1)`` of 0-255 pixels with draws from ``rng`` (seed it for repeatability)."""
+    x = images.astype(np.float32)
     if aug.flip or aug.rotation_degrees or aug.zoom or aug.shift:
-        angle = _uniform(seed, 1, [n], -1.0, 1.0) * (aug.rotation_degrees * math.pi / 180)
-        scale = 1.0 + _uniform(seed, 2, [n], -1.0, 1.0) * aug.zoom
-        tx = _uniform(seed, 3, [n], -1.0, 1.0) * aug.shift * size
-        ty = _uniform(seed, 4, [n], -1.0, 1.0) * aug.shift * size
-        mirror = tf.where(_uniform(seed, 5, [n], 0.0, 1.0) < (0.5 if aug.flip else 0.0), -1.0, 1.0)
-        # The transform maps each *output* pixel to the input pixel it samples: the inverse of
-        # "mirror, rotate and scale about the centre, then shift", i.e. M = F R(-angle) / scale.
-        cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-        m00, m01, m10, m11 = mirror * cos, mirror * sin, -sin, cos
-        ox, oy = centre + tx, centre + ty
-        transforms = tf.stack([m00, m01, centre - (m00 * ox + m01 * oy),
-                               m10, m11, centre - (m10 * ox + m11 * oy),
-                               tf.zeros_like(angle), tf.zeros_like(angle)], axis=1)
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="NEAREST")
+        x = _affine(x, rng, aug)
     if aug.brightness or aug.contrast:
-        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        contrast = 1.0 + _uniform(seed, 6, [n, 1, 1, 1], -1.0, 1.0) * aug.contrast
-        brightness = _uniform(seed, 7, [n, 1, 1, 1], -1.0, 1.0) * aug.brightness
-        x = tf.clip_by_value((x - mean) * contrast + mean + brightness, 0.0, 255.0)
+        n = len(x)
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        contrast = 1 + rng.uniform(-1, 1, (n, 1, 1, 1)) * aug.contrast
+        brightness = rng.uniform(-1, 1, (n, 1, 1, 1)) * aug.brightness
+        x = np.clip((x - mean) * contrast + mean + brightness, 0, 255).astype(np.float32)
     if aug.erasing > 0:
-        area = _uniform(seed, 8, [n, 1, 1, 1], 0.02, 0.25) * size * size
-        log_ratio = _uniform(seed, 9, [n, 1, 1, 1], math.log(0.3), math.log(3.3))
-        height = tf.minimum(tf.sqrt(area * tf.exp(log_ratio)), size)
-        width = tf.minimum(tf.sqrt(area / tf.exp(log_ratio)), size)
-        top = _uniform(seed, 10, [n, 1, 1, 1], 0.0, 1.0) * (size - height)
-        left = _uniform(seed, 11, [n, 1, 1, 1], 0.0, 1.0) * (size - width)
-        rows = tf.reshape(tf.range(size), [1, -1, 1, 1])
-        cols = tf.reshape(tf.range(size), [1, 1, -1, 1])
-        inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
-        erase = inside & (_uniform(seed, 12, [n, 1, 1, 1], 0.0, 1.0) < aug.erasing)
-        x = tf.where(erase, _uniform(seed, 13, tf.shape(x), 0.0, 255.0), x)
+        x = _erase(x, rng, aug.erasing)
     return x
 
 
@@ -106,30 +118,21 @@ def epoch_order(images: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def training_batches(split: Split, *, batch_size: int, seed: int, start_step: int, end_step: int, aug: Augmentation,
-                     sample_weights: dict[int, float] | None = None) -> tf.data.Dataset:
+                     sample_weights: dict[int, float] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Batches ``start_step .. end_step - 1`` of the deterministic stream: ``(pixels, one-hot labels, weights)``.
 
     ``pixels`` are float32 ``(batch, 48, 48, 1)`` in 0-255; ``weights`` are the class weights of the labels (all 1
-    without ``sample_weights``). Label smoothing is left to the loss.
+    without ``sample_weights``). Label smoothing is left to the loss. Keras' ``fit`` takes the iterator with
+    ``steps_per_epoch`` (and prefetches it on a background thread).
     """
     per_epoch = steps_per_epoch(len(split), batch_size)
-    first_epoch, last_epoch = start_step // per_epoch, (max(end_step, start_step + 1) - 1) // per_epoch
-    # Only the epochs this stream touches are materialised (a few MB each).
-    orders = np.stack([epoch_order(len(split), seed, e)[: per_epoch * batch_size]
-                       for e in range(first_epoch, last_epoch + 1)]).astype(np.int32)
-    images = tf.constant(split.images)
-    labels = tf.constant(split.labels.astype(np.int32))
-    weight_table = tf.constant([(sample_weights or {}).get(c, 1.0) for c in range(len(LABELS))], tf.float32)
-    order_table = tf.constant(orders.reshape(-1))
-
-    def batch(step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        epoch, index = step // per_epoch, step % per_epoch
-        start = ((epoch - first_epoch) * per_epoch + index) * batch_size
-        picked = order_table[start:start + batch_size]
-        x = tf.cast(tf.gather(images, picked), tf.float32)
-        x = augment(x, tf.stack([tf.constant(seed, tf.int64), step]), aug)
-        y = tf.gather(labels, picked)
-        return x, tf.one_hot(y, len(LABELS)), tf.gather(weight_table, y)
-
-    steps = tf.data.Dataset.range(start_step, end_step)
-    return steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+    weight_table = np.array([(sample_weights or {}).get(c, 1.0) for c in range(len(LABELS))], np.float32)
+    order, order_epoch = None, -1
+    for step in range(start_step, end_step):
+        epoch, index = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(len(split), seed, epoch), epoch
+        picked = order[index * batch_size:(index + 1) * batch_size]
+        x = augment(split.images[picked], np.random.default_rng([seed, step]), aug)
+        y = split.labels[picked]
+        yield x, np.eye(len(LABELS), dtype=np.float32)[y], weight_table[y]
