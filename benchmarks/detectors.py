@@ -37,7 +37,7 @@ from PIL import Image  # noqa: E402
 from skimage import data as skdata  # noqa: E402
 
 from service.faces import Detection, create_detector  # noqa: E402
-from tests.photos import astronaut, hopper, paste_head  # noqa: E402
+from sample_photos import astronaut, hopper, paste_head  # noqa: E402
 
 BoxT = tuple[int, int, int, int]
 

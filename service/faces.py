@@ -414,6 +414,7 @@ def whole_image(image: np.ndarray) -> Detection:
     return Detection(Box(0, 0, int(width), int(height)), 1.0)
 
 
+#: The colour modes a model can take (metadata ``input.color_mode``) and their channels: the one table of them.
 COLOR_MODES: dict[str, int] = {"grayscale": 1, "rgb": 3}
 
 

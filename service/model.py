@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -19,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.errors import ModelLoadError, describe_validation_errors
+from service.faces import COLOR_MODES
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ METADATA_FILE = "metadata.json"
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 #: Largest input side the service accepts from a model's metadata (sanity bound, not a model choice).
 MAX_INPUT_SIDE = 1024
-CHANNELS_FOR_MODE = {"grayscale": 1, "rgb": 3}
 
 
 # --- metadata -------------------------------------------------------------------------------------------------
@@ -82,7 +81,7 @@ class ModelMetadata(BaseModel):
 
     def check_consistent(self) -> None:
         """Cross-field checks pydantic's per-field validation cannot express."""
-        expected = CHANNELS_FOR_MODE[self.input.color_mode]
+        expected = COLOR_MODES[self.input.color_mode]
         if self.input.channels != expected:
             raise ValueError(f"input.channels is {self.input.channels} but color_mode "
                              f"'{self.input.color_mode}' needs {expected}")
@@ -196,7 +195,6 @@ class LoadedModel:
     metadata: ModelMetadata
     path: Path
     runtime: Runtime
-    load_seconds: float = 0.0
 
     @property
     def labels(self) -> list[str]:
@@ -259,13 +257,10 @@ def _check_against_signature(metadata: ModelMetadata, runtime: TensorFlowRuntime
 
 def load_model(model_dir: str | Path, *, precision: str = "fp32") -> LoadedModel:
     """Resolve, read, load and validate a model (no warm-up); raises ``ModelLoadError`` naming the problem."""
-    started = time.perf_counter()
     version_dir = resolve_model_dir(model_dir)
     metadata = read_metadata(version_dir)
     if not (version_dir / "saved_model.pb").is_file():
         raise ModelLoadError(f"{version_dir} has no saved_model.pb (see docs/model-contract.md)")
     runtime = TensorFlowRuntime(version_dir, metadata.signature, precision=precision)
     _check_against_signature(metadata, runtime, version_dir)
-    model = LoadedModel(metadata=metadata, path=version_dir, runtime=runtime)
-    model.load_seconds = time.perf_counter() - started
-    return model
+    return LoadedModel(metadata=metadata, path=version_dir, runtime=runtime)

@@ -18,7 +18,12 @@ from service.batching import MicroBatcher
 from service.errors import BatchImageError, OverloadedError, ServiceError
 from service.metrics import Metrics
 from service.model import LoadedModel
-from service.prepare import Prepared, PreparePool, rounded_ms
+from service.prepare import Prepared, PreparePool
+
+
+def rounded_ms(seconds: float) -> float:
+    """``seconds`` as milliseconds rounded to microseconds (the unit of the results' ``timings_ms``)."""
+    return round(seconds * 1000.0, 3)
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class Predictor:
                                     confidence=float(row[top]),
                                     probabilities={label: float(p) for label, p in zip(labels, row)}))
         self.metrics.image_done(len(faces))
-        timings = {"decode": prepared.decode_ms, "detect": prepared.detect_ms, "infer": infer_ms,
+        timings = {"decode": rounded_ms(prepared.decode_s), "detect": rounded_ms(prepared.detect_s), "infer": infer_ms,
                    "total": rounded_ms(time.perf_counter() - started)}
         return ImageResult(prepared.width, prepared.height, faces, timings)
 

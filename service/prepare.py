@@ -61,13 +61,8 @@ class Prepared:
     height: int
     detections: list[face_ops.Detection]
     crops: np.ndarray
-    decode_ms: float
-    detect_ms: float
-
-
-def rounded_ms(seconds: float) -> float:
-    """``seconds`` as milliseconds rounded to microseconds (the unit of the responses' ``timings_ms``)."""
-    return round(seconds * 1000.0, 3)
+    decode_s: float
+    detect_s: float
 
 
 class Preparer:
@@ -96,8 +91,7 @@ class Preparer:
                                     color_mode=spec.color_mode, margin=spec.margin if detect else 0.0)
         detected = time.perf_counter()
         height, width = image.shape[:2]
-        return Prepared(int(width), int(height), detections, crops, rounded_ms(decoded - started),
-                        rounded_ms(detected - decoded))
+        return Prepared(int(width), int(height), detections, crops, decoded - started, detected - decoded)
 
 
 # --- worker-process side (module-level functions: they are pickled by name) ---------------------------------------

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ServiceError, describe_validation_errors
+from service.errors import InvalidParameterError, ServiceError, describe_validation_errors
 from service.metrics import Metrics
 
 log = logging.getLogger("service")
@@ -33,8 +33,8 @@ def register_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        metrics.rejected("invalid_parameter")
-        return error_response(422, "invalid_parameter", describe_validation_errors(exc.errors()) or "invalid request")
+        return await _service_error(request, InvalidParameterError(describe_validation_errors(exc.errors())
+                                                                   or "invalid request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -54,8 +54,6 @@ class ObservabilityMiddleware:
                 self.metrics.request_done(route, scope["method"], status, seconds)
             extra: dict[str, Any] = {"route": route, "method": scope["method"], "status": status,
                                      "duration_ms": round(seconds * 1000, 2)}
-            if "fer.faces" in scope:
+            if "fer.faces" in scope:  # set by the prediction routes
                 extra["faces"] = scope["fer.faces"]
-            if "fer.error" in scope:
-                extra["error"] = scope["fer.error"]
             access_log.info("request", extra=extra)

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from service.errors import ServiceError, UnauthorizedError, describe_validation_errors
+from service.errors import InvalidParameterError, ServiceError, UnauthorizedError, describe_validation_errors
 from service.pipeline import Options
 from service.web.guards import check_api_key, ready_predictor
 from service.web.schemas import Prediction
@@ -133,10 +133,10 @@ class StreamSession:
             update = StreamOptions.model_validate_json(text)
         except ValidationError as exc:
             problems = describe_validation_errors(exc.errors(), root="message")
-            self.metrics.rejected("invalid_parameter")
-            await self._send({"type": "error", "seq": None, "code": "invalid_parameter",
-                              "message": f"bad options message ({problems}); send JSON like "
-                                         '{"detect": true, "max_faces": 5}'})
+            error = InvalidParameterError(f"bad options message ({problems}); send JSON like "
+                                          '{"detect": true, "max_faces": 5}')
+            self.metrics.rejected(error.code)
+            await self._send({"type": "error", "seq": None, "code": error.code, "message": error.message})
             return
         detect = self.options.detect if update.detect is None else update.detect
         max_faces = self.options.max_faces if update.max_faces is None \

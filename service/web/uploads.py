@@ -7,7 +7,7 @@ import asyncio
 from typing import AsyncIterator
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.errors import MissingFieldError, PayloadTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
@@ -44,16 +44,20 @@ async def _single(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
+async def _parse_multipart(request: Request, body: bytes, *, max_files: int, max_fields: int) -> FormData:
+    parser = MultiPartParser(request.headers, _single(body), max_files=max_files, max_fields=max_fields)
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise MissingFieldError(f"the multipart body cannot be parsed: {exc.message}") from None
+
+
 async def read_files(request: Request, *, file_limit: int, max_files: int,
                      timeout_s: float) -> list[tuple[str, bytes]]:
     """``(filename, bytes)`` of every file part of a multipart body, in order. The body may hold ``max_files``
     files of ``file_limit`` bytes plus their framing; the caller checks how many files there were."""
     body = await read_body(request, file_limit * max_files + MULTIPART_OVERHEAD_BYTES, timeout_s)
-    parser = MultiPartParser(request.headers, _single(body), max_files=10_000, max_fields=1000)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise MissingFieldError(f"the multipart body cannot be parsed: {exc.message}") from None
+    form = await _parse_multipart(request, body, max_files=10_000, max_fields=1000)
     files = []
     try:
         for _, value in form.multi_items():
@@ -75,11 +79,7 @@ async def read_image(request: Request, limit: int, timeout_s: float) -> bytes:
         return await read_body(request, limit, timeout_s)
     if kind == "multipart/form-data":
         body = await read_body(request, limit + MULTIPART_OVERHEAD_BYTES, timeout_s)
-        parser = MultiPartParser(request.headers, _single(body), max_files=16, max_fields=16)
-        try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            raise MissingFieldError(f"the multipart body cannot be parsed: {exc.message}") from None
+        form = await _parse_multipart(request, body, max_files=16, max_fields=16)
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
