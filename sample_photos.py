@@ -37,7 +37,8 @@ class FacePhoto:
 
 def astronaut() -> FacePhoto:
     """512×512 colour photograph with one face of about 93 px."""
-    return FacePhoto(skdata.astronaut(), (ASTRONAUT_FACE,))
+    image: np.ndarray = skdata.astronaut()  # type: ignore[no-untyped-call]  # (scikit-image: untyped)
+    return FacePhoto(image, (ASTRONAUT_FACE,))
 
 
 def hopper() -> FacePhoto:
@@ -59,14 +60,25 @@ def head_and_shoulders(person: str = "astronaut") -> tuple[np.ndarray, tuple[int
     return image, (x - left, y - top, w, h)
 
 
-def paste_head(canvas: np.ndarray, person: str, face_width: int, left: int, top: int, *, mirror: bool = False,
-               grayscale: bool = False) -> tuple[int, int, int, int]:
+def paste_head(
+    canvas: np.ndarray,
+    person: str,
+    face_width: int,
+    left: int,
+    top: int,
+    *,
+    mirror: bool = False,
+    grayscale: bool = False,
+) -> tuple[int, int, int, int]:
     """Paste ``person``'s head and shoulders scaled so that the face is ``face_width`` px wide, with the cut-out's
     top-left corner at (``left``, ``top``), clipped at the canvas edges. Returns the pasted face box."""
     head, (fx, fy, fw, fh) = head_and_shoulders(person)
     scale = face_width / fw
-    patch = cv2.resize(head, (round(head.shape[1] * scale), round(head.shape[0] * scale)),
-                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    patch = cv2.resize(
+        head,
+        (round(head.shape[1] * scale), round(head.shape[0] * scale)),
+        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
+    )
     fx, fy, fw, fh = (round(v * scale) for v in (fx, fy, fw, fh))
     if mirror:
         patch = patch[:, ::-1]
@@ -76,5 +88,5 @@ def paste_head(canvas: np.ndarray, person: str, face_width: int, left: int, top:
     height, width = canvas.shape[:2]
     ph = min(patch.shape[0], height - top)
     pw = min(patch.shape[1], width - left)
-    canvas[top:top + ph, left:left + pw] = patch[:ph, :pw]
+    canvas[top : top + ph, left : left + pw] = patch[:ph, :pw]
     return (left + fx, top + fy, fw, fh)

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +37,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage import data as skdata  # noqa: E402
 
-from service.faces import Detection, create_detector  # noqa: E402
 from sample_photos import astronaut, hopper, paste_head  # noqa: E402
+from service.faces import Detection, FaceDetector, create_detector  # noqa: E402
 
 BoxT = tuple[int, int, int, int]
 
@@ -60,7 +61,7 @@ class Candidate:
     default_threshold: float
     max_side: int = 640
     min_face_size: int = 40
-    options: dict[str, int | None] = field(default_factory=dict)  # extra constructor arguments (YuNet variants)
+    options: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments (YuNet variants)
 
 
 CANDIDATES = [
@@ -75,16 +76,24 @@ CANDIDATES = [
     Candidate("YuNet, detection copy at most 320 px", "yunet", 0.3, (0.6, 0.7), 0.7, max_side=320),
     Candidate("YuNet, detection copy at most 256 px", "yunet", 0.3, (0.6, 0.7), 0.7, max_side=256),
     # The upper bound on the detection scale (`ample_face`, default 24 px for a 40 px face): without it, or lower.
-    Candidate("YuNet, small photos searched at full resolution (no ample_face)", "yunet", 0.3, (0.6, 0.7), 0.7,
-              options={"ample_face": None}),
-    Candidate("YuNet, 40 px faces seen at most at 20 px", "yunet", 0.3, (0.6, 0.7, 0.75), 0.7,
-              options={"ample_face": 20}),
+    Candidate(
+        "YuNet, small photos searched at full resolution (no ample_face)",
+        "yunet",
+        0.3,
+        (0.6, 0.7),
+        0.7,
+        options={"ample_face": None},
+    ),
+    Candidate(
+        "YuNet, 40 px faces seen at most at 20 px", "yunet", 0.3, (0.6, 0.7, 0.75), 0.7, options={"ample_face": 20}
+    ),
 ]
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # The photographs
 # ------------------------------------------------------------------------------------------------------------------
+
 
 def gray3(image: np.ndarray) -> np.ndarray:
     """A grayscale version as three equal channels (input RGB or already 2-D)."""
@@ -96,15 +105,14 @@ def resize_to(image: np.ndarray, faces: list[BoxT], longest: int) -> tuple[np.nd
     scale = longest / max(image.shape[:2])
     size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
     resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-    return resized, [tuple(round(v * scale) for v in box) for box in faces]  # type: ignore[misc]
+    return resized, [tuple(round(v * scale) for v in box) for box in faces]
 
 
 def rotate(image: np.ndarray, faces: list[BoxT], degrees: float) -> tuple[np.ndarray, list[BoxT]]:
     """Rotate about the image centre (replicating the border, no black corners); faces keep their size."""
     height, width = image.shape[:2]
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
-    rotated = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE)
+    rotated = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     moved = []
     for x, y, w, h in faces:
         cx, cy = matrix @ np.array([x + w / 2, y + h / 2, 1.0])
@@ -119,7 +127,7 @@ def close_up(photo_image: np.ndarray, face: BoxT, fraction: float, side: int = 6
     cx, cy = x + w // 2, y + h // 2
     x0 = int(np.clip(cx - crop_side // 2, 0, photo_image.shape[1] - crop_side))
     y0 = int(np.clip(cy - crop_side // 2, 0, photo_image.shape[0] - crop_side))
-    crop = photo_image[y0:y0 + crop_side, x0:x0 + crop_side]
+    crop = photo_image[y0 : y0 + crop_side, x0 : x0 + crop_side]
     scale = side / crop.shape[1]
     image = cv2.resize(crop, (side, round(crop.shape[0] * scale)), interpolation=cv2.INTER_CUBIC)
     return image, (round((x - x0) * scale), round((y - y0) * scale), round(w * scale), round(h * scale))
@@ -129,12 +137,19 @@ def backgrounds() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_sample_images
 
     china, flower = load_sample_images().images
-    return {"china": china, "flower": flower, "rocket": skdata.rocket(), "motorcycle": skdata.stereo_motorcycle()[0],
-            "coffee": skdata.coffee(), "hubble": skdata.hubble_deep_field()}
+    return {
+        "china": china,
+        "flower": flower,
+        "rocket": skdata.rocket(),
+        "motorcycle": skdata.stereo_motorcycle()[0],
+        "coffee": skdata.coffee(),
+        "hubble": skdata.hubble_deep_field(),
+    }
 
 
-def group_photo(background: np.ndarray, width: int, height: int, face_widths: list[int],
-                rng: np.random.Generator) -> tuple[np.ndarray, list[BoxT]]:
+def group_photo(
+    background: np.ndarray, width: int, height: int, face_widths: list[int], rng: np.random.Generator
+) -> tuple[np.ndarray, list[BoxT]]:
     """People pasted left to right onto an enlarged real background, alternately the astronaut and Grace Hopper,
     randomly mirrored or grayscale; the last one is placed at the bottom-right edge, partly cut off."""
     canvas = cv2.resize(background, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -150,8 +165,11 @@ def group_photo(background: np.ndarray, width: int, height: int, face_widths: li
         top = max(0, height - patch_h + (0 if not last else patch_h // 5))
         if left >= width - face_width:
             break
-        faces.append(paste_head(canvas, person, face_width, left, top, mirror=bool(rng.integers(2)),
-                                grayscale=rng.random() < 0.3))
+        faces.append(
+            paste_head(
+                canvas, person, face_width, left, top, mirror=bool(rng.integers(2)), grayscale=rng.random() < 0.3
+            )
+        )
         left += patch_w + int(rng.integers(5, 40))
     faces = [f for f in faces if f[0] + f[2] <= width and f[1] + f[3] <= height]
     return canvas, faces
@@ -184,21 +202,32 @@ def build_cases(fer_dir: Path | None, fer_per_class: int) -> list[Case]:
         (4032, 3024, [120, 400, 80, 250, 60]),
         (1280, 960, [56, 72, 110, 44]),
     ]
-    for (bg_name, background), (width, height, widths) in zip(backgrounds().items(), layouts):
+    for (bg_name, background), (width, height, widths) in zip(backgrounds().items(), layouts, strict=False):
         image, boxes = group_photo(background, width, height, widths, rng)
-        cases.append(Case(f"group on {bg_name} {width}x{height}", "group photo", image, boxes,
-                          timed=True))
+        cases.append(Case(f"group on {bg_name} {width}x{height}", "group photo", image, boxes, timed=True))
         if width <= 1920:
             cases.append(Case(f"group on {bg_name} grayscale", "grayscale", gray3(image), boxes))
             rotated, rboxes = rotate(image, boxes, 15 if len(cases) % 2 else -15)
             cases.append(Case(f"group on {bg_name} rotated", "rotated ±10–20°", rotated, rboxes))
 
-    no_face = {"coffee": skdata.coffee(), "chelsea (cat)": skdata.chelsea(), "rocket": skdata.rocket(),
-               "motorcycle": skdata.stereo_motorcycle()[0], "horse": gray3(skdata.horse().astype(np.uint8) * 255),
-               "hubble": skdata.hubble_deep_field(), "immunohistochemistry": skdata.immunohistochemistry(),
-               "retina": skdata.retina(), "coins": gray3(skdata.coins()), "moon": gray3(skdata.moon()),
-               "brick": gray3(skdata.brick()), "grass": gray3(skdata.grass()), "gravel": gray3(skdata.gravel()),
-               "page": gray3(skdata.page()), "text": gray3(skdata.text()), "clock": gray3(skdata.clock())}
+    no_face = {
+        "coffee": skdata.coffee(),
+        "chelsea (cat)": skdata.chelsea(),
+        "rocket": skdata.rocket(),
+        "motorcycle": skdata.stereo_motorcycle()[0],
+        "horse": gray3(skdata.horse().astype(np.uint8) * 255),
+        "hubble": skdata.hubble_deep_field(),
+        "immunohistochemistry": skdata.immunohistochemistry(),
+        "retina": skdata.retina(),
+        "coins": gray3(skdata.coins()),
+        "moon": gray3(skdata.moon()),
+        "brick": gray3(skdata.brick()),
+        "grass": gray3(skdata.grass()),
+        "gravel": gray3(skdata.gravel()),
+        "page": gray3(skdata.page()),
+        "text": gray3(skdata.text()),
+        "clock": gray3(skdata.clock()),
+    }
     from sklearn.datasets import load_sample_images
 
     no_face["china"], no_face["flower"] = load_sample_images().images
@@ -206,8 +235,10 @@ def build_cases(fer_dir: Path | None, fer_per_class: int) -> list[Case]:
         cases.append(Case(name, "no face", image, []))
     # Backgrounds at service resolutions with the people's clothes but no face: the suit and the uniform/tie cut
     # out below the chin.
-    for name, photo, (y0, x0, x1) in (("astronaut suit (no face)", portraits["astronaut"], (180, 0, 512)),
-                                     ("Hopper uniform and tie (no face)", portraits["hopper"], (345, 0, 512))):
+    for name, photo, (y0, x0, x1) in (
+        ("astronaut suit (no face)", portraits["astronaut"], (180, 0, 512)),
+        ("Hopper uniform and tie (no face)", portraits["hopper"], (345, 0, 512)),
+    ):
         cases.append(Case(name, "no face", np.ascontiguousarray(photo.image[y0:, x0:x1]), []))
     return cases
 
@@ -219,8 +250,7 @@ def crop_sets(fer_dir: Path | None, fer_per_class: int) -> dict[str, tuple[list[
     to_rgb = lambda a: np.repeat(a[:, :, None], 3, axis=2)  # noqa: E731
     sets: dict[str, tuple[list[np.ndarray], bool]] = {
         "LFW faces 25×25 → 100×100": ([to_rgb(enlarge((f * 255).astype(np.uint8), 4)) for f in lfw[:100]], True),
-        "LFW non-faces 25×25 → 100×100": ([to_rgb(enlarge((f * 255).astype(np.uint8), 4)) for f in lfw[100:]],
-                                          False),
+        "LFW non-faces 25×25 → 100×100": ([to_rgb(enlarge((f * 255).astype(np.uint8), 4)) for f in lfw[100:]], False),
     }
     if fer_dir is not None and fer_dir.is_dir():
         images = []
@@ -235,6 +265,7 @@ def crop_sets(fer_dir: Path | None, fer_per_class: int) -> dict[str, tuple[list[
 # ------------------------------------------------------------------------------------------------------------------
 # Scoring
 # ------------------------------------------------------------------------------------------------------------------
+
 
 def match(detections: list[Detection], faces: list[BoxT]) -> tuple[int, int, list[bool]]:
     """(found, false positives, found flag per face)."""
@@ -263,16 +294,25 @@ class Result:
     crops: dict[str, list[list[Detection]]] = field(default_factory=dict)
 
 
-def run_candidate(candidate: Candidate, cases: list[Case], crops: dict[str, tuple[list[np.ndarray], bool]],
-                  repeats: int) -> Result:
+def run_candidate(
+    candidate: Candidate, cases: list[Case], crops: dict[str, tuple[list[np.ndarray], bool]], repeats: int
+) -> Result:
     if candidate.options:
         from service.faces import YuNetDetector
 
-        detector = YuNetDetector(min_face_size=candidate.min_face_size, threshold=candidate.floor,
-                                 max_side=candidate.max_side, **candidate.options)
+        detector: FaceDetector = YuNetDetector(
+            min_face_size=candidate.min_face_size,
+            threshold=candidate.floor,
+            max_side=candidate.max_side,
+            **candidate.options,
+        )
     else:
-        detector = create_detector(candidate.name, min_face_size=candidate.min_face_size,
-                                   threshold=candidate.floor, max_side=candidate.max_side)
+        detector = create_detector(
+            candidate.name,
+            min_face_size=candidate.min_face_size,
+            threshold=candidate.floor,
+            max_side=candidate.max_side,
+        )
     detector.detect(cases[0].image)  # warm-up (graph tracing, lazy loading)
     result = Result(candidate)
     for case in cases:
@@ -308,12 +348,11 @@ def summarise(result: Result, cases: list[Case], threshold: float) -> dict[str, 
 
 
 def size_recall(result: Result, cases: list[Case], threshold: float) -> dict[str, tuple[int, int]]:
-    buckets = {"40–63 px": (40, 64), "64–127 px": (64, 128), "128–255 px": (128, 256),
-               "≥ 256 px": (256, 10 ** 6)}
+    buckets = {"40–63 px": (40, 64), "64–127 px": (64, 128), "128–255 px": (128, 256), "≥ 256 px": (256, 10**6)}
     totals = {k: [0, 0] for k in buckets}
     for case in cases:
         _, _, flags = match(above(result.per_case[case.name], threshold), case.faces)
-        for (x, y, w, h), flag in zip(case.faces, flags):
+        for (_, _, w, _), flag in zip(case.faces, flags, strict=False):
             for key, (lo, hi) in buckets.items():
                 if lo <= w < hi:
                     totals[key][0] += flag
@@ -325,6 +364,7 @@ def size_recall(result: Result, cases: list[Case], threshold: float) -> dict[str
 # Decoding: OpenCV's JPEG decoder against Pillow's (the choice behind service/images.py's fast path)
 # ------------------------------------------------------------------------------------------------------------------
 
+
 def decode_timings(repeats: int) -> list[str]:
     """Median ms to decode real JPEGs of several sizes: OpenCV (EXIF applied by IMREAD_COLOR), Pillow with
     exif_transpose, and decode_image (fast path), plus decode_image on a PNG of the same photo."""
@@ -335,8 +375,10 @@ def decode_timings(repeats: int) -> list[str]:
     from service.images import decode_image
 
     photo = hopper().image
-    rows = ["| image | cv2.imdecode + BGR→RGB | Pillow + exif_transpose | decode_image (JPEG) | decode_image (PNG) |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| image | cv2.imdecode + BGR→RGB | Pillow + exif_transpose | decode_image (JPEG) | decode_image (PNG) |",
+        "|---|---|---|---|---|",
+    ]
     for width, height in ((640, 480), (1920, 1080), (4032, 3024)):
         image = cv2.resize(photo, (width, height), interpolation=cv2.INTER_CUBIC)
         buffer = io.BytesIO()
@@ -346,17 +388,19 @@ def decode_timings(repeats: int) -> list[str]:
         Image.fromarray(image).save(buffer, "PNG", compress_level=1)
         png = buffer.getvalue()
 
-        def opencv() -> object:
-            return cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        def opencv(jpeg: bytes = jpeg) -> object:
+            decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            assert decoded is not None
+            return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
-        def pillow() -> object:
+        def pillow(jpeg: bytes = jpeg) -> object:
             return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(jpeg))).convert("RGB"))
 
-        def service_jpeg() -> object:
-            return decode_image(jpeg, max_pixels=10 ** 8)
+        def service_jpeg(jpeg: bytes = jpeg) -> object:
+            return decode_image(jpeg, max_pixels=10**8)
 
-        def service_png() -> object:
-            return decode_image(png, max_pixels=10 ** 8)
+        def service_png(png: bytes = png) -> object:
+            return decode_image(png, max_pixels=10**8)
 
         cells = []
         for function in (opencv, pillow, service_jpeg, service_png):
@@ -375,6 +419,7 @@ def decode_timings(repeats: int) -> list[str]:
 # Report
 # ------------------------------------------------------------------------------------------------------------------
 
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -392,17 +437,26 @@ def machine() -> str:
         except md.PackageNotFoundError:
             pass
     load = os.getloadavg()
-    return (f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, {', '.join(versions)}; "
-            f"load average at the start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, {', '.join(versions)}; "
+        f"load average at the start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+    )
 
 
 def ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:.0f}"
 
 
-def write_report(path: Path, cases: list[Case], crops: dict[str, tuple[list[np.ndarray], bool]],
-                 results: list[Result], repeats: int, machine_line: str, elapsed: float,
-                 decoding: list[str]) -> str:
+def write_report(
+    path: Path,
+    cases: list[Case],
+    crops: dict[str, tuple[list[np.ndarray], bool]],
+    results: list[Result],
+    repeats: int,
+    machine_line: str,
+    elapsed: float,
+    decoding: list[str],
+) -> str:
     lines = [
         "# Face detectors compared on real photographs",
         "",
@@ -418,8 +472,11 @@ def write_report(path: Path, cases: list[Case], crops: dict[str, tuple[list[np.n
         "",
     ]
     timed = [c for c in cases if c.timed]
-    header = "| detector | threshold | found | missed | FP (all photos) | of which on no-face photos | " + \
-        " | ".join(f"{c.name.replace('group on ', '')} ms" for c in timed) + " |"
+    header = (
+        "| detector | threshold | found | missed | FP (all photos) | of which on no-face photos | "
+        + " | ".join(f"{c.name.replace('group on ', '')} ms" for c in timed)
+        + " |"
+    )
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for result in results:
         for threshold in result.candidate.thresholds:
@@ -427,31 +484,51 @@ def write_report(path: Path, cases: list[Case], crops: dict[str, tuple[list[np.n
             found, total, fps = summary["all"]
             no_face_fps = summary.get("no face", (0, 0, 0))[2]
             marker = " **(default)**" if threshold == result.candidate.default_threshold else ""
-            timing = " | ".join(
-                f"{ms(result.seconds[c.name])} (cpu {ms(result.cpu_seconds[c.name])})" for c in timed)
-            lines.append(f"| {result.candidate.label} | {threshold}{marker} | {found}/{total} | {total - found} | "
-                         f"{fps} | {no_face_fps} | {timing} |")
-    lines += ["", f"Times: median of {repeats} runs of `detect()` on the full-resolution image (downscaling "
-              "included), wall clock and process CPU time, in ms.", ""]
+            timing = " | ".join(f"{ms(result.seconds[c.name])} (cpu {ms(result.cpu_seconds[c.name])})" for c in timed)
+            lines.append(
+                f"| {result.candidate.label} | {threshold}{marker} | {found}/{total} | {total - found} | "
+                f"{fps} | {no_face_fps} | {timing} |"
+            )
+    lines += [
+        "",
+        f"Times: median of {repeats} runs of `detect()` on the full-resolution image (downscaling "
+        "included), wall clock and process CPU time, in ms.",
+        "",
+    ]
 
     groups = sorted({c.group for c in cases})
-    lines += ["## By kind of photograph (found/faces, FP) at the default threshold", "",
-              "| detector | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1)]
+    lines += [
+        "## By kind of photograph (found/faces, FP) at the default threshold",
+        "",
+        "| detector | " + " | ".join(groups) + " |",
+        "|" + "---|" * (len(groups) + 1),
+    ]
     for result in results:
         summary = summarise(result, cases, result.candidate.default_threshold)
         cells = [f"{summary[g][0]}/{summary[g][1]}, {summary[g][2]} FP" for g in groups]
         lines.append(f"| {result.candidate.label} | " + " | ".join(cells) + " |")
 
     bucket_names = list(size_recall(results[0], cases, results[0].candidate.default_threshold))
-    lines += ["", "## Found by face width at the default threshold", "",
-              "| detector | " + " | ".join(bucket_names) + " |", "|" + "---|" * (len(bucket_names) + 1)]
+    lines += [
+        "",
+        "## Found by face width at the default threshold",
+        "",
+        "| detector | " + " | ".join(bucket_names) + " |",
+        "|" + "---|" * (len(bucket_names) + 1),
+    ]
     for result in results:
         recall = size_recall(result, cases, result.candidate.default_threshold)
         lines.append(f"| {result.candidate.label} | " + " | ".join(f"{a}/{b}" for a, b in recall.values()) + " |")
 
-    lines += ["", "## Tight crops (the whole image is one face, or a non-face patch)", "",
-              "Faces: images with at least one box. Non-faces: images with any box (false positives).", "",
-              "| detector | " + " | ".join(crops) + " |", "|" + "---|" * (len(crops) + 1)]
+    lines += [
+        "",
+        "## Tight crops (the whole image is one face, or a non-face patch)",
+        "",
+        "Faces: images with at least one box. Non-faces: images with any box (false positives).",
+        "",
+        "| detector | " + " | ".join(crops) + " |",
+        "|" + "---|" * (len(crops) + 1),
+    ]
     for result in results:
         cells = []
         for name, (images, is_face) in crops.items():
@@ -459,20 +536,31 @@ def write_report(path: Path, cases: list[Case], crops: dict[str, tuple[list[np.n
             cells.append(f"{hits}/{len(images)}" + ("" if is_face else " FP"))
         lines.append(f"| {result.candidate.label} | " + " | ".join(cells) + " |")
 
-    lines += ["", "## Every photograph at the default threshold (found/faces, FP)", "",
-              "| photograph | faces | " + " | ".join(r.candidate.label for r in results) + " |",
-              "|" + "---|" * (len(results) + 2)]
+    lines += [
+        "",
+        "## Every photograph at the default threshold (found/faces, FP)",
+        "",
+        "| photograph | faces | " + " | ".join(r.candidate.label for r in results) + " |",
+        "|" + "---|" * (len(results) + 2),
+    ]
     for case in cases:
         cells = []
         for result in results:
             found, fps, _ = match(above(result.per_case[case.name], result.candidate.default_threshold), case.faces)
             cells.append(f"{found}/{len(case.faces)}" + (f", **{fps} FP**" if fps else ""))
         sizes = ", ".join(str(f[2]) for f in case.faces) or "–"
-        lines.append(f"| {case.name} ({case.image.shape[1]}×{case.image.shape[0]}) | {sizes} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", "## Decoding a JPEG (median ms)", "",
-              "The service decodes JPEGs with OpenCV (which applies the EXIF orientation itself) and everything "
-              "else with Pillow; see service/images.py.", "", *decoding]
+        lines.append(
+            f"| {case.name} ({case.image.shape[1]}×{case.image.shape[0]}) | {sizes} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        "## Decoding a JPEG (median ms)",
+        "",
+        "The service decodes JPEGs with OpenCV (which applies the EXIF orientation itself) and everything "
+        "else with Pillow; see service/images.py.",
+        "",
+        *decoding,
+    ]
     lines += ["", f"Benchmark wall time {elapsed:.0f} s.", ""]
     text = "\n".join(lines)
     path.write_text(text)
@@ -498,8 +586,9 @@ def main() -> None:
             continue
         print(f"running {candidate.label} …", flush=True)
         results.append(run_candidate(candidate, cases, crops, args.repeats))
-    text = write_report(args.output, cases, crops, results, args.repeats, machine_line,
-                        time.perf_counter() - started, decoding)
+    text = write_report(
+        args.output, cases, crops, results, args.repeats, machine_line, time.perf_counter() - started, decoding
+    )
     print(text)
 
 

@@ -19,9 +19,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ PHOTO = ROOT / "docs" / "examples" / "astronaut.jpg"
 
 
 # --- the machine ---------------------------------------------------------------------------------------------------
+
 
 def machine_description() -> str:
     """One paragraph: CPU model and cores, memory, OS, Python and key library versions."""
@@ -56,9 +57,11 @@ def machine_description() -> str:
             versions.append(f"{module} {__import__(module).__version__}")
         except Exception:  # noqa: BLE001 - a missing module is just not listed
             pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs ({', '.join(isa) or 'no AVX-512'}), {memory}, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}; "
-            f"{', '.join(versions)}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs ({', '.join(isa) or 'no AVX-512'}), {memory}, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}; "
+        f"{', '.join(versions)}"
+    )
 
 
 def model_description(model_dir: Path) -> str:
@@ -67,12 +70,16 @@ def model_description(model_dir: Path) -> str:
     version_dir = resolve_model_dir(model_dir)
     meta = json.loads((version_dir / "metadata.json").read_text())
     size = meta["input"]
-    return (f"{meta['name']} version {meta['version']} ({version_dir.relative_to(ROOT) if version_dir.is_relative_to(ROOT) else version_dir}; "
-            f"input {size['height']}x{size['width']}x{size['channels']} {size['color_mode']}, "
-            f"{len(meta['labels'])} labels)")
+    where = version_dir.relative_to(ROOT) if version_dir.is_relative_to(ROOT) else version_dir
+    return (
+        f"{meta['name']} version {meta['version']} ({where}; "
+        f"input {size['height']}x{size['width']}x{size['channels']} {size['color_mode']}, "
+        f"{len(meta['labels'])} labels)"
+    )
 
 
 # --- the service process -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Service:
@@ -113,9 +120,24 @@ def start_service(model_dir: Path, log_path: Path, *args: str, ready_timeout: fl
     env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "service", "--model-dir", str(model_dir), "--port", str(port),
-                                "--log-level", "warning", *args], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "--model-dir",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     service = Service(process, f"http://127.0.0.1:{port}", port, log_path)
     deadline = time.monotonic() + ready_timeout
@@ -225,6 +247,7 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
 
 # --- requests ----------------------------------------------------------------------------------------------------
 
+
 def http_request(method: str, path: str, host: str, body: bytes = b"", content_type: str | None = None) -> bytes:
     """A complete HTTP/1.1 request, ready to write to a keep-alive connection."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
@@ -237,8 +260,12 @@ def multipart(parts: Sequence[tuple[str, str, bytes]], boundary: str = "bench-bo
     """``(body, content type)`` of a multipart/form-data body from ``(field, filename, payload)`` parts."""
     chunks = []
     for name, filename, payload in parts:
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                      f"Content-Type: image/jpeg\r\n\r\n".encode() + payload + b"\r\n")
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n".encode()
+            + payload
+            + b"\r\n"
+        )
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
@@ -298,6 +325,7 @@ class Connection:
 
 # --- statistics and reports ----------------------------------------------------------------------------------------
 
+
 def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 95, 99)) -> list[float]:
     data = np.asarray(list(values), dtype=np.float64)
     if data.size == 0:
@@ -316,7 +344,7 @@ def write_section(path: Path, key: str, markdown: str, title: str) -> None:
     block = f"{start}\n{markdown.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else f"# {title}\n\n"
     if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)

@@ -37,9 +37,23 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import (DEFAULT_MODEL, PHOTO, ROOT, Connection, ProcStats, fetch_metrics, http_request,
-                                machine_description, metric_value, model_description, multipart, percentiles,
-                                proc_stats, start_service, write_section)
+from benchmarks.harness import (
+    DEFAULT_MODEL,
+    PHOTO,
+    ROOT,
+    Connection,
+    ProcStats,
+    fetch_metrics,
+    http_request,
+    machine_description,
+    metric_value,
+    model_description,
+    multipart,
+    percentiles,
+    proc_stats,
+    start_service,
+    write_section,
+)
 
 RELIABILITY = ROOT / "benchmarks" / "RELIABILITY.md"
 
@@ -51,10 +65,16 @@ def build_mix(host: str) -> list[tuple[str, float, bytes, tuple[int, ...]]]:
 
     photo = PHOTO.read_bytes()
     image = cv2.imdecode(np.frombuffer(photo, dtype=np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "cannot decode the photo"
     crop = cv2.imencode(".jpg", image[50:180, 160:290])[1].tobytes()
     rng = np.random.default_rng(0)
-    bomb = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", 50000, 50000, 8, 0, 0, 0, 0)
-            + b"\x00" * 4)
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + b"IHDR"
+        + struct.pack(">IIBBBBB", 50000, 50000, 8, 0, 0, 0, 0)
+        + b"\x00" * 4
+    )
     photo_mp, photo_ct = multipart([("file", "a.jpg", photo)])
     batch, batch_ct = multipart([("files", f"{i}.jpg", crop) for i in range(4)])
     return [
@@ -126,7 +146,7 @@ async def ws_client(state: SoakState, url: str, frames: list[bytes], rng: random
                 count = rng.randint(3, 12)
                 burst = rng.random() < 0.5  # send all at once (frames get dropped) or one by one
                 last_seq = 0
-                for i in range(count):
+                for _ in range(count):
                     await ws.send(rng.choice(frames))
                     state.ws_frames += 1
                     if not burst:
@@ -165,22 +185,35 @@ async def sampler(state: SoakState, pid: int, started: float, every: float) -> N
             print(f"sample failed: {exc!r}", flush=True)
 
 
-async def soak(host: str, port: int, pid: int, args: argparse.Namespace, state: SoakState, limit: int,
-               max_seconds: float, sample_every: float | None) -> float:
+async def soak(
+    host: str,
+    port: int,
+    pid: int,
+    args: argparse.Namespace,
+    state: SoakState,
+    limit: int,
+    max_seconds: float,
+    sample_every: float | None,
+) -> float:
     mix = build_mix(f"{host}:{port}")
     photo = PHOTO.read_bytes()
     import cv2
     import numpy as np
 
     image = cv2.imdecode(np.frombuffer(photo, dtype=np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "cannot decode the photo"
     small = cv2.imencode(".jpg", cv2.resize(image, (320, 320)))[1].tobytes()
     frames = [photo, small, small, b"not an image"]
     rng = random.Random(1)
     started = time.perf_counter()
-    tasks = [asyncio.create_task(http_client(state, host, port, mix, limit, random.Random(rng.random())))
-             for _ in range(args.clients)]
-    ws_tasks = [asyncio.create_task(ws_client(state, f"ws://{host}:{port}/ws/stream", frames,
-                                              random.Random(rng.random()))) for _ in range(args.ws_clients)]
+    tasks = [
+        asyncio.create_task(http_client(state, host, port, mix, limit, random.Random(rng.random())))
+        for _ in range(args.clients)
+    ]
+    ws_tasks = [
+        asyncio.create_task(ws_client(state, f"ws://{host}:{port}/ws/stream", frames, random.Random(rng.random())))
+        for _ in range(args.ws_clients)
+    ]
     extra = [asyncio.create_task(sampler(state, pid, started, sample_every))] if sample_every else []
     done, _ = await asyncio.wait(tasks, timeout=max_seconds)
     state.stop = True
@@ -209,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         after_warmup = proc_stats(service.pid)
         print(f"after warm-up ({warm.requests} requests): {after_warmup}", flush=True)
         state = SoakState()
-        elapsed = asyncio.run(soak(host, port, service.pid, args, state, args.requests, args.max_seconds,
-                                   args.sample_every))
+        elapsed = asyncio.run(
+            soak(host, port, service.pid, args, state, args.requests, args.max_seconds, args.sample_every)
+        )
         at_end = proc_stats(service.pid)
         time.sleep(10)
         idle_end = proc_stats(service.pid)
@@ -224,48 +258,69 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(args: argparse.Namespace, warm: SoakState, state: SoakState, elapsed: float, after_warmup: ProcStats,
-           at_end: ProcStats, idle_end: ProcStats, metrics: str, exit_code: int) -> str:
+def render(
+    args: argparse.Namespace,
+    warm: SoakState,
+    state: SoakState,
+    elapsed: float,
+    after_warmup: ProcStats,
+    at_end: ProcStats,
+    idle_end: ProcStats,
+    metrics: str,
+    exit_code: int,
+) -> str:
     peak = max([after_warmup, at_end, *[s for _, s in state.samples]], key=lambda s: s.rss_mib)
     growth = 100 * (idle_end.rss_mib - after_warmup.rss_mib) / after_warmup.rss_mib
     server_errors = sum(c for s, c in state.by_status.items() if s >= 500)
     stopped = "all requested" if state.requests >= args.requests else f"stopped by --max-seconds {args.max_seconds:g}"
     p50, p95, p99 = percentiles(state.latencies)
-    http_5xx_metric = sum(metric_value(metrics, "fer_http_requests_total", {"route": route, "status": str(s)})
-                          for s in (500, 501, 502, 503, 504) for route in ("/predict", "/predict/batch"))
-    lines = ["## Soak (benchmarks/soak.py)", "",
-             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `python -m benchmarks.soak "
-             f"--requests {args.requests} --max-seconds {args.max_seconds:g}`.", "",
-             f"- Machine: {machine_description()}.",
-             f"- Model: {model_description(args.model_dir)}; default settings; {args.clients} HTTP clients and "
-             f"{args.ws_clients} WebSocket clients at once, loopback.", "",
-             "| | value |", "|---|---|",
-             f"| HTTP requests after a {warm.requests}-request warm-up | {state.requests} in {elapsed:.0f} s "
-             f"({stopped}) |",
-             f"| by status | {', '.join(f'{s}: {c}' for s, c in sorted(state.by_status.items()))} |",
-             f"| 5xx (client view / service's own counter incl. warm-up) | {server_errors} / {http_5xx_metric:.0f} |",
-             f"| answers other than the expected status | {state.unexpected or 'none'} |",
-             f"| transport errors | {state.transport_errors} |",
-             f"| WebSocket sessions / frames sent / results / error replies | {state.ws_sessions} / "
-             f"{state.ws_frames} / {state.ws_results} / {state.ws_errors or 'none'} |",
-             f"| WebSocket sessions that failed | {state.ws_failures} |",
-             f"| photo + crop latency p50 / p95 / p99 | {p50 * 1000:.0f} / {p95 * 1000:.0f} / {p99 * 1000:.0f} ms |",
-             f"| resident memory after warm-up / at the end / after 10 s idle / peak | {after_warmup.rss_mib:.0f} / "
-             f"{at_end.rss_mib:.0f} / {idle_end.rss_mib:.0f} / {peak.rss_mib:.0f} MiB "
-             f"(end vs warm-up: {growth:+.1f} %) |",
-             f"| threads after warm-up / end / idle | {after_warmup.threads} / {at_end.threads} / {idle_end.threads} |",
-             f"| open file descriptors after warm-up / end / idle | {after_warmup.fds} / {at_end.fds} / "
-             f"{idle_end.fds} |",
-             f"| processes (service + face detection workers) after warm-up / end / idle | "
-             f"{after_warmup.processes} / {at_end.processes} / {idle_end.processes} |",
-             f"| detection worker pools replaced (recycled / crashed) | "
-             f"{metric_value(metrics, 'fer_prepare_pool_restarts_total', {'reason': 'recycled'}):.0f} / "
-             f"{metric_value(metrics, 'fer_prepare_pool_restarts_total', {'reason': 'crashed'}):.0f} |",
-             f"| exit status on SIGTERM | {exit_code} |", "",
-             "<details><summary>resident memory, threads, descriptors over time</summary>", "",
-             "| s | RSS MiB | threads | fds | processes |", "|---|---|---|---|---|",
-             *[f"| {t:.0f} | {s.rss_mib:.0f} | {s.threads} | {s.fds} | {s.processes} |" for t, s in state.samples],
-             "", "</details>", ""]
+    http_5xx_metric = sum(
+        metric_value(metrics, "fer_http_requests_total", {"route": route, "status": str(s)})
+        for s in (500, 501, 502, 503, 504)
+        for route in ("/predict", "/predict/batch")
+    )
+    lines = [
+        "## Soak (benchmarks/soak.py)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `python -m benchmarks.soak "
+        f"--requests {args.requests} --max-seconds {args.max_seconds:g}`.",
+        "",
+        f"- Machine: {machine_description()}.",
+        f"- Model: {model_description(args.model_dir)}; default settings; {args.clients} HTTP clients and "
+        f"{args.ws_clients} WebSocket clients at once, loopback.",
+        "",
+        "| | value |",
+        "|---|---|",
+        f"| HTTP requests after a {warm.requests}-request warm-up | {state.requests} in {elapsed:.0f} s ({stopped}) |",
+        f"| by status | {', '.join(f'{s}: {c}' for s, c in sorted(state.by_status.items()))} |",
+        f"| 5xx (client view / service's own counter incl. warm-up) | {server_errors} / {http_5xx_metric:.0f} |",
+        f"| answers other than the expected status | {state.unexpected or 'none'} |",
+        f"| transport errors | {state.transport_errors} |",
+        f"| WebSocket sessions / frames sent / results / error replies | {state.ws_sessions} / "
+        f"{state.ws_frames} / {state.ws_results} / {state.ws_errors or 'none'} |",
+        f"| WebSocket sessions that failed | {state.ws_failures} |",
+        f"| photo + crop latency p50 / p95 / p99 | {p50 * 1000:.0f} / {p95 * 1000:.0f} / {p99 * 1000:.0f} ms |",
+        f"| resident memory after warm-up / at the end / after 10 s idle / peak | {after_warmup.rss_mib:.0f} / "
+        f"{at_end.rss_mib:.0f} / {idle_end.rss_mib:.0f} / {peak.rss_mib:.0f} MiB "
+        f"(end vs warm-up: {growth:+.1f} %) |",
+        f"| threads after warm-up / end / idle | {after_warmup.threads} / {at_end.threads} / {idle_end.threads} |",
+        f"| open file descriptors after warm-up / end / idle | {after_warmup.fds} / {at_end.fds} / {idle_end.fds} |",
+        f"| processes (service + face detection workers) after warm-up / end / idle | "
+        f"{after_warmup.processes} / {at_end.processes} / {idle_end.processes} |",
+        f"| detection worker pools replaced (recycled / crashed) | "
+        f"{metric_value(metrics, 'fer_prepare_pool_restarts_total', {'reason': 'recycled'}):.0f} / "
+        f"{metric_value(metrics, 'fer_prepare_pool_restarts_total', {'reason': 'crashed'}):.0f} |",
+        f"| exit status on SIGTERM | {exit_code} |",
+        "",
+        "<details><summary>resident memory, threads, descriptors over time</summary>",
+        "",
+        "| s | RSS MiB | threads | fds | processes |",
+        "|---|---|---|---|---|",
+        *[f"| {t:.0f} | {s.rss_mib:.0f} | {s.threads} | {s.fds} | {s.processes} |" for t, s in state.samples],
+        "",
+        "</details>",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.export import export_model
     from training.model import build_inference_model
 
-    config = TrainConfig(arch=ArchConfig(backbone=args.backbone, input_size=args.input_size,
-                                         color_mode=args.color_mode, weights="none"))
+    config = TrainConfig(
+        arch=ArchConfig(backbone=args.backbone, input_size=args.input_size, color_mode=args.color_mode, weights="none")
+    )
     name = f"{args.backbone}-{args.input_size}-untrained"
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "model.keras"

@@ -39,11 +39,11 @@ API_KEY_ENV = "FER_API_KEY"
 
 # Exit codes: part of the interface, so scripts can tell a dead service from a bad key.
 EXIT_OK = 0
-EXIT_USAGE = 1           # bad arguments, or the source cannot be opened
-EXIT_UNREACHABLE = 2     # nothing answers at the URL
-EXIT_NOT_READY = 3       # the service answers but /readyz did not turn 200 in time
-EXIT_AUTH = 4            # the API key is missing or wrong
-EXIT_STREAM = 5          # the stream broke and could not be re-established
+EXIT_USAGE = 1  # bad arguments, or the source cannot be opened
+EXIT_UNREACHABLE = 2  # nothing answers at the URL
+EXIT_NOT_READY = 3  # the service answers but /readyz did not turn 200 in time
+EXIT_AUTH = 4  # the API key is missing or wrong
+EXIT_STREAM = 5  # the stream broke and could not be re-established
 
 
 class ClientError(Exception):
@@ -55,6 +55,7 @@ class ClientError(Exception):
 
 
 # ---- URLs and readiness ------------------------------------------------------------------------------------------
+
 
 def _split_base(url: str) -> urllib.parse.SplitResult:
     if "://" not in url:
@@ -103,16 +104,21 @@ def wait_until_ready(url: str, timeout_s: float, api_key: str | None = None, qui
             if status in (401, 403):
                 raise ClientError(f"the service at {url} refused the API key ({status}{detail})", EXIT_AUTH) from None
             if status == 404:
-                raise ClientError(f"{ready_url} answered 404: is {url} the facial-expression service?",
-                                  EXIT_UNREACHABLE) from None
+                raise ClientError(
+                    f"{ready_url} answered 404: is {url} the facial-expression service?", EXIT_UNREACHABLE
+                ) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
-            raise ClientError(f"cannot reach the service at {url}: {reason}. Is it running "
-                              f"(python -m service --port …)?", EXIT_UNREACHABLE) from None
+            raise ClientError(
+                f"cannot reach the service at {url}: {reason}. Is it running (python -m service --port …)?",
+                EXIT_UNREACHABLE,
+            ) from None
         if time.monotonic() >= deadline:
-            raise ClientError(f"the service at {url} is not ready after {timeout_s:g} s "
-                              f"(/readyz answered {status}{detail}); it may still be loading the model",
-                              EXIT_NOT_READY)
+            raise ClientError(
+                f"the service at {url} is not ready after {timeout_s:g} s "
+                f"(/readyz answered {status}{detail}); it may still be loading the model",
+                EXIT_NOT_READY,
+            )
         if not announced and not quiet:
             print(f"waiting for the service to become ready (/readyz answered {status}{detail}) …", file=sys.stderr)
             announced = True
@@ -120,15 +126,16 @@ def wait_until_ready(url: str, timeout_s: float, api_key: str | None = None, qui
         delay = min(delay * 2, 2.0)
 
 
-def _error_detail(body: bytes) -> str:
+def _error_detail(body: bytes | bytearray) -> str:
     """``": <message>"`` from a service error body, or ``""``."""
     try:
-        return ": " + json.loads(body)["error"]["message"]
+        return ": " + str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return ""
 
 
 # ---- frame sources -----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Frame:
@@ -168,8 +175,9 @@ def open_source(spec: str) -> FrameSource:
             raise ClientError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}", EXIT_USAGE)
         return FrameSource("images", f"{len(files)} images in {path}", 0.0, _folder_frames(files))
     if not path.exists():
-        raise ClientError(f"source not found: {spec} (give a webcam index, a video file or a folder of images)",
-                          EXIT_USAGE)
+        raise ClientError(
+            f"source not found: {spec} (give a webcam index, a video file or a folder of images)", EXIT_USAGE
+        )
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise ClientError(f"OpenCV cannot read {path} as a video", EXIT_USAGE)
@@ -230,11 +238,19 @@ def scale_faces(faces: list[dict[str, Any]], scale: float) -> list[dict[str, Any
 
 # ---- the stream --------------------------------------------------------------------------------------------------
 
+
 class Stream:
     """One WebSocket connection to ``/ws/stream`` with one frame in flight at a time; reconnects on a drop."""
 
-    def __init__(self, url: str, api_key: str | None, options: dict[str, Any], max_frame_bytes: int,
-                 reply_timeout_s: float, retries: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        options: dict[str, Any],
+        max_frame_bytes: int,
+        reply_timeout_s: float,
+        retries: int,
+    ) -> None:
         self.url = stream_url(url)
         self.api_key = api_key
         self.options = options
@@ -243,7 +259,7 @@ class Stream:
         self.retries = retries
         self.connection: ClientConnection | None = None
         self._exit = contextlib.ExitStack()
-        self.dropped_total = 0       # frames the server reported dropped, over all connections
+        self.dropped_total = 0  # frames the server reported dropped, over all connections
         self._dropped_closed = 0
 
     def open(self) -> None:
@@ -253,14 +269,18 @@ class Stream:
             # Entered as a context manager (newer websockets deprecate a bare connect()); closed in close().
             self._exit = contextlib.ExitStack()
             self.connection = self._exit.enter_context(
-                connect(self.url, additional_headers=headers, compression=None, max_size=None, open_timeout=10,
-                        proxy=None))
+                connect(
+                    self.url, additional_headers=headers, compression=None, max_size=None, open_timeout=10, proxy=None
+                )
+            )
         except InvalidStatus as error:
             status = error.response.status_code
             detail = _error_detail(error.response.body or b"")
             if status in (401, 403):
-                raise ClientError(f"the service refused the API key ({status}{detail}); pass --api-key or set "
-                                  f"{API_KEY_ENV}", EXIT_AUTH) from None
+                raise ClientError(
+                    f"the service refused the API key ({status}{detail}); pass --api-key or set {API_KEY_ENV}",
+                    EXIT_AUTH,
+                ) from None
             if status == 503:
                 raise ClientError(f"the service is not accepting streams ({status}{detail})", EXIT_NOT_READY) from None
             raise ClientError(f"the service refused the stream at {self.url} ({status}{detail})", EXIT_STREAM) from None
@@ -284,8 +304,9 @@ class Stream:
             self.close()
             code = reply.get("code")
             if code == "invalid_parameter":
-                raise ClientError(f"the service rejected the options {self.options}: {reply.get('message')}",
-                                  EXIT_USAGE)
+                raise ClientError(
+                    f"the service rejected the options {self.options}: {reply.get('message')}", EXIT_USAGE
+                )
             raise _refusal_error(code, reply.get("message"))
 
     def close(self) -> None:
@@ -300,14 +321,18 @@ class Stream:
             raise ClientError(f"no reply from the service within {self.reply_timeout_s:g} s", EXIT_STREAM) from None
         if not isinstance(text, str):
             raise ClientError("the service sent a binary message; expected JSON text", EXIT_STREAM)
-        return json.loads(text)
+        reply: dict[str, Any] = json.loads(text)
+        return reply
 
     def analyse(self, jpeg: bytes) -> dict[str, Any]:
         """Send one frame and return its reply (``type`` ``result`` or ``error``), reconnecting up to
         ``retries`` times with exponential backoff if the connection drops."""
         if len(jpeg) > self.max_frame_bytes:
-            raise ClientError(f"an encoded frame is {len(jpeg)} bytes, over --max-frame-bytes "
-                              f"{self.max_frame_bytes}; lower --max-width or --jpeg-quality", EXIT_USAGE)
+            raise ClientError(
+                f"an encoded frame is {len(jpeg)} bytes, over --max-frame-bytes "
+                f"{self.max_frame_bytes}; lower --max-width or --jpeg-quality",
+                EXIT_USAGE,
+            )
         attempt = 0
         while True:
             try:
@@ -333,11 +358,14 @@ class Stream:
                     raise _closed_error(closed, f" ({len(jpeg)} bytes)") from None
                 attempt += 1
                 if attempt > self.retries:
-                    raise ClientError(f"the stream closed ({code} {reason}) and {self.retries} reconnects failed",
-                                      EXIT_STREAM) from None
+                    raise ClientError(
+                        f"the stream closed ({code} {reason}) and {self.retries} reconnects failed", EXIT_STREAM
+                    ) from None
                 delay = min(0.5 * 2 ** (attempt - 1), 8.0)
-                print(f"stream closed ({code} {reason}); reconnecting in {delay:g} s "
-                      f"(attempt {attempt}/{self.retries})", file=sys.stderr)
+                print(
+                    f"stream closed ({code} {reason}); reconnecting in {delay:g} s (attempt {attempt}/{self.retries})",
+                    file=sys.stderr,
+                )
                 time.sleep(delay)
             except ClientError as error:
                 if error.exit_code not in (EXIT_UNREACHABLE, EXIT_NOT_READY) or attempt >= self.retries:
@@ -349,8 +377,9 @@ class Stream:
 def _refusal_error(code: str | None, message: str | None) -> ClientError:
     """The ``ClientError`` for a connection-level error message of the service (``seq`` null)."""
     if code == "unauthorized":
-        return ClientError(f"the service refused the API key: {message}. Pass --api-key or set {API_KEY_ENV}",
-                           EXIT_AUTH)
+        return ClientError(
+            f"the service refused the API key: {message}. Pass --api-key or set {API_KEY_ENV}", EXIT_AUTH
+        )
     if code in ("not_ready", "shutting_down"):
         return ClientError(f"the service is not ready: {message}", EXIT_NOT_READY)
     return ClientError(f"the service refused the stream ({code}): {message}", EXIT_STREAM)
@@ -361,14 +390,18 @@ def _closed_error(closed: ConnectionClosed, frame_note: str) -> ClientError:
     code = closed.rcvd.code if closed.rcvd else 1006
     reason = closed.rcvd.reason if closed.rcvd else ""
     if code == 1009:
-        return ClientError(f"the service closed the stream: a frame was over its size limit{frame_note}; lower "
-                           "--max-width or --jpeg-quality", EXIT_STREAM)
+        return ClientError(
+            f"the service closed the stream: a frame was over its size limit{frame_note}; lower "
+            "--max-width or --jpeg-quality",
+            EXIT_STREAM,
+        )
     if code in (1008, 4401, 4403):
         return ClientError(f"the service closed the stream ({code} {reason}): check --api-key", EXIT_AUTH)
     return ClientError(f"the service closed the stream ({code} {reason})", EXIT_STREAM)
 
 
 # ---- output: lines, logs, annotated video ------------------------------------------------------------------------
+
 
 def format_line(frame: Frame, reply: dict[str, Any], rtt_ms: float) -> str:
     """One human-readable line per analysed frame: index, time, face count, each face's top emotion."""
@@ -407,21 +440,47 @@ class FrameLog:
         faces = record.get("faces") or []
         if faces and not self._labels:
             self._labels = list(faces[0]["probabilities"])
-        rows = [base | {"face": None}] if not faces else [
-            base | {"face": i, "x": f["box"]["x"], "y": f["box"]["y"], "width": f["box"]["width"],
-                    "height": f["box"]["height"], "score": f.get("score"), "emotion": f["emotion"],
-                    "confidence": f["confidence"]}
-            | {f"p_{label}": p for label, p in f["probabilities"].items()}
-            for i, f in enumerate(faces)
-        ]
+        rows = (
+            [base | {"face": None}]
+            if not faces
+            else [
+                base
+                | {
+                    "face": i,
+                    "x": f["box"]["x"],
+                    "y": f["box"]["y"],
+                    "width": f["box"]["width"],
+                    "height": f["box"]["height"],
+                    "score": f.get("score"),
+                    "emotion": f["emotion"],
+                    "confidence": f["confidence"],
+                }
+                | {f"p_{label}": p for label, p in f["probabilities"].items()}
+                for i, f in enumerate(faces)
+            ]
+        )
         self._pending.extend(rows)
         if self._labels:
             self._flush_csv()
 
     def _flush_csv(self) -> None:
         if self._csv is None:
-            columns = ["frame", "time_s", "source", "seq", "rtt_ms", "error", "face", "x", "y", "width", "height",
-                       "score", "emotion", "confidence"] + [f"p_{label}" for label in self._labels]
+            columns = [
+                "frame",
+                "time_s",
+                "source",
+                "seq",
+                "rtt_ms",
+                "error",
+                "face",
+                "x",
+                "y",
+                "width",
+                "height",
+                "score",
+                "emotion",
+                "confidence",
+            ] + [f"p_{label}" for label in self._labels]
             self._csv = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
             self._csv.writeheader()
         self._csv.writerows(self._pending)
@@ -436,13 +495,21 @@ class FrameLog:
 
 def colour_for(label: str) -> tuple[int, int, int]:
     """A stable BGR colour per label (the same hues as the web page for the usual FER labels)."""
-    known = {"angry": (77, 72, 229), "disgust": (88, 167, 70), "fear": (198, 78, 142), "happy": (0, 180, 245),
-             "neutral": (152, 141, 139), "sad": (221, 99, 62), "surprise": (21, 107, 247)}
+    known = {
+        "angry": (77, 72, 229),
+        "disgust": (88, 167, 70),
+        "fear": (198, 78, 142),
+        "happy": (0, 180, 245),
+        "neutral": (152, 141, 139),
+        "sad": (221, 99, 62),
+        "surprise": (21, 107, 247),
+    }
     if label in known:
         return known[label]
-    h = sum(ord(c) * 31 ** i for i, c in enumerate(label)) % 180
-    hsv = np.uint8([[[h, 200, 230]]])
-    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+    h = sum(ord(c) * 31**i for i, c in enumerate(label)) % 180
+    hsv = np.array([[[h, 200, 230]]], dtype=np.uint8)
+    b, g, r = (int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+    return b, g, r
 
 
 def draw_faces(image: np.ndarray, faces: list[dict[str, Any]]) -> np.ndarray:
@@ -459,8 +526,9 @@ def draw_faces(image: np.ndarray, faces: list[dict[str, Any]]) -> np.ndarray:
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
         ty = y0 - 4 if y0 - th - base - 4 >= 0 else y1 + th + 4  # above the box unless it touches the top
         cv2.rectangle(out, (x0, ty - th - base), (x0 + tw + 6, ty + base), colour, cv2.FILLED)
-        cv2.putText(out, label, (x0 + 3, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thickness,
-                    cv2.LINE_AA)
+        cv2.putText(
+            out, label, (x0 + 3, ty), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thickness, cv2.LINE_AA
+        )
     return out
 
 
@@ -483,7 +551,7 @@ class Annotator:
         if self.writer is None:
             self.size = (image.shape[1], image.shape[0])
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
+            fourcc = cv2.VideoWriter.fourcc(*self.FOURCC[self.path.suffix.lower()])
             self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self.size)
             if not self.writer.isOpened():
                 raise ClientError(f"OpenCV cannot write the video {self.path}", EXIT_USAGE)
@@ -500,45 +568,74 @@ class Annotator:
 
 # ---- the command -------------------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fer_client",
         description="Stream a webcam, a video file or a folder of images to the facial-expression service over "
-                    "its WebSocket (/ws/stream) and print one line per analysed frame: frame index, time, number "
-                    "of faces, each face's top emotion and confidence, round trip.",
+        "its WebSocket (/ws/stream) and print one line per analysed frame: frame index, time, number "
+        "of faces, each face's top emotion and confidence, round trip.",
         epilog=f"Exit codes: {EXIT_OK} done, {EXIT_USAGE} bad arguments or source, {EXIT_UNREACHABLE} service "
-               f"unreachable, {EXIT_NOT_READY} service not ready, {EXIT_AUTH} API key refused, {EXIT_STREAM} "
-               "stream failed.",
+        f"unreachable, {EXIT_NOT_READY} service not ready, {EXIT_AUTH} API key refused, {EXIT_STREAM} "
+        "stream failed.",
     )
     parser.add_argument("url", help="service URL, e.g. http://127.0.0.1:8000 (or the ws://…/ws/stream URL)")
     parser.add_argument("source", help="webcam index (0), video file, or folder of images (analysed in name order)")
-    parser.add_argument("--fps", type=float, default=0.0,
-                        help="analyse at most this many frames per second: of the video's own time for a video "
-                             "file (frames in between are skipped), of wall-clock time for a webcam or an image "
-                             "folder (default: no cap, every frame)")
-    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                        help=f"API key sent as 'Authorization: Bearer <key>' (default: ${API_KEY_ENV})")
+    parser.add_argument(
+        "--fps",
+        type=float,
+        default=0.0,
+        help="analyse at most this many frames per second: of the video's own time for a video "
+        "file (frames in between are skipped), of wall-clock time for a webcam or an image "
+        "folder (default: no cap, every frame)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"API key sent as 'Authorization: Bearer <key>' (default: ${API_KEY_ENV})",
+    )
     parser.add_argument("--log", type=Path, help="write per-frame results to this .csv or .jsonl file")
-    parser.add_argument("--annotate", type=Path,
-                        help="write an annotated video (.mp4 or .avi) with boxes and labels; for a video file "
-                             "every frame is written, frames skipped by --fps carry the latest result")
-    parser.add_argument("--no-detect", action="store_true",
-                        help="treat every frame as one face (pre-cropped faces; the service's detect=false)")
+    parser.add_argument(
+        "--annotate",
+        type=Path,
+        help="write an annotated video (.mp4 or .avi) with boxes and labels; for a video file "
+        "every frame is written, frames skipped by --fps carry the latest result",
+    )
+    parser.add_argument(
+        "--no-detect",
+        action="store_true",
+        help="treat every frame as one face (pre-cropped faces; the service's detect=false)",
+    )
     parser.add_argument("--max-faces", type=int, help="at most this many faces per frame (the service's option)")
     parser.add_argument("--max-frames", type=int, help="stop after analysing this many frames")
-    parser.add_argument("--max-width", type=int, default=1280,
-                        help="downscale frames wider than this before sending (default 1280; 0: never); boxes "
-                             "are reported in the source's pixels")
-    parser.add_argument("--jpeg-quality", type=int, default=90, choices=range(1, 101), metavar="1-100",
-                        help="JPEG quality of the frames sent (default 90)")
-    parser.add_argument("--max-frame-bytes", type=int, default=2 * 1024 * 1024,
-                        help="refuse to send an encoded frame larger than this (default 2 MiB, the service's "
-                             "default limit)")
-    parser.add_argument("--wait-ready", type=float, default=30.0,
-                        help="seconds to wait for /readyz to answer 200 (default 30)")
+    parser.add_argument(
+        "--max-width",
+        type=int,
+        default=1280,
+        help="downscale frames wider than this before sending (default 1280; 0: never); boxes "
+        "are reported in the source's pixels",
+    )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=90,
+        choices=range(1, 101),
+        metavar="1-100",
+        help="JPEG quality of the frames sent (default 90)",
+    )
+    parser.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=2 * 1024 * 1024,
+        help="refuse to send an encoded frame larger than this (default 2 MiB, the service's default limit)",
+    )
+    parser.add_argument(
+        "--wait-ready", type=float, default=30.0, help="seconds to wait for /readyz to answer 200 (default 30)"
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each reply (default 30)")
-    parser.add_argument("--retries", type=int, default=3,
-                        help="reconnect this many times when the stream drops (default 3)")
+    parser.add_argument(
+        "--retries", type=int, default=3, help="reconnect this many times when the stream drops (default 3)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-frame lines (logs and video still written)")
     return parser
 
@@ -554,9 +651,11 @@ class Summary:
         if not self.rtts_ms:
             return f"analysed {self.frames} frames"
         rtts = np.array(self.rtts_ms)
-        return (f"analysed {self.frames} frames in {elapsed_s:.1f} s ({self.frames / max(elapsed_s, 1e-9):.1f} "
-                f"frames/s), {self.faces} faces, {self.errors} frame errors, {dropped} dropped by the server; "
-                f"round trip p50 {np.percentile(rtts, 50):.0f} ms, p95 {np.percentile(rtts, 95):.0f} ms")
+        return (
+            f"analysed {self.frames} frames in {elapsed_s:.1f} s ({self.frames / max(elapsed_s, 1e-9):.1f} "
+            f"frames/s), {self.faces} faces, {self.errors} frame errors, {dropped} dropped by the server; "
+            f"round trip p50 {np.percentile(rtts, 50):.0f} ms, p95 {np.percentile(rtts, 95):.0f} ms"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -579,7 +678,7 @@ def run(args: argparse.Namespace) -> int:
     summary = Summary()
     print(f"streaming {source.description} to {stream.url}", file=sys.stderr)
     started = time.monotonic()
-    next_media_time = 0.0     # --fps on a video file: sample by the video's own clock
+    next_media_time = 0.0  # --fps on a video file: sample by the video's own clock
     last_sent_wall = -math.inf
     held_faces: list[dict[str, Any]] = []
     try:
@@ -631,22 +730,33 @@ def run(args: argparse.Namespace) -> int:
     if log:
         print(f"log: {log.path}", file=sys.stderr)
     if annotator:
-        print(f"annotated video: {annotator.path} ({annotator.frames} frames at {annotator.fps:g} fps)",
-              file=sys.stderr)
+        print(
+            f"annotated video: {annotator.path} ({annotator.frames} frames at {annotator.fps:g} fps)", file=sys.stderr
+        )
     return EXIT_OK
 
 
 def _record(frame: Frame, reply: dict[str, Any], faces: list[dict[str, Any]], rtt_ms: float) -> dict[str, Any]:
     height, width = frame.image.shape[:2]
-    record: dict[str, Any] = {"frame": frame.index, "time_s": round(frame.time_s, 4), "source": frame.name or None,
-                              "frame_size": {"width": width, "height": height}, "seq": reply.get("seq"),
-                              "rtt_ms": round(rtt_ms, 2)}
+    record: dict[str, Any] = {
+        "frame": frame.index,
+        "time_s": round(frame.time_s, 4),
+        "source": frame.name or None,
+        "frame_size": {"width": width, "height": height},
+        "seq": reply.get("seq"),
+        "rtt_ms": round(rtt_ms, 2),
+    }
     if reply.get("type") == "error":
         record["error"] = {"code": reply.get("code"), "message": reply.get("message")}
         return record
     # boxes are in the source frame's pixels (frame_size); "image" is the size the service analysed
-    record.update(faces=faces, image=reply.get("image"), timings_ms=reply.get("timings_ms"),
-                  model=reply.get("model"), dropped=reply.get("dropped", 0))
+    record.update(
+        faces=faces,
+        image=reply.get("image"),
+        timings_ms=reply.get("timings_ms"),
+        model=reply.get("model"),
+        dropped=reply.get("dropped", 0),
+    )
     return record
 
 

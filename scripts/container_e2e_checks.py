@@ -5,7 +5,8 @@ project's test environment has (scikit-image for real photographs, prometheus-cl
 
     python scripts/container_e2e_checks.py predict    http://127.0.0.1:8000 --model fer-cnn-48
     python scripts/container_e2e_checks.py metrics    http://127.0.0.1:8000 --model fer-cnn-48
-    python scripts/container_e2e_checks.py prometheus http://127.0.0.1:9090 --dashboard docker/grafana/dashboards/fer-service.json
+    python scripts/container_e2e_checks.py prometheus http://127.0.0.1:9090 \\
+        --dashboard docker/grafana/dashboards/fer-service.json
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def encode(image: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 60) -> tuple[int, Message, bytes]:
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, Message, bytes]:
     """One HTTP exchange; 4xx/5xx come back as results, not exceptions. Headers look up case-insensitively."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -61,8 +63,14 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 
 def multipart(field: str, filename: str, content_type: str, payload: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -83,11 +91,15 @@ def check_face_result(result: dict[str, Any], model: str, where: str) -> None:
     box = (face["box"]["x"], face["box"]["y"], face["box"]["width"], face["box"]["height"])
     check(overlap(box, ASTRONAUT_FACE) > 0.5, f"{where}: face box {box} is not on the face {ASTRONAUT_FACE}")
     probabilities = face["probabilities"]
-    check(math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-3),
-          f"{where}: probabilities sum to {sum(probabilities.values())}")
+    check(
+        math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-3),
+        f"{where}: probabilities sum to {sum(probabilities.values())}",
+    )
     check(face["emotion"] == max(probabilities, key=probabilities.get), f"{where}: emotion is not the top label")
-    check(math.isclose(face["confidence"], probabilities[face["emotion"]], abs_tol=1e-6),
-          f"{where}: confidence is not the top probability")
+    check(
+        math.isclose(face["confidence"], probabilities[face["emotion"]], abs_tol=1e-6),
+        f"{where}: confidence is not the top probability",
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> str:
@@ -97,8 +109,9 @@ def cmd_predict(args: argparse.Namespace) -> str:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     astronaut = skdata.astronaut()
 
-    status, _, body = http("POST", f"{base}/predict", encode(astronaut, "JPEG"),
-                           {**headers, "Content-Type": "image/jpeg"})
+    status, _, body = http(
+        "POST", f"{base}/predict", encode(astronaut, "JPEG"), {**headers, "Content-Type": "image/jpeg"}
+    )
     check(status == 200, f"raw JPEG /predict answered {status}: {body[:300]!r}")
     check_face_result(json.loads(body), args.model, "raw JPEG body")
 
@@ -107,15 +120,19 @@ def cmd_predict(args: argparse.Namespace) -> str:
     check(status == 200, f"multipart PNG /predict answered {status}: {body[:300]!r}")
     check_face_result(json.loads(body), args.model, "multipart PNG upload")
 
-    status, _, body = http("POST", f"{base}/predict", encode(skdata.coffee(), "JPEG"),
-                           {**headers, "Content-Type": "image/jpeg"})
+    status, _, body = http(
+        "POST", f"{base}/predict", encode(skdata.coffee(), "JPEG"), {**headers, "Content-Type": "image/jpeg"}
+    )
     check(status == 200 and json.loads(body)["faces"] == [], f"no-face photo: {status} {body[:300]!r}")
 
-    status, _, body = http("POST", f"{base}/predict", b"this is not an image",
-                           {**headers, "Content-Type": "image/jpeg"})
+    status, _, body = http(
+        "POST", f"{base}/predict", b"this is not an image", {**headers, "Content-Type": "image/jpeg"}
+    )
     error = json.loads(body)
-    check(400 <= status < 500 and isinstance(error, dict) and "code" in json.dumps(error),
-          f"a non-image body answered {status}: {body[:300]!r}")
+    check(
+        400 <= status < 500 and isinstance(error, dict) and "code" in json.dumps(error),
+        f"a non-image body answered {status}: {body[:300]!r}",
+    )
 
     faces = asyncio.run(websocket_frame(base, encode(astronaut, "JPEG"), args.api_key))
     check(len(faces) == 1, f"WebSocket frame: expected one face, got {faces}")
@@ -144,7 +161,8 @@ def scrape(base: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
     status, headers, body = http("GET", f"{base}/metrics")
     check(status == 200, f"/metrics answered {status}")
-    check(headers.get("Content-Type", "").startswith("text/plain"), f"/metrics content type {headers.get('Content-Type')}")
+    content_type = headers.get("Content-Type", "")
+    check(content_type.startswith("text/plain"), f"/metrics content type {content_type}")
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
@@ -204,8 +222,10 @@ def cmd_prometheus(args: argparse.Namespace) -> str:
     rules = [r for g in json.loads(body)["data"]["groups"] for r in g["rules"]]
     # Evaluated every 15 s: a rule not run yet is "unknown"; one that fails to evaluate is "err".
     check(len(rules) >= 4 and all(r["health"] != "err" for r in rules), f"alert rules not loaded or failing: {rules}")
-    return (f"prometheus: target up, {len(names & used)} fer metrics arrived, {len(exprs)} dashboard queries valid, "
-            f"{len(rules)} alert rules loaded")
+    return (
+        f"prometheus: target up, {len(names & used)} fer metrics arrived, {len(exprs)} dashboard queries valid, "
+        f"{len(rules)} alert rules loaded"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

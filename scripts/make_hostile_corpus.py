@@ -77,6 +77,7 @@ class HostileInput:
 
 # --- building blocks -------------------------------------------------------------------------------------------
 
+
 def _photo() -> np.ndarray:
     """A real photograph with one face (scikit-image's astronaut, 512x512 RGB)."""
     from skimage import data as skdata
@@ -101,8 +102,9 @@ def _png(width: int, height: int, *, bit_depth: int, colour_type: int, rows: Any
     compressor = zlib.compressobj(9)
     idat = b"".join(compressor.compress(row) for row in rows) + compressor.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + extra + _png_chunk(b"IDAT", idat)
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + extra + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    )
 
 
 def _png_bomb(width: int, height: int) -> bytes:
@@ -164,9 +166,16 @@ def _webp_lossless_with_size(webp: bytes, width: int, height: int) -> bytes:
 
 def _with_exif(image: np.ndarray, orientation: int) -> bytes:
     """A JPEG stored as a phone would: pixels turned so that applying EXIF ``orientation`` gives ``image``."""
-    inverse = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
-               7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}[orientation]
+    inverse = {
+        1: None,
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }[orientation]
     stored = Image.fromarray(image)
     if inverse is not None:
         stored = stored.transpose(inverse)
@@ -183,14 +192,17 @@ def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "host
         if filename is None:
             out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
         else:
-            out.write(f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                      "Content-Type: application/octet-stream\r\n\r\n".encode())
+            out.write(
+                f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n".encode()
+            )
         out.write(payload + b"\r\n")
     out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue()
 
 
 # --- the corpus ------------------------------------------------------------------------------------------------
+
 
 def build_corpus() -> list[HostileInput]:
     """Every case, in a fixed order (deterministic: a fixed random seed)."""
@@ -212,131 +224,406 @@ def build_corpus() -> list[HostileInput]:
     add("random-64k.bin", "64 KiB of random bytes", "raw", 400, "invalid_image", rng.bytes(65536), "image/jpeg")
     add("random-4m.bin", "4 MiB of random bytes", "raw", 400, "invalid_image", rng.bytes(4 << 20), "image/webp")
     add("zeros-1m.bin", "1 MiB of zero bytes", "raw", 400, "invalid_image", bytes(1 << 20), "image/jpeg")
-    add("text.txt", "plain text sent as an image", "raw", 400, "invalid_image",
-        b"GET / HTTP/1.1\r\n" * 50, "image/jpeg")
-    add("json.json", "JSON sent as an image", "raw", 400, "invalid_image", b'{"image": "astronaut.jpg"}',
-        "image/png")
-    add("svg.svg", "an SVG (vector, not decoded)", "raw", 415, "unsupported_image_format",
+    add(
+        "text.txt", "plain text sent as an image", "raw", 400, "invalid_image", b"GET / HTTP/1.1\r\n" * 50, "image/jpeg"
+    )
+    add("json.json", "JSON sent as an image", "raw", 400, "invalid_image", b'{"image": "astronaut.jpg"}', "image/png")
+    add(
+        "svg.svg",
+        "an SVG (vector, not decoded)",
+        "raw",
+        415,
+        "unsupported_image_format",
         b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
-        "image/svg+xml")
-    add("heic.heic", "an HEIC header (phone format, not decoded)", "raw", 415, "unsupported_image_format",
-        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(256), "image/heic")
+        "image/svg+xml",
+    )
+    add(
+        "heic.heic",
+        "an HEIC header (phone format, not decoded)",
+        "raw",
+        415,
+        "unsupported_image_format",
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(256),
+        "image/heic",
+    )
 
     # Truncated and corrupt files of every accepted format.
-    add("jpeg-header-only.jpg", "the first 200 bytes of a JPEG", "raw", 400, "invalid_image", jpeg[:200],
-        "image/jpeg")
-    add("jpeg-half.jpg", "a JPEG cut in half", "raw", 400, "invalid_image", jpeg[:len(jpeg) // 2], "image/jpeg")
-    add("jpeg-no-eoi.jpg", "a JPEG without its last 300 bytes", "raw", 400, "invalid_image", jpeg[:-300],
-        "image/jpeg")
-    add("png-half.png", "a PNG cut in half", "raw", 400, "invalid_image", png[:len(png) // 2], "image/png")
+    add("jpeg-header-only.jpg", "the first 200 bytes of a JPEG", "raw", 400, "invalid_image", jpeg[:200], "image/jpeg")
+    add("jpeg-half.jpg", "a JPEG cut in half", "raw", 400, "invalid_image", jpeg[: len(jpeg) // 2], "image/jpeg")
+    add("jpeg-no-eoi.jpg", "a JPEG without its last 300 bytes", "raw", 400, "invalid_image", jpeg[:-300], "image/jpeg")
+    add("png-half.png", "a PNG cut in half", "raw", 400, "invalid_image", png[: len(png) // 2], "image/png")
     bad_crc = bytearray(png)
     bad_crc[29:33] = b"\x00\x00\x00\x00"  # the IHDR chunk's CRC
-    add("png-bad-crc.png", "a PNG whose header chunk fails its CRC", "raw", 400, "invalid_image", bytes(bad_crc),
-        "image/png")
-    add("webp-half.webp", "a WebP cut in half", "raw", 400, "invalid_image",
-        (lambda b: b[:len(b) // 2])(_encode(face, "WEBP", quality=80)), "image/webp")
-    add("gif-half.gif", "a GIF cut in half", "raw", 400, "invalid_image",
-        (lambda b: b[:len(b) // 2])(_encode(face, "GIF")), "image/gif")
-    add("bmp-half.bmp", "a BMP cut in half", "raw", 400, "invalid_image",
-        (lambda b: b[:len(b) // 2])(_encode(face, "BMP")), "image/bmp")
-    add("tiff-half.tif", "a TIFF cut in half", "raw", 400, "invalid_image",
-        (lambda b: b[:len(b) // 2])(_encode(face, "TIFF")), "image/tiff")
+    add(
+        "png-bad-crc.png",
+        "a PNG whose header chunk fails its CRC",
+        "raw",
+        400,
+        "invalid_image",
+        bytes(bad_crc),
+        "image/png",
+    )
+    add(
+        "webp-half.webp",
+        "a WebP cut in half",
+        "raw",
+        400,
+        "invalid_image",
+        (lambda b: b[: len(b) // 2])(_encode(face, "WEBP", quality=80)),
+        "image/webp",
+    )
+    add(
+        "gif-half.gif",
+        "a GIF cut in half",
+        "raw",
+        400,
+        "invalid_image",
+        (lambda b: b[: len(b) // 2])(_encode(face, "GIF")),
+        "image/gif",
+    )
+    add(
+        "bmp-half.bmp",
+        "a BMP cut in half",
+        "raw",
+        400,
+        "invalid_image",
+        (lambda b: b[: len(b) // 2])(_encode(face, "BMP")),
+        "image/bmp",
+    )
+    add(
+        "tiff-half.tif",
+        "a TIFF cut in half",
+        "raw",
+        400,
+        "invalid_image",
+        (lambda b: b[: len(b) // 2])(_encode(face, "TIFF")),
+        "image/tiff",
+    )
     ztxt = _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (16 << 20), 9))
-    add("png-ztxt-bomb.png", "a PNG with a text chunk that inflates to 16 MiB", "raw", 400, "invalid_image",
-        _png(8, 8, bit_depth=8, colour_type=0, rows=[b"\x00" + bytes(8)] * 8, extra=ztxt), "image/png")
+    add(
+        "png-ztxt-bomb.png",
+        "a PNG with a text chunk that inflates to 16 MiB",
+        "raw",
+        400,
+        "invalid_image",
+        _png(8, 8, bit_depth=8, colour_type=0, rows=[b"\x00" + bytes(8)] * 8, extra=ztxt),
+        "image/png",
+    )
 
     # Decompression bombs: tiny files whose headers declare huge canvases (refused before decoding).
-    add("bomb-png-100000x100000.png", "PNG header declaring 10^10 pixels, 100 bytes of data", "raw", 413,
-        "image_too_large", _png_bomb(100_000, 100_000), "image/png")
-    add("bomb-png-7000x7000.png", "PNG header declaring 49 MP (just over the 40 MP default)", "raw", 413,
-        "image_too_large", _png_bomb(7000, 7000), "image/png")
-    add("bomb-jpeg-65000x65000.jpg", "JPEG frame header declaring 65000x65000", "raw", 413, "image_too_large",
-        _jpeg_with_size(jpeg, 65000, 65000), "image/jpeg")
-    add("bomb-gif-65535x65535.gif", "GIF screen declaring 65535x65535", "raw", 413, "image_too_large",
-        _gif_with_size(_encode(face[:8, :8], "GIF"), 65535, 65535), "image/gif")
-    add("bomb-tiff-100000x100000.tif", "TIFF tags declaring 100000x100000", "raw", 413, "image_too_large",
-        _tiff_with_size(_encode(face[:8, :8], "TIFF"), 100_000, 100_000), "image/tiff")
-    add("bomb-webp-16384x16384.webp", "lossless WebP header declaring 16384x16384", "raw", 413,
-        "image_too_large", _webp_lossless_with_size(_encode(face[:8, :8], "WEBP", lossless=True), 16384, 16384),
-        "image/webp")
-    add("png-20000x20000.png", "a real, complete 20000x20000 PNG (400 MP, ~50 KB compressed)", "raw", 413,
-        "image_too_large", _blank_1bit_png(20_000, 20_000), "image/png")
+    add(
+        "bomb-png-100000x100000.png",
+        "PNG header declaring 10^10 pixels, 100 bytes of data",
+        "raw",
+        413,
+        "image_too_large",
+        _png_bomb(100_000, 100_000),
+        "image/png",
+    )
+    add(
+        "bomb-png-7000x7000.png",
+        "PNG header declaring 49 MP (just over the 40 MP default)",
+        "raw",
+        413,
+        "image_too_large",
+        _png_bomb(7000, 7000),
+        "image/png",
+    )
+    add(
+        "bomb-jpeg-65000x65000.jpg",
+        "JPEG frame header declaring 65000x65000",
+        "raw",
+        413,
+        "image_too_large",
+        _jpeg_with_size(jpeg, 65000, 65000),
+        "image/jpeg",
+    )
+    add(
+        "bomb-gif-65535x65535.gif",
+        "GIF screen declaring 65535x65535",
+        "raw",
+        413,
+        "image_too_large",
+        _gif_with_size(_encode(face[:8, :8], "GIF"), 65535, 65535),
+        "image/gif",
+    )
+    add(
+        "bomb-tiff-100000x100000.tif",
+        "TIFF tags declaring 100000x100000",
+        "raw",
+        413,
+        "image_too_large",
+        _tiff_with_size(_encode(face[:8, :8], "TIFF"), 100_000, 100_000),
+        "image/tiff",
+    )
+    add(
+        "bomb-webp-16384x16384.webp",
+        "lossless WebP header declaring 16384x16384",
+        "raw",
+        413,
+        "image_too_large",
+        _webp_lossless_with_size(_encode(face[:8, :8], "WEBP", lossless=True), 16384, 16384),
+        "image/webp",
+    )
+    add(
+        "png-20000x20000.png",
+        "a real, complete 20000x20000 PNG (400 MP, ~50 KB compressed)",
+        "raw",
+        413,
+        "image_too_large",
+        _blank_1bit_png(20_000, 20_000),
+        "image/png",
+    )
 
     # Extreme but valid shapes.
     add("png-1x1.png", "a 1x1 PNG", "raw", 200, None, _encode(tiny_rgb, "PNG"), "image/png", faces=0)
     add("jpeg-1x1.jpg", "a 1x1 JPEG", "raw", 200, None, _encode(tiny_rgb, "JPEG"), "image/jpeg", faces=0)
     add("gif-1x1.gif", "a 1x1 GIF", "raw", 200, None, _encode(tiny_rgb, "GIF"), "image/gif", faces=0)
-    add("png-1x1-no-detect.png", "a 1x1 PNG with detect=false: the whole image is the face", "raw", 200, None,
-        _encode(tiny_rgb, "PNG"), "image/png", params={"detect": "false"}, faces=1)
+    add(
+        "png-1x1-no-detect.png",
+        "a 1x1 PNG with detect=false: the whole image is the face",
+        "raw",
+        200,
+        None,
+        _encode(tiny_rgb, "PNG"),
+        "image/png",
+        params={"detect": "false"},
+        faces=1,
+    )
     add("png-20000x1.png", "a 20000x1 strip", "raw", 200, None, _blank_1bit_png(20_000, 1), "image/png", faces=0)
     add("png-1x20000.png", "a 1x20000 strip", "raw", 200, None, _blank_1bit_png(1, 20_000), "image/png", faces=0)
-    add("png-4000x4000.png", "a real 16 MP PNG (under the 40 MP limit, ~20 KB compressed)", "raw", 200, None,
-        _blank_1bit_png(4000, 4000), "image/png", faces=0)
+    add(
+        "png-4000x4000.png",
+        "a real 16 MP PNG (under the 40 MP limit, ~20 KB compressed)",
+        "raw",
+        200,
+        None,
+        _blank_1bit_png(4000, 4000),
+        "image/png",
+        faces=0,
+    )
 
     # Odd but valid formats and modes (one face each).
     frames = [Image.fromarray(face), Image.fromarray(face[:, ::-1]), Image.fromarray(255 - face)]
-    add("gif-animated.gif", "an animated GIF (3 frames): the first frame is used", "raw", 200, None,
-        _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0), "image/gif",
-        faces=1)
-    add("tiff-multipage.tif", "a 3-page TIFF: the first page is used", "raw", 200, None,
-        _encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]), "image/tiff", faces=1)
-    add("jpeg-cmyk.jpg", "a CMYK JPEG", "raw", 200, None, _encode(Image.fromarray(face).convert("CMYK"), "JPEG"),
-        "image/jpeg", faces=1)
+    add(
+        "gif-animated.gif",
+        "an animated GIF (3 frames): the first frame is used",
+        "raw",
+        200,
+        None,
+        _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
+        "image/gif",
+        faces=1,
+    )
+    add(
+        "tiff-multipage.tif",
+        "a 3-page TIFF: the first page is used",
+        "raw",
+        200,
+        None,
+        _encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]),
+        "image/tiff",
+        faces=1,
+    )
+    add(
+        "jpeg-cmyk.jpg",
+        "a CMYK JPEG",
+        "raw",
+        200,
+        None,
+        _encode(Image.fromarray(face).convert("CMYK"), "JPEG"),
+        "image/jpeg",
+        faces=1,
+    )
     gray16 = (face.mean(axis=2) * 257).astype(np.uint16)
-    add("png-16bit-gray.png", "a 16-bit grayscale PNG", "raw", 200, None,
-        _encode(Image.fromarray(gray16), "PNG"), "image/png", faces=1)
-    rgb16 = _png(face.shape[1], face.shape[0], bit_depth=16, colour_type=2,
-                 rows=(b"\x00" + (row.astype(">u2") * 257).tobytes() for row in face))
+    add(
+        "png-16bit-gray.png",
+        "a 16-bit grayscale PNG",
+        "raw",
+        200,
+        None,
+        _encode(Image.fromarray(gray16), "PNG"),
+        "image/png",
+        faces=1,
+    )
+    rgb16 = _png(
+        face.shape[1],
+        face.shape[0],
+        bit_depth=16,
+        colour_type=2,
+        rows=(b"\x00" + (row.astype(">u2") * 257).tobytes() for row in face),
+    )
     add("png-16bit-rgb.png", "a 16-bit RGB PNG", "raw", 200, None, rgb16, "image/png", faces=1)
     palette = Image.fromarray(face).quantize(64)
-    add("png-palette-transparent.png", "a palette PNG with a transparent colour", "raw", 200, None,
-        _encode(palette, "PNG", transparency=0), "image/png", faces=1)
+    add(
+        "png-palette-transparent.png",
+        "a palette PNG with a transparent colour",
+        "raw",
+        200,
+        None,
+        _encode(palette, "PNG", transparency=0),
+        "image/png",
+        faces=1,
+    )
     rgba = np.dstack([face, np.full(face.shape[:2], 128, np.uint8)])
-    add("png-rgba-half-transparent.png", "an RGBA PNG, 50 % transparent everywhere", "raw", 200, None,
-        _encode(rgba, "PNG"), "image/png", faces=1)
-    add("tiff-float.tif", "a 32-bit float grayscale TIFF", "raw", 200, None,
-        _encode(Image.fromarray(face.mean(axis=2).astype(np.float32) / 255.0), "TIFF"), "image/tiff", faces=1)
+    add(
+        "png-rgba-half-transparent.png",
+        "an RGBA PNG, 50 % transparent everywhere",
+        "raw",
+        200,
+        None,
+        _encode(rgba, "PNG"),
+        "image/png",
+        faces=1,
+    )
+    add(
+        "tiff-float.tif",
+        "a 32-bit float grayscale TIFF",
+        "raw",
+        200,
+        None,
+        _encode(Image.fromarray(face.mean(axis=2).astype(np.float32) / 255.0), "TIFF"),
+        "image/tiff",
+        faces=1,
+    )
     for orientation in range(1, 9):
-        add(f"jpeg-exif-orientation-{orientation}.jpg", f"EXIF orientation {orientation} (phone photo)", "raw",
-            200, None, _with_exif(face, orientation), "image/jpeg", faces=1)
-    add("png-as-jpeg.png", "a PNG sent as image/jpeg (the format is read from the bytes)", "raw", 200, None, png,
-        "image/jpeg", faces=1)
+        add(
+            f"jpeg-exif-orientation-{orientation}.jpg",
+            f"EXIF orientation {orientation} (phone photo)",
+            "raw",
+            200,
+            None,
+            _with_exif(face, orientation),
+            "image/jpeg",
+            faces=1,
+        )
+    add(
+        "png-as-jpeg.png",
+        "a PNG sent as image/jpeg (the format is read from the bytes)",
+        "raw",
+        200,
+        None,
+        png,
+        "image/jpeg",
+        faces=1,
+    )
 
     # Wrong or missing content types.
     add("ct-text-plain.jpg", "a JPEG sent as text/plain", "raw", 415, "unsupported_media_type", jpeg, "text/plain")
-    add("ct-octet-stream.jpg", "a JPEG sent as application/octet-stream", "raw", 415, "unsupported_media_type",
-        jpeg, "application/octet-stream")
+    add(
+        "ct-octet-stream.jpg",
+        "a JPEG sent as application/octet-stream",
+        "raw",
+        415,
+        "unsupported_media_type",
+        jpeg,
+        "application/octet-stream",
+    )
     add("ct-none.jpg", "a JPEG without a Content-Type", "raw", 415, "unsupported_media_type", jpeg, None)
-    add("ct-json.jpg", "a JPEG sent as application/json", "raw", 415, "unsupported_media_type", jpeg,
-        "application/json")
+    add(
+        "ct-json.jpg", "a JPEG sent as application/json", "raw", 415, "unsupported_media_type", jpeg, "application/json"
+    )
 
     # Multipart abuse.
-    add("multipart-wrong-field.jpg", "multipart with the image in the field 'image' instead of 'file'",
-        "multipart", 422, "missing_field", jpeg, field="image")
+    add(
+        "multipart-wrong-field.jpg",
+        "multipart with the image in the field 'image' instead of 'file'",
+        "multipart",
+        422,
+        "missing_field",
+        jpeg,
+        field="image",
+    )
     add("multipart-no-file", "multipart with text fields only", "multipart_text", 422, "missing_field")
     add("multipart-empty-file.jpg", "multipart with an empty file part", "multipart", 400, "empty_body", b"")
-    add("multipart-no-boundary.bin", "multipart Content-Type without a boundary", "multipart_raw", 422,
-        "missing_field", _multipart([("file", "a.jpg", jpeg)]), "multipart/form-data")
-    add("multipart-unterminated.bin", "a multipart body that never ends", "multipart_raw", 422, "missing_field",
-        _multipart([("file", "a.jpg", jpeg)])[:-40], "multipart/form-data; boundary=hostile-boundary")
+    add(
+        "multipart-no-boundary.bin",
+        "multipart Content-Type without a boundary",
+        "multipart_raw",
+        422,
+        "missing_field",
+        _multipart([("file", "a.jpg", jpeg)]),
+        "multipart/form-data",
+    )
+    add(
+        "multipart-unterminated.bin",
+        "a multipart body that never ends",
+        "multipart_raw",
+        422,
+        "missing_field",
+        _multipart([("file", "a.jpg", jpeg)])[:-40],
+        "multipart/form-data; boundary=hostile-boundary",
+    )
     batch_type = "multipart/form-data; boundary=hostile-boundary"
-    add("batch-5000-parts.bin", "/predict/batch with 5000 tiny file parts", "batch_raw", 413, "too_many_images",
-        _multipart([("files", f"{i}.jpg", b"x") for i in range(5000)]), batch_type, parts=5000)
-    add("batch-20000-parts.bin", "/predict/batch with 20000 tiny file parts", "batch_raw", 422, "missing_field",
-        _multipart([("files", f"{i}.jpg", b"x") for i in range(20_000)]), batch_type, parts=20_000)
-    add("batch-5000-fields.bin", "/predict/batch with 5000 text fields and one file", "batch_raw", 422,
-        "missing_field", _multipart([(f"field{i}", None, b"x") for i in range(5000)] + [("files", "a.jpg", jpeg)]),
-        batch_type, parts=5001)
+    add(
+        "batch-5000-parts.bin",
+        "/predict/batch with 5000 tiny file parts",
+        "batch_raw",
+        413,
+        "too_many_images",
+        _multipart([("files", f"{i}.jpg", b"x") for i in range(5000)]),
+        batch_type,
+        parts=5000,
+    )
+    add(
+        "batch-20000-parts.bin",
+        "/predict/batch with 20000 tiny file parts",
+        "batch_raw",
+        422,
+        "missing_field",
+        _multipart([("files", f"{i}.jpg", b"x") for i in range(20_000)]),
+        batch_type,
+        parts=20_000,
+    )
+    add(
+        "batch-5000-fields.bin",
+        "/predict/batch with 5000 text fields and one file",
+        "batch_raw",
+        422,
+        "missing_field",
+        _multipart([(f"field{i}", None, b"x") for i in range(5000)] + [("files", "a.jpg", jpeg)]),
+        batch_type,
+        parts=5001,
+    )
 
     # Bodies too big or too slow (generated while sending: not stored as files).
-    add("body-100mb-declared", "a 100 MB body with Content-Length", "huge_body", 413, "payload_too_large",
-        size=100 << 20, content_type="image/jpeg")
-    add("body-100mb-chunked", "a 100 MB body with chunked transfer encoding", "huge_body", 413,
-        "payload_too_large", size=100 << 20, content_type="image/jpeg", chunked=True)
-    add("body-100mb-multipart", "a 100 MB multipart body", "huge_body", 413, "payload_too_large",
-        size=100 << 20, content_type="multipart/form-data; boundary=hostile-boundary")
-    add("slow-loris-upload", "a JPEG body trickled a few bytes at a time, slower than the body timeout",
-        "slow_upload", 408, "request_timeout", jpeg, "image/jpeg")
+    add(
+        "body-100mb-declared",
+        "a 100 MB body with Content-Length",
+        "huge_body",
+        413,
+        "payload_too_large",
+        size=100 << 20,
+        content_type="image/jpeg",
+    )
+    add(
+        "body-100mb-chunked",
+        "a 100 MB body with chunked transfer encoding",
+        "huge_body",
+        413,
+        "payload_too_large",
+        size=100 << 20,
+        content_type="image/jpeg",
+        chunked=True,
+    )
+    add(
+        "body-100mb-multipart",
+        "a 100 MB multipart body",
+        "huge_body",
+        413,
+        "payload_too_large",
+        size=100 << 20,
+        content_type="multipart/form-data; boundary=hostile-boundary",
+    )
+    add(
+        "slow-loris-upload",
+        "a JPEG body trickled a few bytes at a time, slower than the body timeout",
+        "slow_upload",
+        408,
+        "request_timeout",
+        jpeg,
+        "image/jpeg",
+    )
     return cases
 
 

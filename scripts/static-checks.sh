@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Static checks of the deployment files: Dockerfile, docker-compose.yml, Prometheus configuration and alert
-# rules, Grafana provisioning, and the Kubernetes kustomize base (+ the ServiceMonitor component).
+# Static checks: the Python code (ruff lint and format, mypy), then the deployment files: Dockerfile,
+# docker-compose.yml, Prometheus configuration and alert rules, Grafana provisioning, and the Kubernetes kustomize
+# base (+ the ServiceMonitor component).
 #
 #   scripts/static-checks.sh            # installs its Python tools into .cache/ci-tools on first use
+#   scripts/static-checks.sh --code     # only ruff and mypy (no deployment tools needed)
 #
+# ruff and mypy come from the project's .venv (the `test` extra, pinned in requirements.lock; `scripts/setup.sh test`
+# creates it). Settings: [tool.ruff] and [tool.mypy] in pyproject.toml.
 # Needs: python3 (3.11+), kubectl (for `kubectl kustomize`), docker-compose (1.29 or `docker compose`),
 # promtool (Debian package `prometheus`). Works offline once the tools are installed. Takes about 30 s.
 set -euo pipefail
@@ -27,6 +31,31 @@ fail() { printf 'FAILED: %s\n' "$*" >&2; exit 1; }
 #   CKV_K8S_35  "prefer secrets as files": the service is configured only through FER_* environment variables
 #               (12-factor); the one secret (FER_API_KEYS) comes from an optional Secret through envFrom.
 CHECKOV_K8S_SKIPS=CKV_K8S_21,CKV_K8S_43,CKV_K8S_15,CKV_K8S_35
+
+# --- the Python code ---------------------------------------------------------------------------------------------
+if [[ ! -x .venv/bin/ruff || ! -x .venv/bin/mypy ]]; then
+    step "setting up .venv with the test extra (ruff, mypy and the project's dependencies)"
+    scripts/setup.sh test
+fi
+# Tracked and new (not ignored) Python files only: never a virtual environment lying in the tree.
+mapfile -t PYTHON_FILES < <(git ls-files --cached --others --exclude-standard -- '*.py' | sort -u)
+
+step "ruff check (rules: [tool.ruff.lint] in pyproject.toml)"
+.venv/bin/ruff check --no-cache "${PYTHON_FILES[@]}"
+
+step "ruff format --check"
+.venv/bin/ruff format --check --no-cache "${PYTHON_FILES[@]}"
+
+step "mypy: strict for service/ and fer_client/, checked for training/, benchmarks/ and scripts/"
+.venv/bin/mypy --no-incremental service fer_client sample_photos.py training \
+    $(printf '%s\n' "${PYTHON_FILES[@]}" | grep -E '^(benchmarks|scripts)/[^/]+\.py$')
+
+if [[ "${1:-}" == "--code" ]]; then
+    printf '\ncode checks passed\n'
+    exit 0
+fi
+
+# --- the deployment files ----------------------------------------------------------------------------------------
 
 if [[ ! -x "$TOOLS/bin/checkov" || ! -x "$TOOLS/bin/kubernetes-validate" || ! -x "$TOOLS/bin/hadolint" ]]; then
     step "installing checkov, kubernetes-validate, hadolint into $TOOLS"

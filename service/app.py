@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -37,8 +37,10 @@ log = logging.getLogger("service")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Served at "/" when the package has no demo page (built in memory: the package folder may be read-only).
-PLACEHOLDER_PAGE = ("<!doctype html><title>FER service</title><p>Facial-expression recognition service. "
-                    "See <a href=\"/docs\">/docs</a>.</p>\n")
+PLACEHOLDER_PAGE = (
+    "<!doctype html><title>FER service</title><p>Facial-expression recognition service. "
+    'See <a href="/docs">/docs</a>.</p>\n'
+)
 
 
 def _load_blocking(settings: Settings) -> tuple[LoadedModel, PreparePool]:
@@ -48,10 +50,17 @@ def _load_blocking(settings: Settings) -> tuple[LoadedModel, PreparePool]:
     warm_sizes = (1, settings.max_batch_size) if settings.max_batch_size > 1 else (1,)
     model.warm_up(warm_sizes)
     meta = model.metadata.input
-    spec = PrepareSpec(detector=settings.detector, min_face_size=settings.min_face_size,
-                       threshold=settings.detection_threshold, max_side=settings.detection_max_side,
-                       max_pixels=settings.max_image_pixels,
-                       margin=settings.face_margin, height=meta.height, width=meta.width, color_mode=meta.color_mode)
+    spec = PrepareSpec(
+        detector=settings.detector,
+        min_face_size=settings.min_face_size,
+        threshold=settings.detection_threshold,
+        max_side=settings.detection_max_side,
+        max_pixels=settings.max_image_pixels,
+        margin=settings.face_margin,
+        height=meta.height,
+        width=meta.width,
+        color_mode=meta.color_mode,
+    )
     pool = PreparePool(spec, processes=settings.prepare_processes, recycle_after=settings.prepare_recycle_after)
     pool.start()  # raises ModelLoadError naming the detector when it cannot be built
     return model, pool
@@ -60,8 +69,10 @@ def _load_blocking(settings: Settings) -> tuple[LoadedModel, PreparePool]:
 async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) -> None:
     settings = state.settings
     started = time.perf_counter()
-    log.info("loading model", extra={"model_dir": str(settings.model_dir), "precision": settings.precision,
-                                     "detector": settings.detector})
+    log.info(
+        "loading model",
+        extra={"model_dir": str(settings.model_dir), "precision": settings.precision, "detector": settings.detector},
+    )
     try:
         model, preparer = await asyncio.to_thread(_load_blocking, settings)
     except ModelLoadError as exc:
@@ -77,21 +88,32 @@ async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) ->
             on_fatal(state.load_error)
         return
     seconds = time.perf_counter() - started
-    batcher = MicroBatcher(model.predict, max_batch_size=settings.max_batch_size,
-                           max_wait_s=settings.max_batch_wait_s, max_queue=settings.max_queue,
-                           observer=state.metrics)
+    batcher = MicroBatcher(
+        model.predict,
+        max_batch_size=settings.max_batch_size,
+        max_wait_s=settings.max_batch_wait_s,
+        max_queue=settings.max_queue,
+        observer=state.metrics,
+    )
     batcher.start()
     state.model, state.batcher = model, batcher
     preparer.on_restart = state.metrics.prepare_pool_restarted
     state.preparer = preparer
-    state.predictor = Predictor(model, preparer, batcher, state.metrics,
-                                max_pending_images=settings.max_pending_images)
+    state.predictor = Predictor(model, preparer, batcher, state.metrics, max_pending_images=settings.max_pending_images)
     state.metrics.model_loaded(model.metadata.name, model.metadata.version, seconds)
     state.ready = True
-    log.info("ready", extra={"model": model.metadata.name, "version": model.metadata.version,
-                             "path": str(model.path), "load_seconds": round(seconds, 3),
-                             "labels": model.labels, "detector": settings.detector,
-                             "prepare_processes": settings.prepare_processes})
+    log.info(
+        "ready",
+        extra={
+            "model": model.metadata.name,
+            "version": model.metadata.version,
+            "path": str(model.path),
+            "load_seconds": round(seconds, 3),
+            "labels": model.labels,
+            "detector": settings.detector,
+            "prepare_processes": settings.prepare_processes,
+        },
+    )
 
 
 async def _placeholder_page() -> HTMLResponse:
@@ -136,7 +158,12 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     else:  # a package without the demo page (never written into the package: it may be read-only)
         app.add_api_route("/", _placeholder_page, methods=["GET"], include_in_schema=False)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.add_middleware(ObservabilityMiddleware, metrics=state.metrics)
     return app

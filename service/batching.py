@@ -15,9 +15,10 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -79,8 +80,15 @@ class MicroBatcher:
     never overlap. A submit larger than ``max_batch_size`` is split into several consecutive batches.
     """
 
-    def __init__(self, fn: BatchFn, *, max_batch_size: int, max_wait_s: float, max_queue: int,
-                 observer: BatchObserver | None = None) -> None:
+    def __init__(
+        self,
+        fn: BatchFn,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
         if max_batch_size < 1 or max_queue < max_batch_size or max_wait_s < 0:
             raise ValueError("need max_batch_size >= 1, max_queue >= max_batch_size and max_wait_s >= 0")
         self._fn = fn
@@ -115,12 +123,14 @@ class MicroBatcher:
         if self._closing:
             raise ShuttingDownError("the service is shutting down")
         if self._pending_crops + count > self.max_queue:
-            raise OverloadedError(f"the inference queue is full ({self._pending_crops} of {self.max_queue} face "
-                                  "crops waiting); retry shortly")
+            raise OverloadedError(
+                f"the inference queue is full ({self._pending_crops} of {self.max_queue} face "
+                "crops waiting); retry shortly"
+            )
         loop = asyncio.get_running_loop()
         parts = []
         for start in range(0, count, self.max_batch_size):
-            item = _Pending(crops[start:start + self.max_batch_size], loop.create_future())
+            item = _Pending(crops[start : start + self.max_batch_size], loop.create_future())
             self._pending.append(item)
             parts.append(item)
         self._pending_crops += count
@@ -142,7 +152,7 @@ class MicroBatcher:
         if self._worker is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._worker.cancel()
                 try:
                     await self._worker
@@ -174,7 +184,7 @@ class MicroBatcher:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             self._drop_cancelled()
             if not self._pending:
@@ -233,5 +243,5 @@ class MicroBatcher:
             self._observer.batch_done(len(crops), time.perf_counter() - started)
             offset = 0
             for item in batch:
-                _resolve(item.future, rows[offset:offset + item.size])
+                _resolve(item.future, rows[offset : offset + item.size])
                 offset += item.size

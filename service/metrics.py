@@ -22,32 +22,46 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.http_requests = Counter("fer_http_requests", "HTTP requests answered.",
-                                     ["route", "method", "status"], registry=r)
-        self.http_duration = Histogram("fer_http_request_duration_seconds", "HTTP request latency.",
-                                       ["route", "method"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.inference_duration = Histogram("fer_inference_duration_seconds", "Duration of one model call.",
-                                            buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("fer_batch_size", "Face crops per model call.", buckets=_BATCH_BUCKETS,
-                                    registry=r)
+        self.http_requests = Counter(
+            "fer_http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            "fer_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "fer_inference_duration_seconds", "Duration of one model call.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("fer_batch_size", "Face crops per model call.", buckets=_BATCH_BUCKETS, registry=r)
         self.queue_depth_gauge = Gauge("fer_queue_depth", "Face crops waiting for the model.", registry=r)
-        self.queue_wait_seconds = Histogram("fer_queue_wait_seconds", "Time a request's crops waited for their "
-                                            "model call.", buckets=_LATENCY_BUCKETS, registry=r)
-        self.faces_per_image = Histogram("fer_faces_per_image", "Faces found per image.", buckets=_FACE_BUCKETS,
-                                         registry=r)
-        self.images_without_face = Counter("fer_images_without_face", "Images in which no face was found.",
-                                           registry=r)
-        self.rejected_total = Counter("fer_rejected", "Requests or frames refused, by reason.", ["reason"],
-                                      registry=r)
-        self.websocket_connections = Gauge("fer_websocket_connections", "Open /ws/stream connections.",
-                                           registry=r)
-        self.websocket_frames_dropped = Counter("fer_websocket_frames_dropped", "Stream frames replaced by a "
-                                                "newer one before they were processed.", registry=r)
-        self.model_load_seconds = Gauge("fer_model_load_seconds", "Time to load and validate the model.",
-                                        registry=r)
+        self.queue_wait_seconds = Histogram(
+            "fer_queue_wait_seconds",
+            "Time a request's crops waited for their model call.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.faces_per_image = Histogram(
+            "fer_faces_per_image", "Faces found per image.", buckets=_FACE_BUCKETS, registry=r
+        )
+        self.images_without_face = Counter("fer_images_without_face", "Images in which no face was found.", registry=r)
+        self.rejected_total = Counter("fer_rejected", "Requests or frames refused, by reason.", ["reason"], registry=r)
+        self.websocket_connections = Gauge("fer_websocket_connections", "Open /ws/stream connections.", registry=r)
+        self.websocket_frames_dropped = Counter(
+            "fer_websocket_frames_dropped",
+            "Stream frames replaced by a newer one before they were processed.",
+            registry=r,
+        )
+        self.model_load_seconds = Gauge("fer_model_load_seconds", "Time to load and validate the model.", registry=r)
         self.model_info = Info("fer_model", "The model being served.", registry=r)
-        self.prepare_pool_restarts = Counter("fer_prepare_pool_restarts", "Replacements of the face detection "
-                                             "worker pool, by reason (recycled, crashed).", ["reason"], registry=r)
+        self.prepare_pool_restarts = Counter(
+            "fer_prepare_pool_restarts",
+            "Replacements of the face detection worker pool, by reason (recycled, crashed).",
+            ["reason"],
+            registry=r,
+        )
 
     # --- BatchObserver -------------------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ MAX_INPUT_SIDE = 1024
 
 # --- metadata -------------------------------------------------------------------------------------------------
 
+
 class InputSpec(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -83,8 +84,9 @@ class ModelMetadata(BaseModel):
         """Cross-field checks pydantic's per-field validation cannot express."""
         expected = COLOR_MODES[self.input.color_mode]
         if self.input.channels != expected:
-            raise ValueError(f"input.channels is {self.input.channels} but color_mode "
-                             f"'{self.input.color_mode}' needs {expected}")
+            raise ValueError(
+                f"input.channels is {self.input.channels} but color_mode '{self.input.color_mode}' needs {expected}"
+            )
 
 
 def read_metadata(version_dir: Path) -> ModelMetadata:
@@ -116,12 +118,15 @@ def resolve_model_dir(path: str | Path) -> Path:
         return path
     versions = [child for child in path.iterdir() if child.is_dir() and child.name.isdigit()]
     if not versions:
-        raise ModelLoadError(f"{path} is neither a model version folder (no {METADATA_FILE}) nor a model name "
-                             "folder (no numeric version sub-folder)")
+        raise ModelLoadError(
+            f"{path} is neither a model version folder (no {METADATA_FILE}) nor a model name "
+            "folder (no numeric version sub-folder)"
+        )
     return max(versions, key=lambda child: int(child.name))
 
 
 # --- runtimes ---------------------------------------------------------------------------------------------------
+
 
 class Runtime(Protocol):
     """Runs the exported network: float32 crops ``(N, H, W, C)`` in 0..255 -> probabilities ``(N, labels)``."""
@@ -145,28 +150,33 @@ class TensorFlowRuntime:
         import tensorflow as tf
 
         self._tf = tf
-        tf.config.optimizer.set_experimental_options(
-            {"auto_mixed_precision_onednn_bfloat16": precision == "bf16"})
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": precision == "bf16"})
         if precision == "bf16" and not _cpu_has_bf16():
             log.warning("precision=bf16 requested but this CPU does not report avx512_bf16/amx: expect it slower")
         try:
             self._loaded = tf.saved_model.load(str(saved_model_dir))
         except Exception as exc:  # TF raises a zoo of types (OSError, ValueError, ...) for unreadable models
-            raise ModelLoadError(f"cannot load the SavedModel in {saved_model_dir}: "
-                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise ModelLoadError(
+                f"cannot load the SavedModel in {saved_model_dir}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
         signatures = dict(self._loaded.signatures)
         if signature.key not in signatures:
-            raise ModelLoadError(f"the SavedModel in {saved_model_dir} has no signature '{signature.key}' "
-                                 f"(it has: {sorted(signatures) or 'none'})")
+            raise ModelLoadError(
+                f"the SavedModel in {saved_model_dir} has no signature '{signature.key}' "
+                f"(it has: {sorted(signatures) or 'none'})"
+            )
         self._fn = signatures[signature.key]
         _, inputs = self._fn.structured_input_signature
         if set(inputs) != {signature.input}:
-            raise ModelLoadError(f"signature '{signature.key}' takes inputs {sorted(inputs)}, "
-                                 f"metadata names '{signature.input}'")
+            raise ModelLoadError(
+                f"signature '{signature.key}' takes inputs {sorted(inputs)}, metadata names '{signature.input}'"
+            )
         outputs = self._fn.structured_outputs
         if signature.output not in outputs:
-            raise ModelLoadError(f"signature '{signature.key}' returns {sorted(outputs)}, "
-                                 f"metadata names '{signature.output}'")
+            raise ModelLoadError(
+                f"signature '{signature.key}' returns {sorted(outputs)}, metadata names '{signature.output}'"
+            )
         self.input_shape: tuple[int | None, ...] = tuple(inputs[signature.input].shape.as_list() or ())
         self.input_dtype: str = inputs[signature.input].dtype.name
         self.output_shape: tuple[int | None, ...] = tuple(outputs[signature.output].shape.as_list() or ())
@@ -175,7 +185,7 @@ class TensorFlowRuntime:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         tensor = self._tf.constant(batch, dtype=self._tf.float32)
-        return self._fn(**{self._input_name: tensor})[self._output_name].numpy()
+        return np.asarray(self._fn(**{self._input_name: tensor})[self._output_name].numpy())
 
 
 def _cpu_has_bf16() -> bool:
@@ -187,6 +197,7 @@ def _cpu_has_bf16() -> bool:
 
 
 # --- the loaded model -------------------------------------------------------------------------------------------
+
 
 @dataclass
 class LoadedModel:
@@ -228,31 +239,42 @@ class LoadedModel:
             except ValueError as exc:
                 raise ModelLoadError(f"warm-up failed: {exc}") from None
             sums = probabilities.sum(axis=1)
-            if not np.all(np.isfinite(probabilities)) or not np.allclose(sums, 1.0, atol=1e-3) \
-                    or probabilities.min() < 0:
-                raise ModelLoadError(f"the model's output is not a probability distribution (row sums "
-                                     f"{sums.min():.4f}..{sums.max():.4f}); the contract needs softmax output")
+            if (
+                not np.all(np.isfinite(probabilities))
+                or not np.allclose(sums, 1.0, atol=1e-3)
+                or probabilities.min() < 0
+            ):
+                raise ModelLoadError(
+                    f"the model's output is not a probability distribution (row sums "
+                    f"{sums.min():.4f}..{sums.max():.4f}); the contract needs softmax output"
+                )
 
 
 def _check_against_signature(metadata: ModelMetadata, runtime: TensorFlowRuntime, where: Path) -> None:
     shape = runtime.input_shape
     if len(shape) != 4:
-        raise ModelLoadError(f"{where}: input '{metadata.signature.input}' has rank {len(shape)} "
-                             f"(shape {list(shape)}), the contract needs rank 4 [batch, height, width, channels]")
+        raise ModelLoadError(
+            f"{where}: input '{metadata.signature.input}' has rank {len(shape)} "
+            f"(shape {list(shape)}), the contract needs rank 4 [batch, height, width, channels]"
+        )
     expected = (metadata.input.height, metadata.input.width, metadata.input.channels)
-    for axis, (actual, wanted) in enumerate(zip(shape[1:], expected), start=1):
+    for axis, (actual, wanted) in enumerate(zip(shape[1:], expected, strict=True), start=1):
         if actual is not None and actual != wanted:
-            raise ModelLoadError(f"{where}: input shape {list(shape)} does not match metadata "
-                                 f"[batch, {expected[0]}, {expected[1]}, {expected[2]}] (axis {axis})")
+            raise ModelLoadError(
+                f"{where}: input shape {list(shape)} does not match metadata "
+                f"[batch, {expected[0]}, {expected[1]}, {expected[2]}] (axis {axis})"
+            )
     if runtime.input_dtype != "float32":
         raise ModelLoadError(f"{where}: input dtype is {runtime.input_dtype}, the contract needs float32")
     out = runtime.output_shape
     if len(out) != 2:
-        raise ModelLoadError(f"{where}: output '{metadata.signature.output}' has shape {list(out)}, the contract "
-                             "needs [batch, labels]")
+        raise ModelLoadError(
+            f"{where}: output '{metadata.signature.output}' has shape {list(out)}, the contract needs [batch, labels]"
+        )
     if out[1] is not None and out[1] != len(metadata.labels):
-        raise ModelLoadError(f"{where}: the model outputs {out[1]} classes but metadata.json lists "
-                             f"{len(metadata.labels)} labels")
+        raise ModelLoadError(
+            f"{where}: the model outputs {out[1]} classes but metadata.json lists {len(metadata.labels)} labels"
+        )
 
 
 def load_model(model_dir: str | Path, *, precision: str = "fp32") -> LoadedModel:

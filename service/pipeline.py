@@ -54,8 +54,15 @@ class ImageResult:
 class Predictor:
     """Runs the pipeline for one model, one detector and one batcher (all owned by the app's lifespan)."""
 
-    def __init__(self, model: LoadedModel, preparer: PreparePool, batcher: MicroBatcher, metrics: Metrics, *,
-                 max_pending_images: int | None = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        preparer: PreparePool,
+        batcher: MicroBatcher,
+        metrics: Metrics,
+        *,
+        max_pending_images: int | None = None,
+    ) -> None:
         self.model = model
         self.preparer = preparer
         self.batcher = batcher
@@ -69,14 +76,24 @@ class Predictor:
     def _result(self, prepared: Prepared, started: float, probabilities: np.ndarray, infer_ms: float) -> ImageResult:
         labels = self.model.labels
         faces = []
-        for detection, row in zip(prepared.detections, probabilities):
+        for detection, row in zip(prepared.detections, probabilities, strict=True):
             top = int(np.argmax(row))
-            faces.append(FaceResult(box=detection.box, score=float(detection.score), emotion=labels[top],
-                                    confidence=float(row[top]),
-                                    probabilities={label: float(p) for label, p in zip(labels, row)}))
+            faces.append(
+                FaceResult(
+                    box=detection.box,
+                    score=float(detection.score),
+                    emotion=labels[top],
+                    confidence=float(row[top]),
+                    probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
+                )
+            )
         self.metrics.image_done(len(faces))
-        timings = {"decode": rounded_ms(prepared.decode_s), "detect": rounded_ms(prepared.detect_s), "infer": infer_ms,
-                   "total": rounded_ms(time.perf_counter() - started)}
+        timings = {
+            "decode": rounded_ms(prepared.decode_s),
+            "detect": rounded_ms(prepared.detect_s),
+            "infer": infer_ms,
+            "total": rounded_ms(time.perf_counter() - started),
+        }
         return ImageResult(prepared.width, prepared.height, faces, timings)
 
     async def predict(self, data: bytes, options: Options) -> ImageResult:
@@ -94,8 +111,10 @@ class Predictor:
         """
         count = len(images)
         if self.max_pending_images is not None and self.pending_images + count > self.max_pending_images:
-            raise OverloadedError(f"the service is busy ({self.pending_images} of {self.max_pending_images} images "
-                                  "in progress); retry shortly")
+            raise OverloadedError(
+                f"the service is busy ({self.pending_images} of {self.max_pending_images} images "
+                "in progress); retry shortly"
+            )
         self.pending_images += count  # one event loop: no lock needed
         try:
             return await self._predict_many(images, options)
@@ -119,6 +138,6 @@ class Predictor:
         results, offset = [], 0
         for p in prepared:
             count = len(p.detections)
-            results.append(self._result(p, started, rows[offset:offset + count], infer_ms if count else 0.0))
+            results.append(self._result(p, started, rows[offset : offset + count], infer_ms if count else 0.0))
             offset += count
         return results

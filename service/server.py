@@ -22,9 +22,17 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
     (16 KiB) with a 400; httptools, uvicorn's other parser, buffers headers of any size (measured: 1 MB of
     headers and 20,000 header lines were accepted). Request parsing is a small part of a request's cost here.
     """
-    options: dict[str, Any] = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
-                                   ws_max_size=settings.ws_max_frame_bytes, timeout_graceful_shutdown=30,
-                                   server_header=False, lifespan="on", http="h11",
-                                   h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+    options: dict[str, Any] = dict(
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws_max_size=settings.ws_max_frame_bytes,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+        lifespan="on",
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
     options.update(overrides)
     return uvicorn.Config(app, **options)

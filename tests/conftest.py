@@ -24,8 +24,9 @@ def class_image(label_index: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(base + rng.normal(0, 20, (48, 48)), 0, 255).astype(np.uint8)
 
 
-def write_folder_dataset(root: Path, per_class: int = PER_CLASS, splits: tuple[str, ...] = ("train", "val"),
-                         seed: int = 0) -> Path:
+def write_folder_dataset(
+    root: Path, per_class: int = PER_CLASS, splits: tuple[str, ...] = ("train", "val"), seed: int = 0
+) -> Path:
     """Write ``root/<split>/<label>/<split>_<i>.jpg`` for every label."""
     rng = np.random.default_rng(seed)
     for split in splits:

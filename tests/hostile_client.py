@@ -82,13 +82,13 @@ def _connect(url: str, timeout: float) -> tuple[socket.socket, str]:
     return sock, f"{parts.hostname}:{parts.port}"
 
 
-def send_huge_body(url: str, path: str, size: int, content_type: str, *, chunked: bool,
-                   timeout: float = 60.0) -> Answer:
+def send_huge_body(
+    url: str, path: str, size: int, content_type: str, *, chunked: bool, timeout: float = 60.0
+) -> Answer:
     """POST ``size`` zero bytes, generated while sending; stops sending once the server has answered."""
     sock, host = _connect(url, timeout)
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n{framing}\r\n\r\n"
-                 .encode())
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n{framing}\r\n\r\n".encode())
     answered = threading.Event()
 
     def pump() -> None:
@@ -96,7 +96,7 @@ def send_huge_body(url: str, path: str, size: int, content_type: str, *, chunked
         sent = 0
         try:
             while sent < size and not answered.is_set():
-                piece = block[:min(len(block), size - sent)]
+                piece = block[: min(len(block), size - sent)]
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 sent += len(piece)
             if chunked and not answered.is_set():
@@ -114,22 +114,32 @@ def send_huge_body(url: str, path: str, size: int, content_type: str, *, chunked
         sender.join(timeout)
 
 
-def send_slowly(url: str, path: str, data: bytes, content_type: str, *, bytes_per_step: int = 8,
-                step_s: float = 0.25, timeout: float = 60.0) -> Answer:
+def send_slowly(
+    url: str,
+    path: str,
+    data: bytes,
+    content_type: str,
+    *,
+    bytes_per_step: int = 8,
+    step_s: float = 0.25,
+    timeout: float = 60.0,
+) -> Answer:
     """A slow-loris upload: the headers at once, then the body ``bytes_per_step`` bytes every ``step_s``."""
     sock, host = _connect(url, timeout)
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-                 f"Content-Length: {len(data)}\r\n\r\n".encode())
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+    )
     sock.settimeout(step_s)
     try:
         for start in range(0, len(data), bytes_per_step):
             try:
-                sock.sendall(data[start:start + bytes_per_step])
+                sock.sendall(data[start : start + bytes_per_step])
             except OSError:
                 break  # the server gave up on us
             try:
                 sock.recv(1, socket.MSG_PEEK)
-            except socket.timeout:
+            except TimeoutError:
                 continue  # no answer yet: keep trickling
             break  # the server answered (or closed the connection)
         sock.settimeout(timeout)
@@ -148,17 +158,27 @@ def send_case(client: httpx.Client, url: str, case: Any) -> Answer:
             request.headers.pop("Content-Type", None)
         return _from_httpx(client.send(request))
     if case.send == "multipart":
-        return _from_httpx(client.post(url + "/predict", params=params,
-                                       files={case.field: ("upload.bin", case.data, "application/octet-stream")}))
+        return _from_httpx(
+            client.post(
+                url + "/predict",
+                params=params,
+                files={case.field: ("upload.bin", case.data, "application/octet-stream")},
+            )
+        )
     if case.send == "multipart_text":
-        return _from_httpx(client.post(url + "/predict", params=params, data={"note": "no file here"},
-                                       files={"other": (None, "text")}))
+        return _from_httpx(
+            client.post(url + "/predict", params=params, data={"note": "no file here"}, files={"other": (None, "text")})
+        )
     if case.send == "multipart_raw":
-        return _from_httpx(client.post(url + "/predict", params=params, content=case.data,
-                                       headers={"Content-Type": case.content_type}))
+        return _from_httpx(
+            client.post(url + "/predict", params=params, content=case.data, headers={"Content-Type": case.content_type})
+        )
     if case.send == "batch_raw":
-        return _from_httpx(client.post(url + "/predict/batch", params=params, content=case.data,
-                                       headers={"Content-Type": case.content_type}))
+        return _from_httpx(
+            client.post(
+                url + "/predict/batch", params=params, content=case.data, headers={"Content-Type": case.content_type}
+            )
+        )
     if case.send == "huge_body":
         return send_huge_body(url, "/predict", case.size, case.content_type, chunked=case.chunked)
     if case.send == "slow_upload":

@@ -17,9 +17,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -51,8 +51,17 @@ class ServiceProcess:
 
     def start(self) -> None:
         """Start the process (again, after `stop`, on the same port) and wait until ``/readyz`` answers 200."""
-        args = [sys.executable, "-m", "service", "--model-dir", str(self.model_dir), "--host", "127.0.0.1",
-                "--port", str(self.port)]
+        args = [
+            sys.executable,
+            "-m",
+            "service",
+            "--model-dir",
+            str(self.model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "FER_API_KEYS": self.api_key}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -105,8 +114,13 @@ def model_labels(model_dir: Path) -> list[str]:
 def new_service(model_dir: Path, log_dir: Path, api_key: str = "") -> ServiceProcess:
     """A not yet started service on a free port; the caller starts and stops it."""
     port = free_port()
-    return ServiceProcess(url=f"http://127.0.0.1:{port}", port=port, api_key=api_key, model_dir=model_dir,
-                          log_path=log_dir / f"service-{port}.log")
+    return ServiceProcess(
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        api_key=api_key,
+        model_dir=model_dir,
+        log_path=log_dir / f"service-{port}.log",
+    )
 
 
 _shared: dict[tuple[str, str], tuple[ServiceProcess, int]] = {}

@@ -20,9 +20,22 @@ from skimage import data as skdata
 from sample_photos import ASTRONAUT_FACE, HOPPER_FACE, FacePhoto, astronaut, head_and_shoulders, hopper, paste_head
 
 __all__ = [
-    "ASTRONAUT_FACE", "HOPPER_FACE", "FacePhoto", "astronaut", "hopper", "head_and_shoulders", "paste_head",
-    "no_face", "several_faces", "encode", "one_face_jpeg", "no_face_jpeg", "several_faces_jpeg",
-    "with_exif_orientation", "EXIF_ORIENTATION_INVERSE", "iou",
+    "ASTRONAUT_FACE",
+    "HOPPER_FACE",
+    "FacePhoto",
+    "astronaut",
+    "hopper",
+    "head_and_shoulders",
+    "paste_head",
+    "no_face",
+    "several_faces",
+    "encode",
+    "one_face_jpeg",
+    "no_face_jpeg",
+    "several_faces_jpeg",
+    "with_exif_orientation",
+    "EXIF_ORIENTATION_INVERSE",
+    "iou",
 ]
 
 
@@ -32,8 +45,14 @@ def no_face(kind: str = "coffee") -> FacePhoto:
     return FacePhoto(image, ())
 
 
-def several_faces(face_sizes: tuple[int, ...] = (50, 100, 160), *, width: int = 1500, height: int = 900,
-                  grayscale_index: int | None = 1, mirror_index: int | None = 2) -> FacePhoto:
+def several_faces(
+    face_sizes: tuple[int, ...] = (50, 100, 160),
+    *,
+    width: int = 1500,
+    height: int = 900,
+    grayscale_index: int | None = 1,
+    mirror_index: int | None = 2,
+) -> FacePhoto:
     """A composed photograph: the astronaut's head and shoulders pasted side by side onto a real background
     (``skimage.data.coffee()`` enlarged to ``width×height``), so that the faces are ``face_sizes`` pixels wide.
 
@@ -51,8 +70,11 @@ def several_faces(face_sizes: tuple[int, ...] = (50, 100, 160), *, width: int = 
             raise ValueError(f"a {size}px face does not fit in a {slot}x{height} slot")
         left = index * slot + (slot - pw) // 2
         top = height - ph  # heads stand on the bottom edge, like people in a photo
-        faces.append(paste_head(canvas, "astronaut", size, left, top, mirror=index == mirror_index,
-                                grayscale=index == grayscale_index))
+        faces.append(
+            paste_head(
+                canvas, "astronaut", size, left, top, mirror=index == mirror_index, grayscale=index == grayscale_index
+            )
+        )
     return FacePhoto(canvas, tuple(faces))
 
 

@@ -11,17 +11,18 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import uvicorn
 
 from benchmarks.harness import metric_value  # noqa: F401 (re-exported: one /metrics parser for tests and benchmarks)
 from service.app import create_app
-from service.server import uvicorn_config
 from service.config import Settings
+from service.server import uvicorn_config
 
 READY_TIMEOUT_S = 180.0
 
@@ -45,7 +46,8 @@ def free_socket() -> socket.socket:
 
 
 def service_env(**values: str) -> dict[str, str]:
-    """The environment for a ``python -m service`` subprocess: the caller's, minus any FER_* setting, plus ``values``."""
+    """The environment for a ``python -m service`` subprocess: the caller's, minus any FER_* setting, plus
+    ``values``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FER_")}
     env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **values})
     return env

@@ -36,7 +36,8 @@ def test_every_declared_dependency_is_pinned_in_the_lock() -> None:
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue  # e.g. tensorflow on non-x86 machines
         assert canonical(requirement.name) in pins, f"{requirement.name} is not in requirements.lock"
-        assert requirement.specifier.contains(pins[canonical(requirement.name)], prereleases=True), \
+        assert requirement.specifier.contains(pins[canonical(requirement.name)], prereleases=True), (
             f"{requirement.name}=={pins[canonical(requirement.name)]} does not satisfy {requirement.specifier}"
+        )
         checked += 1
     assert checked >= 15

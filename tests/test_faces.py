@@ -11,12 +11,26 @@ import numpy as np
 import pytest
 
 from service.faces import (
-    DEFAULT_DETECTOR, DETECTORS, Box, Detection, FaceDetector, create_detector, crop_faces, crop_window, detection_scale,
-    select_faces, whole_image,
+    DEFAULT_DETECTOR,
+    DETECTORS,
+    Box,
+    Detection,
+    FaceDetector,
+    create_detector,
+    crop_faces,
+    crop_window,
+    detection_scale,
+    select_faces,
+    whole_image,
 )
 from service.images import decode_image
 from tests.photos import (
-    astronaut, encode, hopper, no_face, several_faces, with_exif_orientation,
+    astronaut,
+    encode,
+    hopper,
+    no_face,
+    several_faces,
+    with_exif_orientation,
 )
 
 BoxT = tuple[int, int, int, int]
@@ -34,7 +48,7 @@ def finds(detection: Detection, face: BoxT) -> bool:
 def assert_finds_exactly(detections: list[Detection], faces: tuple[BoxT, ...] | list[BoxT]) -> None:
     assert len(detections) == len(faces), (detections, faces)
     ordered = sorted(detections, key=lambda d: d.box.x)
-    for detection, face in zip(ordered, sorted(faces)):
+    for detection, face in zip(ordered, sorted(faces), strict=False):
         assert finds(detection, face), (detection, face)
 
 
@@ -48,6 +62,7 @@ def gray3(image: np.ndarray) -> np.ndarray:
 
 
 # --- the default detector on real photographs ----------------------------------------------------------------------
+
 
 def test_one_face(detector):
     photo = astronaut()
@@ -71,8 +86,9 @@ def test_no_face(detector, kind):
     assert detector.detect(no_face(kind).image) == []
 
 
-@pytest.mark.parametrize("make", [astronaut, hopper,
-                                  lambda: several_faces((70, 110, 160), grayscale_index=None, mirror_index=None)])
+@pytest.mark.parametrize(
+    "make", [astronaut, hopper, lambda: several_faces((70, 110, 160), grayscale_index=None, mirror_index=None)]
+)
 def test_grayscale_photo(detector, make):
     photo = make()
     assert_finds_exactly(detector.detect(gray3(photo.image)), photo.faces)
@@ -81,7 +97,7 @@ def test_grayscale_photo(detector, make):
 def test_pre_cropped_small_face_is_found():
     # A 48x48 tight crop (what detect=false is for) is still found with detect=true: small images are enlarged.
     x, y, w, h = astronaut().faces[0]
-    face = cv2.resize(astronaut().image[y:y + h, x:x + w], (48, 48), interpolation=cv2.INTER_AREA)
+    face = cv2.resize(astronaut().image[y : y + h, x : x + w], (48, 48), interpolation=cv2.INTER_AREA)
     detector = create_detector(DEFAULT_DETECTOR, min_face_size=24, threshold=0.7)
     detections = detector.detect(face)
     assert len(detections) == 1 and detections[0].box.width >= 24
@@ -90,17 +106,18 @@ def test_pre_cropped_small_face_is_found():
 def test_large_photo_boxes_are_in_full_resolution(detector):
     photo = astronaut()
     big = cv2.resize(photo.image, (2048, 2048), interpolation=cv2.INTER_CUBIC)
-    (x, y, w, h), = photo.faces
+    ((x, y, w, h),) = photo.faces
     assert_finds_exactly(detector.detect(big), [(x * 4, y * 4, w * 4, h * 4)])
 
 
 def test_face_filling_most_of_the_frame(detector):
     x, y, w, h = astronaut().faces[0]
-    close = astronaut().image[y - 15:y + h + 15, x - 15:x + w + 15]  # the face is 75 % of the frame
+    close = astronaut().image[y - 15 : y + h + 15, x - 15 : x + w + 15]  # the face is 75 % of the frame
     close = cv2.resize(close, (600, 600), interpolation=cv2.INTER_CUBIC)
     scale = 600 / (w + 30)
-    assert_finds_exactly(detector.detect(close), [(round(15 * scale), round(15 * scale), round(w * scale),
-                                                    round(h * scale))])
+    assert_finds_exactly(
+        detector.detect(close), [(round(15 * scale), round(15 * scale), round(w * scale), round(h * scale))]
+    )
 
 
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
@@ -141,15 +158,18 @@ def test_detector_rejects_non_rgb(detector):
         detector.detect(cv2.cvtColor(astronaut().image, cv2.COLOR_RGB2GRAY))
 
 
-@pytest.mark.parametrize("size, expected", [
-    ((512, 512), 0.6),      # under max_side: shrunk only to where a 40 px face is 24 px (ample_min_face)
-    ((1280, 720), 0.5),     # max_side decides
-    ((1920, 1080), 0.4),    # a 40 px face must stay 16 px (native_min_face)
-    ((300, 200), 0.6),
-    ((200, 150), 0.72),     # ... but never below SMALL_IMAGE_SIDE (144 px): tight face crops need their pixels
-    ((320, 240), 0.6),
-    ((48, 48), 3.0),        # pre-cropped face: enlarged to SMALL_IMAGE_SIDE
-])
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ((512, 512), 0.6),  # under max_side: shrunk only to where a 40 px face is 24 px (ample_min_face)
+        ((1280, 720), 0.5),  # max_side decides
+        ((1920, 1080), 0.4),  # a 40 px face must stay 16 px (native_min_face)
+        ((300, 200), 0.6),
+        ((200, 150), 0.72),  # ... but never below SMALL_IMAGE_SIDE (144 px): tight face crops need their pixels
+        ((320, 240), 0.6),
+        ((48, 48), 3.0),  # pre-cropped face: enlarged to SMALL_IMAGE_SIDE
+    ],
+)
 def test_detection_scale_bounds(size, expected):
     scale = detection_scale(*size, max_side=640, min_face_size=40, native_min_face=16, ample_min_face=24)
     assert scale == pytest.approx(expected)
@@ -179,8 +199,14 @@ def test_yunet_calls_libfacedetection_directly_with_the_same_faces_as_the_packag
     wrapper = create_detector(DEFAULT_DETECTOR, min_face_size=40, threshold=0.7)
     wrapper._facedetect_cnn = None  # what the package's own (leaking) detectRGB finds, as on Windows
     assert wrapper.leaks
-    for image in (astronaut().image, several_faces().image, hopper().image, gray3(astronaut().image),
-                  no_face().image, cv2.resize(astronaut().image, (97, 131))):
+    for image in (
+        astronaut().image,
+        several_faces().image,
+        hopper().image,
+        gray3(astronaut().image),
+        no_face().image,
+        cv2.resize(astronaut().image, (97, 131)),
+    ):
         assert detector.detect(image) == wrapper.detect(image)
 
 
@@ -198,6 +224,7 @@ def test_yunet_detection_does_not_grow_memory(detector):
 
 
 # --- every registered detector -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", DETECTORS)
 def test_every_detector_finds_the_astronaut_and_nothing_in_coffee(name):
@@ -218,6 +245,7 @@ def test_unknown_detector_and_bad_settings():
 
 
 # --- selection -----------------------------------------------------------------------------------------------------
+
 
 def det(x: int, score: float, y: int = 10) -> Detection:
     return Detection(Box(x, y, 50, 50), score)
@@ -241,6 +269,7 @@ def test_whole_image():
 
 
 # --- crops -----------------------------------------------------------------------------------------------------------
+
 
 def test_crop_window_is_a_centred_square_with_margin():
     assert crop_window(Box(100, 100, 50, 50), 640, 480, 0.0) == (100, 100, 150, 150)
@@ -283,10 +312,12 @@ def test_crop_faces_content_shrinking_uses_area_interpolation():
     box = Box(178, 68, 93, 93)
     x0, y0, x1, y1 = crop_window(box, 512, 512, 0.1)
     expected_rgb = cv2.resize(image[y0:y1, x0:x1], (48, 48), interpolation=cv2.INTER_AREA)
-    np.testing.assert_array_equal(crop_faces(image, [box], height=48, width=48, color_mode="rgb", margin=0.1)[0],
-                                  expected_rgb)
-    expected_gray = cv2.resize(cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY), (48, 48),
-                               interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(
+        crop_faces(image, [box], height=48, width=48, color_mode="rgb", margin=0.1)[0], expected_rgb
+    )
+    expected_gray = cv2.resize(
+        cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY), (48, 48), interpolation=cv2.INTER_AREA
+    )
     got = crop_faces(image, [box], height=48, width=48, color_mode="grayscale", margin=0.1)[0, :, :, 0]
     np.testing.assert_array_equal(got, expected_gray)
 
@@ -296,8 +327,9 @@ def test_crop_faces_enlarging_uses_cubic_interpolation():
     box = Box(200, 100, 20, 20)
     x0, y0, x1, y1 = crop_window(box, 512, 512, 0.0)
     expected = cv2.resize(image[y0:y1, x0:x1], (96, 96), interpolation=cv2.INTER_CUBIC)
-    np.testing.assert_array_equal(crop_faces(image, [box], height=96, width=96, color_mode="rgb", margin=0.0)[0],
-                                  expected)
+    np.testing.assert_array_equal(
+        crop_faces(image, [box], height=96, width=96, color_mode="rgb", margin=0.0)[0], expected
+    )
 
 
 def test_crop_at_the_border_contains_the_face_and_no_padding():
@@ -313,10 +345,9 @@ def test_crops_of_detected_faces_are_in_left_to_right_order(detector):
     faces = select_faces(detector.detect(photo.image), max_faces=10)
     assert_finds_exactly(faces, photo.faces)
     assert [f.box.x for f in faces] == sorted(f.box.x for f in faces)
-    crops = crop_faces(photo.image, [f.box for f in faces], height=48, width=48, color_mode="grayscale",
-                       margin=0.1)
+    crops = crop_faces(photo.image, [f.box for f in faces], height=48, width=48, color_mode="grayscale", margin=0.1)
     assert crops.shape == (3, 48, 48, 1)
-    for crop, face in zip(crops, faces):
+    for crop, face in zip(crops, faces, strict=False):
         alone = crop_faces(photo.image, [face.box], height=48, width=48, color_mode="grayscale", margin=0.1)
         np.testing.assert_array_equal(crop, alone[0])
 

@@ -13,16 +13,20 @@ CI run reproducible; set ``FUZZ_SEED`` to explore other examples.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.servers import RunningService, running_service
 
@@ -59,8 +63,13 @@ def test_the_fuzzed_document_is_the_one_the_service_serves(fuzz_service: Running
 
 
 @schema.parametrize()
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=FUZZ_SEED is None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=FUZZ_SEED is None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_server_error_and_every_response_matches_the_schema(case: Any, fuzz_service: RunningService) -> None:
     response = case.call_and_validate(base_url=fuzz_service.url, checks=CHECKS, timeout=60)
     CALLS.append((case.operation.label, response.status_code))
@@ -73,6 +82,7 @@ def test_fuzzing_reached_every_operation_with_valid_and_invalid_requests() -> No
     operations = {operation for operation, _ in CALLS}
     assert {"POST /predict", "POST /predict/batch", "GET /healthz", "GET /readyz", "GET /metrics"} <= operations
     import collections
+
     print("fuzzed calls by operation and status:", sorted(collections.Counter(CALLS).items()))
     statuses = {status for _, status in CALLS}
     assert 200 in statuses and any(400 <= status < 500 for status in statuses)

@@ -25,8 +25,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -48,8 +49,13 @@ WS_CAP = 4
 @pytest.fixture(scope="module")
 def service(exported_model: Path) -> Iterator[RunningService]:
     """Default limits, except a short body timeout (so slow-loris cases finish quickly) and a small stream cap."""
-    with running_service(exported_model, body_timeout_s=BODY_TIMEOUT_S, ws_max_connections=WS_CAP,
-                         ws_max_frame_bytes=256 * 1024, max_batch_wait_ms=20) as running:
+    with running_service(
+        exported_model,
+        body_timeout_s=BODY_TIMEOUT_S,
+        ws_max_connections=WS_CAP,
+        ws_max_frame_bytes=256 * 1024,
+        max_batch_wait_ms=20,
+    ) as running:
         yield running
 
 
@@ -104,10 +110,12 @@ def problems_with(case: Any, answer: Answer) -> list[str]:
 
 # --- item 1: the corpus ----------------------------------------------------------------------------------------
 
+
 def test_corpus_script_writes_at_least_40_cases_with_a_manifest(tmp_path: Path) -> None:
     script = ROOT / "scripts" / "make_hostile_corpus.py"
-    out = subprocess.run([sys.executable, str(script), str(tmp_path / "corpus")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "corpus")], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())["cases"]
     assert len(manifest) >= corpus_module().MIN_CASES
@@ -121,7 +129,8 @@ def test_corpus_script_writes_at_least_40_cases_with_a_manifest(tmp_path: Path) 
 
 
 def test_every_hostile_input_gets_its_documented_answer_and_the_service_keeps_serving(
-        service: RunningService, client: httpx.Client, face_jpeg: bytes, corpus: list[Any]) -> None:
+    service: RunningService, client: httpx.Client, face_jpeg: bytes, corpus: list[Any]
+) -> None:
     failures = []
     for case in corpus:
         try:
@@ -135,19 +144,26 @@ def test_every_hostile_input_gets_its_documented_answer_and_the_service_keeps_se
         assert_serves(client, service, face_jpeg)  # right after each case
     assert not failures, "\n".join(failures)
     text = service.metrics()
-    server_errors = [line for line in text.splitlines()
-                     if line.startswith("fer_http_requests_total{") and "/readyz" not in line  # 503 while loading
-                     and re.search(r'status="5\d\d"', line)]
+    server_errors = [
+        line
+        for line in text.splitlines()
+        if line.startswith("fer_http_requests_total{")
+        and "/readyz" not in line  # 503 while loading
+        and re.search(r'status="5\d\d"', line)
+    ]
     assert not server_errors
 
 
-def test_slow_loris_uploads_time_out_without_blocking_other_clients(service: RunningService,
-                                                                    client: httpx.Client, face_jpeg: bytes) -> None:
+def test_slow_loris_uploads_time_out_without_blocking_other_clients(
+    service: RunningService, client: httpx.Client, face_jpeg: bytes
+) -> None:
     slow = 16
     with concurrent.futures.ThreadPoolExecutor(slow) as pool:
         started = time.monotonic()
-        futures = [pool.submit(send_slowly, service.url, "/predict", face_jpeg, "image/jpeg", bytes_per_step=4,
-                               step_s=0.2) for _ in range(slow)]
+        futures = [
+            pool.submit(send_slowly, service.url, "/predict", face_jpeg, "image/jpeg", bytes_per_step=4, step_s=0.2)
+            for _ in range(slow)
+        ]
         served = 0
         while not all(f.done() for f in futures):  # everyone else is served meanwhile
             assert_serves(client, service, face_jpeg)
@@ -179,12 +195,16 @@ def _raw_request(url: str, request: bytes) -> bytes:
     return data
 
 
-def test_oversized_request_headers_are_refused(service: RunningService, client: httpx.Client,
-                                               face_jpeg: bytes) -> None:
+def test_oversized_request_headers_are_refused(service: RunningService, client: httpx.Client, face_jpeg: bytes) -> None:
     host = service.url.removeprefix("http://")
     huge_value = b"GET /healthz HTTP/1.1\r\nHost: " + host.encode() + b"\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"
-    many = (b"GET /healthz HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
-            + b"".join(b"X-%d: 1\r\n" % i for i in range(20_000)) + b"\r\n")
+    many = (
+        b"GET /healthz HTTP/1.1\r\nHost: "
+        + host.encode()
+        + b"\r\n"
+        + b"".join(b"X-%d: 1\r\n" % i for i in range(20_000))
+        + b"\r\n"
+    )
     for request in (huge_value, many):
         reply = _raw_request(service.url, request)
         assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
@@ -195,6 +215,7 @@ def test_oversized_request_headers_are_refused(service: RunningService, client: 
 
 # --- item 5: WebSocket abuse -------------------------------------------------------------------------------------
 
+
 def receive(ws: Any, timeout: float = 60) -> dict[str, Any]:
     return json.loads(ws.recv(timeout=timeout))
 
@@ -203,20 +224,35 @@ def ws_connections(service: RunningService) -> float:
     return metric_value(service.metrics(), "fer_websocket_connections")
 
 
-def test_ws_garbage_frames_get_errors_and_the_connection_keeps_serving(service: RunningService,
-                                                                      face_jpeg: bytes) -> None:
+def test_ws_garbage_frames_get_errors_and_the_connection_keeps_serving(
+    service: RunningService, face_jpeg: bytes
+) -> None:
     rng = np.random.default_rng(3)
     with connect(service.ws_url + "/ws/stream") as ws:
-        binary = [b"", rng.bytes(1), rng.bytes(100_000), face_jpeg[:500], b"\xff\xd8\xff" + bytes(1000),
-                  b"\x89PNG\r\n\x1a\n" + rng.bytes(64)]
+        binary = [
+            b"",
+            rng.bytes(1),
+            rng.bytes(100_000),
+            face_jpeg[:500],
+            b"\xff\xd8\xff" + bytes(1000),
+            b"\x89PNG\r\n\x1a\n" + rng.bytes(64),
+        ]
         for seq, frame in enumerate(binary, start=1):
             ws.send(frame)
             reply = receive(ws)
             assert reply["type"] == "error" and reply["seq"] == seq, reply
             assert reply["code"] in ("empty_body", "invalid_image") and not LEAKS.search(reply["message"])
-        texts = ["", "null", "{", "[" * 100_000 + "]" * 100_000, json.dumps({"detect": {"$gt": 1}}),
-                 json.dumps({"max_faces": 1.5}), json.dumps({"max_faces": -1}), "\u0000" * 1000,
-                 json.dumps({"detect": True, "x": "y" * 100_000})]
+        texts = [
+            "",
+            "null",
+            "{",
+            "[" * 100_000 + "]" * 100_000,
+            json.dumps({"detect": {"$gt": 1}}),
+            json.dumps({"max_faces": 1.5}),
+            json.dumps({"max_faces": -1}),
+            "\u0000" * 1000,
+            json.dumps({"detect": True, "x": "y" * 100_000}),
+        ]
         for text in texts:
             ws.send(text)
             reply = receive(ws)
@@ -230,11 +266,15 @@ def test_ws_garbage_frames_get_errors_and_the_connection_keeps_serving(service: 
 
 
 def test_every_corpus_payload_as_a_stream_frame_gets_its_answer_on_an_open_connection(
-        service: RunningService, corpus: list[Any]) -> None:
+    service: RunningService, corpus: list[Any]
+) -> None:
     """The corpus's byte payloads as WebSocket frames: the same error codes as over HTTP (content types do not
     exist there, so those payloads are just valid images), one reply per frame, and the socket stays open."""
-    frames = [case for case in corpus if case.send == "raw" and len(case.data) <= service.settings.ws_max_frame_bytes
-              and not case.params]
+    frames = [
+        case
+        for case in corpus
+        if case.send == "raw" and len(case.data) <= service.settings.ws_max_frame_bytes and not case.params
+    ]
     assert len(frames) >= 40
     failures = []
     with connect(service.ws_url + "/ws/stream", max_size=None) as ws:
@@ -270,9 +310,10 @@ class RawWebSocket:
         self.sock.settimeout(30)
         self.sock.connect((host, int(port)))
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                          .encode())
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = self.sock.recv(1)
@@ -372,6 +413,7 @@ def test_ws_connection_churn_and_the_cap_leak_nothing(service: RunningService, f
 
 # --- item 6: faults ----------------------------------------------------------------------------------------------
 
+
 def readyz(url: str) -> int | None:
     try:
         return httpx.get(url + "/readyz", timeout=5).status_code
@@ -396,15 +438,19 @@ def broken_models(exported_model: Path, root: Path) -> dict[str, tuple[Path, str
     return cases
 
 
-def test_broken_model_directories_refuse_to_start_and_never_become_ready(exported_model: Path,
-                                                                        tmp_path: Path) -> None:
+def test_broken_model_directories_refuse_to_start_and_never_become_ready(exported_model: Path, tmp_path: Path) -> None:
     cases = broken_models(exported_model, tmp_path)
     started = {}
     for name, (model_dir, _) in cases.items():
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--model-dir", str(model_dir), "--port",
-                                 str(port)], cwd=ROOT, env=service_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "--model-dir", str(model_dir), "--port", str(port)],
+            cwd=ROOT,
+            env=service_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started[name] = (proc, f"http://127.0.0.1:{port}")
     try:
         deadline = time.monotonic() + 240
@@ -430,10 +476,16 @@ def test_broken_model_directories_refuse_to_start_and_never_become_ready(exporte
 def test_sigterm_lets_every_request_in_flight_finish(exported_model: Path, face_jpeg: bytes) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env=service_env(FER_MODEL_DIR=str(exported_model), FER_PORT=str(port),
-                                            FER_MAX_BATCH_WAIT_MS="3000", FER_MAX_BATCH_SIZE="64"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=service_env(
+            FER_MODEL_DIR=str(exported_model), FER_PORT=str(port), FER_MAX_BATCH_WAIT_MS="3000", FER_MAX_BATCH_SIZE="64"
+        ),
+    )
     in_flight = 12
     try:
         assert wait_until(lambda: proc.poll() is not None or readyz(url) == 200, timeout=240, interval=0.2)
@@ -442,14 +494,17 @@ def test_sigterm_lets_every_request_in_flight_finish(exported_model: Path, face_
 
         def post(_: int) -> int:
             with httpx.Client(timeout=120) as http:
-                return http.post(url + "/predict?detect=false", content=small,
-                                 headers={"Content-Type": "image/jpeg"}).status_code
+                return http.post(
+                    url + "/predict?detect=false", content=small, headers={"Content-Type": "image/jpeg"}
+                ).status_code
 
         with concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
             # every crop waits in the 3 s batch window, so all of them are in flight when SIGTERM arrives
             futures = [pool.submit(post, i) for i in range(in_flight)]
-            assert wait_until(lambda: metric_value(httpx.get(url + "/metrics", timeout=5).text,
-                                                   "fer_queue_depth") >= in_flight, timeout=60)
+            assert wait_until(
+                lambda: metric_value(httpx.get(url + "/metrics", timeout=5).text, "fer_queue_depth") >= in_flight,
+                timeout=60,
+            )
             proc.send_signal(signal.SIGTERM)
             statuses = [f.result(timeout=120) for f in futures]
         assert statuses == [200] * in_flight  # all finished, nothing dropped
@@ -476,11 +531,17 @@ def poisoned_model(exported_model: Path, root: Path) -> Path:
             super().__init__()
             self.inner = inner
 
-        @tf.function(input_signature=[tf.TensorSpec([None, spec["height"], spec["width"], spec["channels"]],
-                                                    tf.float32, name=signature["input"])])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(
+                    [None, spec["height"], spec["width"], spec["channels"]], tf.float32, name=signature["input"]
+                )
+            ]
+        )
         def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-            tf.debugging.assert_greater(tf.reduce_max(images, axis=[1, 2, 3]), 0.0,
-                                        message="poisoned batch: an all-black crop")
+            tf.debugging.assert_greater(
+                tf.reduce_max(images, axis=[1, 2, 3]), 0.0, message="poisoned batch: an all-black crop"
+            )
             return self.inner.signatures[signature["key"]](**{signature["input"]: images})
 
     module = Poisoned()
@@ -495,18 +556,21 @@ def test_a_crash_inside_inference_fails_only_that_batch(exported_model: Path, tm
     black = photos.encode(np.zeros((48, 48, 3), dtype=np.uint8), "PNG")
     face = photos.encode(photos.astronaut().image[100:148, 180:228], "PNG")
     # batches of exactly two crops: the pair sent together shares one model call
-    with running_service(model_dir, max_batch_size=2, max_queue=8, max_batch_wait_ms=10_000) as running, \
-            httpx.Client(timeout=120) as http, concurrent.futures.ThreadPoolExecutor(2) as pool:
+    with (
+        running_service(model_dir, max_batch_size=2, max_queue=8, max_batch_wait_ms=10_000) as running,
+        httpx.Client(timeout=120) as http,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
 
         def post(data: bytes) -> httpx.Response:
-            return http.post(running.url + "/predict?detect=false", content=data,
-                             headers={"Content-Type": "image/png"})
+            return http.post(running.url + "/predict?detect=false", content=data, headers={"Content-Type": "image/png"})
 
         poisoned_pair = list(pool.map(post, [black, face]))
         for response in poisoned_pair:  # both requests of the failing batch get the clear 5xx
             assert response.status_code == 500
-            assert response.json() == {"error": {"code": "inference_failed",
-                                                 "message": "inference failed: InvalidArgumentError"}}
+            assert response.json() == {
+                "error": {"code": "inference_failed", "message": "inference failed: InvalidArgumentError"}
+            }
         for _ in range(2):  # the next batches work
             healthy_pair = list(pool.map(post, [face, face]))
             assert [r.status_code for r in healthy_pair] == [200, 200]
@@ -518,18 +582,29 @@ def test_a_crash_inside_inference_fails_only_that_batch(exported_model: Path, tm
 
 # --- overload: the admission bound covers the whole pipeline ------------------------------------------------------
 
+
 def test_images_in_progress_are_bounded_not_only_crops_waiting_for_the_model(exported_model: Path) -> None:
     """Decoding and detection queue for worker threads before any crop reaches the batcher's bounded queue; without
     a bound on images in progress, an overload made that queue (and latency) grow without limit. Here the batcher
     has room for 8 crops, but only 2 images may be in progress: the third is refused at once with 503."""
     small = photos.encode(photos.astronaut().image[100:148, 180:228])
-    with running_service(exported_model, max_pending_images=2, max_batch_images=1, max_batch_size=4, max_queue=8,
-                         max_batch_wait_ms=3000) as running, httpx.Client(timeout=60) as http, \
-            concurrent.futures.ThreadPoolExecutor(2) as pool:
+    with (
+        running_service(
+            exported_model,
+            max_pending_images=2,
+            max_batch_images=1,
+            max_batch_size=4,
+            max_queue=8,
+            max_batch_wait_ms=3000,
+        ) as running,
+        httpx.Client(timeout=60) as http,
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
 
         def post(_: int) -> httpx.Response:
-            return http.post(running.url + "/predict?detect=false", content=small,
-                             headers={"Content-Type": "image/jpeg"})
+            return http.post(
+                running.url + "/predict?detect=false", content=small, headers={"Content-Type": "image/jpeg"}
+            )
 
         waiting = [pool.submit(post, i) for i in range(2)]  # both wait in the 3 s batch window
         assert wait_until(lambda: metric_value(running.metrics(), "fer_queue_depth") == 2)

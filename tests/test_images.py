@@ -35,16 +35,20 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
 
 # --- formats ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt, options, tolerance", [
-    ("PNG", {}, 0.0),
-    ("WEBP", {"lossless": True}, 0.0),
-    ("BMP", {}, 0.0),
-    ("TIFF", {}, 0.0),
-    ("TIFF", {"compression": "tiff_lzw"}, 0.0),
-    ("JPEG", {"quality": 95}, 3.0),
-    ("JPEG", {"quality": 90, "progressive": True}, 3.0),
-    ("WEBP", {"quality": 90}, 4.0),
-])
+
+@pytest.mark.parametrize(
+    "fmt, options, tolerance",
+    [
+        ("PNG", {}, 0.0),
+        ("WEBP", {"lossless": True}, 0.0),
+        ("BMP", {}, 0.0),
+        ("TIFF", {}, 0.0),
+        ("TIFF", {"compression": "tiff_lzw"}, 0.0),
+        ("JPEG", {"quality": 95}, 3.0),
+        ("JPEG", {"quality": 90, "progressive": True}, 3.0),
+        ("WEBP", {"quality": 90}, 4.0),
+    ],
+)
 def test_accepted_formats_decode_to_rgb(photo, fmt, options, tolerance):
     decoded = decode_image(encode(photo, fmt, **options), max_pixels=LIMIT)
     assert decoded.shape == (512, 512, 3) and decoded.dtype == np.uint8
@@ -84,6 +88,7 @@ def test_tiff_variant_pillow_cannot_read_is_unsupported():
 
 # --- colour modes -------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF", "BMP"])
 def test_grayscale_becomes_three_equal_channels(fmt):
     gray = skdata.camera()
@@ -95,7 +100,7 @@ def test_grayscale_becomes_three_equal_channels(fmt):
 
 def test_rgba_is_composited_on_white(photo):
     alpha = np.full(photo.shape[:2], 255, np.uint8)
-    alpha[:, :100] = 0      # fully transparent: whatever colour is stored there must not show
+    alpha[:, :100] = 0  # fully transparent: whatever colour is stored there must not show
     alpha[:, 100:200] = 128  # half transparent: halfway to white
     rgba = np.dstack([photo, alpha])
     rgba[:, :100, :3] = 0
@@ -109,8 +114,9 @@ def test_rgba_is_composited_on_white(photo):
 
 def test_grayscale_with_alpha(photo):
     gray = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
-    la = Image.fromarray(np.dstack([gray, np.where(np.arange(512) < 256, 0, 255).astype(np.uint8)[None, :]
-                                    .repeat(512, 0)]), "LA")
+    la = Image.fromarray(
+        np.dstack([gray, np.where(np.arange(512) < 256, 0, 255).astype(np.uint8)[None, :].repeat(512, 0)]), "LA"
+    )
     buffer = io.BytesIO()
     la.save(buffer, "PNG")
     decoded = decode_image(buffer.getvalue(), max_pixels=LIMIT)
@@ -175,11 +181,12 @@ def test_cmyk(photo, fmt):
 
 # --- EXIF orientation ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_exif_orientation_is_applied(orientation, fmt):
     # A non-square picture, so that a missing or wrong rotation changes the shape or the content.
-    image = astronaut().image[:, 64:448 - 64]
+    image = astronaut().image[:, 64 : 448 - 64]
     decoded = decode_image(with_exif_orientation(image, orientation, fmt=fmt), max_pixels=LIMIT)
     assert decoded.shape == image.shape
     assert mean_abs_diff(decoded, image) < (3.0 if fmt == "JPEG" else 0.01)
@@ -187,14 +194,16 @@ def test_exif_orientation_is_applied(orientation, fmt):
 
 # --- failures -----------------------------------------------------------------------------------------------------
 
+
 def test_empty():
     with pytest.raises(EmptyImageError) as caught:
         decode_image(b"", max_pixels=LIMIT)
     assert caught.value.status == 400 and caught.value.code == "empty_body"
 
 
-@pytest.mark.parametrize("payload", [b"hello, this is not an image", b"\x00" * 1000, b'{"image": "x.jpg"}',
-                                     bytes(range(256)) * 4])
+@pytest.mark.parametrize(
+    "payload", [b"hello, this is not an image", b"\x00" * 1000, b'{"image": "x.jpg"}', bytes(range(256)) * 4]
+)
 def test_not_an_image(payload):
     with pytest.raises(InvalidImageError) as caught:
         decode_image(payload, max_pixels=LIMIT)
@@ -217,7 +226,7 @@ def test_truncated_header():
 def test_corrupt_png_data(photo):
     png = bytearray(encode(photo, "PNG"))
     idat = png.index(b"IDAT")
-    png[idat + 100: idat + 400] = b"\x13" * 300  # breaks the zlib stream (and the CRC)
+    png[idat + 100 : idat + 400] = b"\x13" * 300  # breaks the zlib stream (and the CRC)
     with pytest.raises(InvalidImageError):
         decode_image(bytes(png), max_pixels=LIMIT)
 
@@ -235,12 +244,15 @@ def test_image_in_unaccepted_format(photo, fmt):
     assert caught.value.status == 415 and caught.value.code == "unsupported_image_format"
 
 
-@pytest.mark.parametrize("head", [
-    b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
-    b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf",
-    b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
-    b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+        b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf",
+        b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
+    ],
+)
 def test_known_formats_pillow_cannot_open_are_unsupported(head):
     with pytest.raises(UnsupportedImageError):
         decode_image(head + b"\x00" * 200, max_pixels=LIMIT)
@@ -250,8 +262,12 @@ def bomb_png(width: int, height: int) -> bytes:
     """A PNG whose header declares ``width×height`` but which carries only a few bytes of (invalid) pixel data:
     decoding its pixels would fail, so refusing it proves that only the header was read."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def test_pixel_limit_refused_from_the_header_before_decoding():
@@ -263,7 +279,7 @@ def test_pixel_limit_refused_from_the_header_before_decoding():
     assert "10000x10000" in caught.value.message and str(LIMIT) in caught.value.message
 
 
-@pytest.mark.parametrize("max_pixels", [LIMIT, 10 ** 10])
+@pytest.mark.parametrize("max_pixels", [LIMIT, 10**10])
 def test_pillow_decompression_bomb_guard_is_mapped(max_pixels):
     # 30000x30000 is above twice Pillow's own limit: Pillow raises while opening. That must still be a 413,
     # also when the service's limit is configured higher than Pillow's.

@@ -8,8 +8,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -35,8 +35,9 @@ def pool_of(service: RunningService) -> PreparePool:
 
 
 def predict(service: RunningService) -> httpx.Response:
-    return httpx.post(service.url + "/predict", content=photos.one_face_jpeg(),
-                      headers={"Content-Type": "image/jpeg"}, timeout=120)
+    return httpx.post(
+        service.url + "/predict", content=photos.one_face_jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=120
+    )
 
 
 def restarts(service: RunningService, reason: str) -> float:
@@ -52,7 +53,8 @@ def gone(pid: int) -> bool:
 
 
 def test_detection_runs_in_a_worker_process_that_is_replaced_after_recycle_after_images(
-        service: RunningService) -> None:
+    service: RunningService,
+) -> None:
     pool = pool_of(service)
     first = pool.worker_pids()
     assert first and os.getpid() not in first
@@ -83,8 +85,7 @@ def test_a_killed_idle_worker_is_replaced_and_the_next_request_still_succeeds(se
     assert restarts(service, "crashed") - before == 1
 
 
-def test_an_image_whose_worker_dies_twice_gets_a_clear_500_and_the_service_recovers(
-        service: RunningService) -> None:
+def test_an_image_whose_worker_dies_twice_gets_a_clear_500_and_the_service_recovers(service: RunningService) -> None:
     pool = pool_of(service)
     before = restarts(service, "crashed")
     stop = threading.Event()

@@ -7,8 +7,9 @@ import concurrent.futures
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,6 +26,7 @@ KEY = "test-key-1"
 
 # --- servers (one per configuration, shared by the tests of this module) -------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def metadata(exported_model: Path) -> dict[str, Any]:
     return json.loads((exported_model / "metadata.json").read_text())
@@ -40,9 +42,16 @@ def service(exported_model: Path) -> Iterator[RunningService]:
 @pytest.fixture(scope="module")
 def strict(exported_model: Path) -> Iterator[RunningService]:
     """API keys, CORS and small limits."""
-    with running_service(exported_model, api_keys=[KEY, "other-key"], cors_origins=["http://page.example"],
-                         max_upload_bytes=60_000, max_image_pixels=1_000_000, max_batch_images=2,
-                         ws_max_frame_bytes=60_000, ws_max_connections=1) as running:
+    with running_service(
+        exported_model,
+        api_keys=[KEY, "other-key"],
+        cors_origins=["http://page.example"],
+        max_upload_bytes=60_000,
+        max_image_pixels=1_000_000,
+        max_batch_images=2,
+        ws_max_frame_bytes=60_000,
+        ws_max_connections=1,
+    ) as running:
         yield running
 
 
@@ -59,8 +68,9 @@ def client() -> Iterator[httpx.Client]:
         yield http
 
 
-def post_image(client: httpx.Client, url: str, data: bytes, content_type: str = "image/jpeg",
-               **params: Any) -> httpx.Response:
+def post_image(
+    client: httpx.Client, url: str, data: bytes, content_type: str = "image/jpeg", **params: Any
+) -> httpx.Response:
     return client.post(url + "/predict", content=data, headers={"Content-Type": content_type}, params=params)
 
 
@@ -79,10 +89,13 @@ def assert_error(response: httpx.Response, status: int, code: str) -> str:
 
 # --- /predict on real photographs ------------------------------------------------------------------------------
 
-def test_one_face_multipart_full_response(service: RunningService, client: httpx.Client,
-                                          metadata: dict[str, Any]) -> None:
-    response = client.post(service.url + "/predict", files={"file": ("astronaut.jpg", photos.one_face_jpeg(),
-                                                                     "image/jpeg")})
+
+def test_one_face_multipart_full_response(
+    service: RunningService, client: httpx.Client, metadata: dict[str, Any]
+) -> None:
+    response = client.post(
+        service.url + "/predict", files={"file": ("astronaut.jpg", photos.one_face_jpeg(), "image/jpeg")}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {"model", "image", "faces", "timings_ms"}
@@ -110,8 +123,9 @@ def test_raw_body_gives_the_same_result_as_multipart(service: RunningService, cl
     assert raw["faces"][0]["probabilities"] == pytest.approx(multipart["faces"][0]["probabilities"], abs=1e-6)
 
 
-@pytest.mark.parametrize("fmt, content_type", [("PNG", "image/png"), ("WEBP", "image/webp"), ("BMP", "image/bmp"),
-                                                ("TIFF", "image/tiff")])
+@pytest.mark.parametrize(
+    "fmt, content_type", [("PNG", "image/png"), ("WEBP", "image/webp"), ("BMP", "image/bmp"), ("TIFF", "image/tiff")]
+)
 def test_other_formats(service: RunningService, client: httpx.Client, fmt: str, content_type: str) -> None:
     options = {"lossless": True} if fmt == "WEBP" else {}
     data = photos.encode(photos.astronaut().image, fmt, **options)
@@ -126,7 +140,7 @@ def test_several_faces_left_to_right(service: RunningService, client: httpx.Clie
     found = boxes(body)
     assert len(found) == len(photo.faces)
     assert [b[0] for b in found] == sorted(b[0] for b in found)
-    for got, expected in zip(found, photo.faces):
+    for got, expected in zip(found, photo.faces, strict=False):
         assert photos.iou(got, expected) > 0.4, (got, expected)
     limited = post_image(client, service.url, photos.encode(photo.image), max_faces=1).json()
     assert len(limited["faces"]) == 1
@@ -164,24 +178,28 @@ def test_grayscale_rgba_and_16_bit_uploads(service: RunningService, client: http
 
 
 @pytest.mark.parametrize("orientation", [6, 8, 3])
-def test_exif_orientation_is_applied_before_detection(service: RunningService, client: httpx.Client,
-                                                      orientation: int) -> None:
+def test_exif_orientation_is_applied_before_detection(
+    service: RunningService, client: httpx.Client, orientation: int
+) -> None:
     photo = photos.several_faces()
     body = post_image(client, service.url, photos.with_exif_orientation(photo.image, orientation)).json()
     assert body["image"] == {"width": photo.image.shape[1], "height": photo.image.shape[0]}
     found = boxes(body)
     assert len(found) == len(photo.faces)
-    for got, expected in zip(found, photo.faces):
+    for got, expected in zip(found, photo.faces, strict=False):
         assert photos.iou(got, expected) > 0.4
 
 
 # --- /predict/batch ----------------------------------------------------------------------------------------------
 
+
 def test_batch_results_in_order_through_one_model_call(service: RunningService, client: httpx.Client) -> None:
     before = service.metrics()
-    files = [("files", ("astronaut.jpg", photos.one_face_jpeg(), "image/jpeg")),
-             ("files", ("coffee.jpg", photos.no_face_jpeg(), "image/jpeg")),
-             ("files", ("three.jpg", photos.several_faces_jpeg(), "image/jpeg"))]
+    files = [
+        ("files", ("astronaut.jpg", photos.one_face_jpeg(), "image/jpeg")),
+        ("files", ("coffee.jpg", photos.no_face_jpeg(), "image/jpeg")),
+        ("files", ("three.jpg", photos.several_faces_jpeg(), "image/jpeg")),
+    ]
     response = client.post(service.url + "/predict/batch", files=files)
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -194,24 +212,34 @@ def test_batch_results_in_order_through_one_model_call(service: RunningService, 
 
 
 def test_batch_bad_image_names_it(service: RunningService, client: httpx.Client) -> None:
-    files = [("files", ("good.jpg", photos.one_face_jpeg(), "image/jpeg")),
-             ("files", ("bad.jpg", b"this is not a picture", "image/jpeg"))]
+    files = [
+        ("files", ("good.jpg", photos.one_face_jpeg(), "image/jpeg")),
+        ("files", ("bad.jpg", b"this is not a picture", "image/jpeg")),
+    ]
     message = assert_error(client.post(service.url + "/predict/batch", files=files), 400, "invalid_image")
     assert message.startswith("image 2 (bad.jpg): ")
 
 
 def test_batch_needs_files(service: RunningService, client: httpx.Client) -> None:
-    message = assert_error(client.post(service.url + "/predict/batch", data={"x": "1"}, files={"n": (None, "2")}),
-                           422, "missing_field")
+    message = assert_error(
+        client.post(service.url + "/predict/batch", data={"x": "1"}, files={"n": (None, "2")}), 422, "missing_field"
+    )
     assert message == "the multipart body has no file parts (use the field name 'files')"
-    assert_error(client.post(service.url + "/predict/batch", content=photos.one_face_jpeg(),
-                             headers={"Content-Type": "image/jpeg"}), 415, "unsupported_media_type")
+    assert_error(
+        client.post(
+            service.url + "/predict/batch", content=photos.one_face_jpeg(), headers={"Content-Type": "image/jpeg"}
+        ),
+        415,
+        "unsupported_media_type",
+    )
 
 
 # --- bad input --------------------------------------------------------------------------------------------------
 
-def test_every_bad_input_is_a_4xx_json_error_and_the_service_keeps_serving(service: RunningService,
-                                                                          client: httpx.Client) -> None:
+
+def test_every_bad_input_is_a_4xx_json_error_and_the_service_keeps_serving(
+    service: RunningService, client: httpx.Client
+) -> None:
     jpeg = photos.one_face_jpeg()
     url = service.url
     assert_error(post_image(client, url, b""), 400, "empty_body")
@@ -227,10 +255,14 @@ def test_every_bad_input_is_a_4xx_json_error_and_the_service_keeps_serving(servi
     message = assert_error(post_image(client, url, jpeg, "application/json"), 415, "unsupported_media_type")
     assert message.startswith("Content-Type is application/json")
     assert_error(client.post(url + "/predict", content=jpeg), 415, "unsupported_media_type")  # no Content-Type
-    assert_error(client.post(url + "/predict", files={"image": ("a.jpg", jpeg, "image/jpeg")}), 422,
-                 "missing_field")
-    assert_error(client.post(url + "/predict", content=b"--x\r\nbroken", headers={
-        "Content-Type": "multipart/form-data; boundary=x"}), 422, "missing_field")
+    assert_error(client.post(url + "/predict", files={"image": ("a.jpg", jpeg, "image/jpeg")}), 422, "missing_field")
+    assert_error(
+        client.post(
+            url + "/predict", content=b"--x\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=x"}
+        ),
+        422,
+        "missing_field",
+    )
     assert_error(post_image(client, url, jpeg, detect="maybe"), 422, "invalid_parameter")
     assert_error(post_image(client, url, jpeg, max_faces=0), 422, "invalid_parameter")
     assert_error(client.delete(url + "/healthz"), 405, "method_not_allowed")
@@ -239,6 +271,7 @@ def test_every_bad_input_is_a_4xx_json_error_and_the_service_keeps_serving(servi
 
 
 # --- limits, auth, CORS ------------------------------------------------------------------------------------------
+
 
 def big_noise_jpeg(side: int = 400) -> bytes:
     """A real JPEG of noise: incompressible, so over any small byte limit."""
@@ -249,16 +282,20 @@ def test_limits(strict: RunningService, client: httpx.Client) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     big = big_noise_jpeg()
     assert len(big) > strict.settings.max_upload_bytes
-    for response in (client.post(strict.url + "/predict", content=big, headers={**auth, "Content-Type": "image/jpeg"}),
-                     client.post(strict.url + "/predict", files={"file": ("big.jpg", big, "image/jpeg")},
-                                 headers=auth)):
+    for response in (
+        client.post(strict.url + "/predict", content=big, headers={**auth, "Content-Type": "image/jpeg"}),
+        client.post(strict.url + "/predict", files={"file": ("big.jpg", big, "image/jpeg")}, headers=auth),
+    ):
         assert_error(response, 413, "payload_too_large")
     # a decompression bomb: a few hundred bytes declaring 4000x4000 pixels, refused before decoding
     bomb = io.BytesIO()
     Image.new("L", (4000, 4000)).save(bomb, "PNG")
     assert len(bomb.getvalue()) < 60_000
-    message = assert_error(client.post(strict.url + "/predict", content=bomb.getvalue(),
-                                       headers={**auth, "Content-Type": "image/png"}), 413, "image_too_large")
+    message = assert_error(
+        client.post(strict.url + "/predict", content=bomb.getvalue(), headers={**auth, "Content-Type": "image/png"}),
+        413,
+        "image_too_large",
+    )
     assert "4000x4000" in message
     small = photos.encode(photos.astronaut().image, quality=60)
     three = [("files", (f"{i}.jpg", small, "image/jpeg")) for i in range(3)]
@@ -275,22 +312,30 @@ def test_api_keys(strict: RunningService, client: httpx.Client) -> None:
     missing = client.post(strict.url + "/predict", content=jpeg, headers={"Content-Type": "image/jpeg"})
     assert_error(missing, 401, "unauthorized")
     assert missing.headers["WWW-Authenticate"] == "Bearer"
-    wrong = client.post(strict.url + "/predict", content=jpeg,
-                        headers={"Content-Type": "image/jpeg", "Authorization": "Bearer nope"})
+    wrong = client.post(
+        strict.url + "/predict", content=jpeg, headers={"Content-Type": "image/jpeg", "Authorization": "Bearer nope"}
+    )
     assert assert_error(wrong, 401, "unauthorized") == "the API key is not valid"
-    assert_error(client.post(strict.url + "/predict/batch", files={"files": ("a.jpg", jpeg, "image/jpeg")}),
-                 401, "unauthorized")
+    assert_error(
+        client.post(strict.url + "/predict/batch", files={"files": ("a.jpg", jpeg, "image/jpeg")}), 401, "unauthorized"
+    )
     for key in (KEY, "other-key"):
-        ok = client.post(strict.url + "/predict", content=jpeg,
-                         headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {key}"})
+        ok = client.post(
+            strict.url + "/predict",
+            content=jpeg,
+            headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {key}"},
+        )
         assert ok.status_code == 200
     for path in ("/healthz", "/readyz", "/metrics", "/"):  # health, metrics and the page stay open
         assert client.get(strict.url + path).status_code == 200
 
 
 def test_cors_only_when_configured(strict: RunningService, service: RunningService, client: httpx.Client) -> None:
-    preflight = {"Origin": "http://page.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {
+        "Origin": "http://page.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     allowed = client.options(strict.url + "/predict", headers=preflight)
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "http://page.example"
@@ -302,11 +347,15 @@ def test_cors_only_when_configured(strict: RunningService, service: RunningServi
 
 # --- health, metrics, docs -----------------------------------------------------------------------------------------
 
-def test_health_readiness_page_and_openapi(service: RunningService, client: httpx.Client,
-                                           metadata: dict[str, Any]) -> None:
+
+def test_health_readiness_page_and_openapi(
+    service: RunningService, client: httpx.Client, metadata: dict[str, Any]
+) -> None:
     assert client.get(service.url + "/healthz").json() == {"status": "ok"}
     assert client.get(service.url + "/readyz").json() == {
-        "status": "ready", "model": {"name": metadata["name"], "version": metadata["version"]}}
+        "status": "ready",
+        "model": {"name": metadata["name"], "version": metadata["version"]},
+    }
     page = client.get(service.url + "/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     schema = client.get(service.url + "/openapi.json").json()
@@ -316,8 +365,7 @@ def test_health_readiness_page_and_openapi(service: RunningService, client: http
     assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
 
 
-def test_metrics_change_after_requests(service: RunningService, client: httpx.Client,
-                                       metadata: dict[str, Any]) -> None:
+def test_metrics_change_after_requests(service: RunningService, client: httpx.Client, metadata: dict[str, Any]) -> None:
     ok = {"route": "/predict", "method": "POST", "status": "200"}
     before = service.metrics()
     post_image(client, service.url, photos.one_face_jpeg())
@@ -326,13 +374,21 @@ def test_metrics_change_after_requests(service: RunningService, client: httpx.Cl
     after = service.metrics()
     assert metric_value(after, "fer_http_requests_total", ok) == metric_value(before, "fer_http_requests_total", ok) + 1
     bad = {"route": "/predict", "method": "POST", "status": "400"}
-    assert metric_value(after, "fer_http_requests_total", bad) == metric_value(before, "fer_http_requests_total",
-                                                                                bad) + 1
-    for name in ("fer_http_request_duration_seconds_count", "fer_inference_duration_seconds_count",
-                 "fer_batch_size_count", "fer_queue_wait_seconds_count", "fer_faces_per_image_count"):
+    assert (
+        metric_value(after, "fer_http_requests_total", bad) == metric_value(before, "fer_http_requests_total", bad) + 1
+    )
+    for name in (
+        "fer_http_request_duration_seconds_count",
+        "fer_inference_duration_seconds_count",
+        "fer_batch_size_count",
+        "fer_queue_wait_seconds_count",
+        "fer_faces_per_image_count",
+    ):
         assert metric_value(after, name) > metric_value(before, name), name
-    assert metric_value(after, "fer_rejected_total", {"reason": "empty_body"}) \
+    assert (
+        metric_value(after, "fer_rejected_total", {"reason": "empty_body"})
         == metric_value(before, "fer_rejected_total", {"reason": "empty_body"}) + 1
+    )
     assert metric_value(after, "fer_model_load_seconds") > 0
     assert metric_value(after, "fer_model_info", {"name": metadata["name"], "version": metadata["version"]}) == 1
     assert "fer_queue_depth 0.0" in after and "fer_websocket_connections" in after
@@ -341,8 +397,10 @@ def test_metrics_change_after_requests(service: RunningService, client: httpx.Cl
 
 # --- batching and back-pressure ----------------------------------------------------------------------------------
 
-def test_concurrent_requests_share_a_model_call_and_a_full_queue_answers_503(slow_batches: RunningService,
-                                                                           client: httpx.Client) -> None:
+
+def test_concurrent_requests_share_a_model_call_and_a_full_queue_answers_503(
+    slow_batches: RunningService, client: httpx.Client
+) -> None:
     """max_batch_size=2, max_queue=2, max_batch_wait_ms=10000: a lone crop waits for company."""
     url = slow_batches.url
     small = photos.encode(photos.astronaut().image[:96, :96])
@@ -353,8 +411,9 @@ def test_concurrent_requests_share_a_model_call_and_a_full_queue_answers_503(slo
         while metric_value(slow_batches.metrics(), "fer_queue_depth") < 1:  # the lone crop is queued
             assert time.monotonic() < deadline and not first.done()
         # two more crops do not fit next to it: refused at once, not queued
-        full = client.post(url + "/predict/batch?detect=false",
-                           files=[("files", (f"{i}.jpg", small, "image/jpeg")) for i in range(2)])
+        full = client.post(
+            url + "/predict/batch?detect=false", files=[("files", (f"{i}.jpg", small, "image/jpeg")) for i in range(2)]
+        )
         assert_error(full, 503, "overloaded")
         assert full.headers["Retry-After"] == "1"
         assert not first.done()
@@ -389,6 +448,7 @@ def test_many_concurrent_clients_are_batched(service: RunningService) -> None:
 
 
 # --- WebSocket /ws/stream ---------------------------------------------------------------------------------------
+
 
 def receive(ws: Any, timeout: float = 60) -> dict[str, Any]:
     return json.loads(ws.recv(timeout=timeout))
@@ -448,8 +508,9 @@ def test_stream_fast_sender_gets_latest_frames_and_drop_counts(service: RunningS
 
 
 def test_stream_oversize_frame_closes_with_1009(strict: RunningService) -> None:
-    with connect(strict.ws_url + "/ws/stream", additional_headers={"Authorization": f"Bearer {KEY}"},
-                 max_size=None) as ws:
+    with connect(
+        strict.ws_url + "/ws/stream", additional_headers={"Authorization": f"Bearer {KEY}"}, max_size=None
+    ) as ws:
         ws.send(big_noise_jpeg())
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=30)
@@ -481,8 +542,9 @@ def test_stream_auth_and_connection_cap(strict: RunningService) -> None:
         time.sleep(0.05)
 
 
-def test_without_a_demo_page_the_root_is_a_placeholder_made_in_memory(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_demo_page_the_root_is_a_placeholder_made_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A package without ``static/index.html`` serves a page built in memory and writes nothing (the package
     folder may be on a read-only root filesystem)."""
     from fastapi.testclient import TestClient

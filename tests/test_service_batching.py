@@ -48,8 +48,9 @@ def test_concurrent_submits_share_one_call_and_get_their_own_rows_in_order() -> 
         fn = Recorder()
         batcher = MicroBatcher(fn, max_batch_size=8, max_wait_s=0.2, max_queue=64)
         batcher.start()
-        results = await asyncio.gather(batcher.submit(crops(1, 2)), batcher.submit(crops(3)),
-                                       batcher.submit(crops(4, 5, 6)))
+        results = await asyncio.gather(
+            batcher.submit(crops(1, 2)), batcher.submit(crops(3)), batcher.submit(crops(4, 5, 6))
+        )
         await batcher.stop()
         assert fn.calls == [6]
         assert [r.ravel().tolist() for r in results] == [[2, 4], [6], [8, 10, 12]]
@@ -129,8 +130,7 @@ def test_model_error_reaches_every_caller_of_that_batch_and_the_next_batch_works
         fn = Recorder(fail_on=1)
         batcher = MicroBatcher(fn, max_batch_size=8, max_wait_s=0.05, max_queue=64)
         batcher.start()
-        outcomes = await asyncio.gather(batcher.submit(crops(1)), batcher.submit(crops(2)),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(batcher.submit(crops(1)), batcher.submit(crops(2)), return_exceptions=True)
         assert all(isinstance(o, InferenceError) for o in outcomes)
         assert outcomes[0].code == "inference_failed" and "model exploded" not in outcomes[0].message
         assert (await batcher.submit(crops(3))).item() == 6

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +15,9 @@ from service.errors import ModelLoadError
 from service.model import load_model, resolve_model_dir
 
 
-def broken_copy(exported_model: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None] | None = None,
-                version: str = "1") -> Path:
+def broken_copy(
+    exported_model: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None] | None = None, version: str = "1"
+) -> Path:
     target = tmp_path / "tiny" / version
     shutil.copytree(exported_model, target)
     if edit is not None:
@@ -32,8 +34,7 @@ def test_loads_the_real_export_and_predicts_probabilities(exported_model: Path) 
     assert model.labels == meta["labels"]
     assert model.input_size == (meta["input"]["height"], meta["input"]["width"])
     model.warm_up((1, 4))
-    crops = np.random.default_rng(1).integers(0, 256, (5, *model.input_size, meta["input"]["channels"]),
-                                              dtype=np.uint8)
+    crops = np.random.default_rng(1).integers(0, 256, (5, *model.input_size, meta["input"]["channels"]), dtype=np.uint8)
     probabilities = model.predict(crops)
     assert probabilities.shape == (5, len(meta["labels"]))
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -53,22 +54,25 @@ def _labels_mismatch(m: dict[str, Any]) -> None:
     m["labels"] = m["labels"][:-1]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_labels_mismatch, "outputs 7 classes but metadata.json lists 6 labels"),
-    (lambda m: m["input"].update(height=32, width=32), "does not match metadata"),
-    (lambda m: m["input"].update(channels=3), "color_mode 'grayscale' needs 1"),
-    (lambda m: m["input"].update(color_mode="cmyk"), "input.color_mode"),
-    (lambda m: m["input"].update(height=2), "input.height"),
-    (lambda m: m["signature"].update(key="predict"), "has no signature 'predict'"),
-    (lambda m: m["signature"].update(input="pixels"), "metadata names 'pixels'"),
-    (lambda m: m["signature"].update(output="logits"), "metadata names 'logits'"),
-    (lambda m: m.update(schema_version=99), "schema_version 99 is not supported"),
-    (lambda m: m.pop("labels"), "labels: Field required"),
-    (lambda m: m.update(labels=["a", "a", "b", "c", "d", "e", "f"]), "labels must be non-empty and unique"),
-])
-def test_contract_violations_refuse_with_one_clear_message(exported_model: Path, tmp_path: Path,
-                                                           edit: Callable[[dict[str, Any]], None],
-                                                           message: str) -> None:
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_labels_mismatch, "outputs 7 classes but metadata.json lists 6 labels"),
+        (lambda m: m["input"].update(height=32, width=32), "does not match metadata"),
+        (lambda m: m["input"].update(channels=3), "color_mode 'grayscale' needs 1"),
+        (lambda m: m["input"].update(color_mode="cmyk"), "input.color_mode"),
+        (lambda m: m["input"].update(height=2), "input.height"),
+        (lambda m: m["signature"].update(key="predict"), "has no signature 'predict'"),
+        (lambda m: m["signature"].update(input="pixels"), "metadata names 'pixels'"),
+        (lambda m: m["signature"].update(output="logits"), "metadata names 'logits'"),
+        (lambda m: m.update(schema_version=99), "schema_version 99 is not supported"),
+        (lambda m: m.pop("labels"), "labels: Field required"),
+        (lambda m: m.update(labels=["a", "a", "b", "c", "d", "e", "f"]), "labels must be non-empty and unique"),
+    ],
+)
+def test_contract_violations_refuse_with_one_clear_message(
+    exported_model: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
     target = broken_copy(exported_model, tmp_path, edit)
     with pytest.raises(ModelLoadError) as info:
         load_model(target)

@@ -11,8 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import numpy as np
@@ -26,8 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_lists_every_setting_with_default_and_env_name() -> None:
-    out = subprocess.run([sys.executable, "-m", "service", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env=service_env())
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=service_env(),
+    )
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     for name in Settings.model_fields:
@@ -63,8 +69,14 @@ def test_flags_override_environment_variables() -> None:
     assert settings.port == 9002 and settings.max_faces == 3
     assert settings.api_keys == ["a", "b"]
     assert settings.cors_origins == ["http://x.example", "http://y.example"]
-    bad = subprocess.run([sys.executable, "-m", "service", "--max-batch-size", "0"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, env=service_env())
+    bad = subprocess.run(
+        [sys.executable, "-m", "service", "--max-batch-size", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=service_env(),
+    )
     assert bad.returncode == 2 and "max_batch_size" in bad.stderr
 
 
@@ -75,23 +87,36 @@ def test_broken_model_refuses_to_start_with_one_clear_message(exported_model: Pa
     metadata = json.loads((broken / "metadata.json").read_text())
     metadata["input"]["color_mode"] = "rgb"  # but channels stays 1
     (broken / "metadata.json").write_text(json.dumps(metadata))
-    out = subprocess.run([sys.executable, "-m", "service", "--model-dir", str(broken.parent), "--port",
-                          str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env=service_env())
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "--model-dir", str(broken.parent), "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=service_env(),
+    )
     assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
-    assert last == (f"error: cannot serve the model: {broken / 'metadata.json'} violates the model contract: "
-                    "input.channels is 1 but color_mode 'rgb' needs 3")
+    assert last == (
+        f"error: cannot serve the model: {broken / 'metadata.json'} violates the model contract: "
+        "input.channels is 1 but color_mode 'rgb' needs 3"
+    )
     assert "Traceback" not in out.stderr
 
 
 @pytest.fixture
 def process(exported_model: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE,
-                            env=service_env(FER_MODEL_DIR=str(exported_model), FER_PORT=str(port),
-                                            FER_PRECISION="bf16", FER_MAX_BATCH_WAIT_MS="3000"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=service_env(
+            FER_MODEL_DIR=str(exported_model), FER_PORT=str(port), FER_PRECISION="bf16", FER_MAX_BATCH_WAIT_MS="3000"
+        ),
+    )
     try:
         yield proc, f"http://127.0.0.1:{port}"
     finally:
@@ -100,8 +125,9 @@ def process(exported_model: Path) -> Iterator[tuple[subprocess.Popen[str], str]]
             proc.wait(30)
 
 
-def test_lifecycle_readiness_bf16_logs_and_graceful_shutdown(process: tuple[subprocess.Popen[str], str],
-                                                             exported_model: Path) -> None:
+def test_lifecycle_readiness_bf16_logs_and_graceful_shutdown(
+    process: tuple[subprocess.Popen[str], str], exported_model: Path
+) -> None:
     proc, url = process
     jpeg = photos.encode(photos.astronaut().image[100:148, 180:228])
     deadline = time.monotonic() + 120
@@ -123,8 +149,9 @@ def test_lifecycle_readiness_bf16_logs_and_graceful_shutdown(process: tuple[subp
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         # detect=false: the whole 48x48 image is the crop; it waits in the 3 s batch window while SIGTERM arrives
-        in_flight = pool.submit(httpx.post, url + "/predict?detect=false", content=jpeg,
-                                headers={"Content-Type": "image/jpeg"}, timeout=60)
+        in_flight = pool.submit(
+            httpx.post, url + "/predict?detect=false", content=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60
+        )
         while metric_value(httpx.get(url + "/metrics", timeout=5).text, "fer_queue_depth") < 1:
             assert not in_flight.done() and time.monotonic() < deadline
         proc.send_signal(signal.SIGTERM)
@@ -135,22 +162,31 @@ def test_lifecycle_readiness_bf16_logs_and_graceful_shutdown(process: tuple[subp
     stderr = proc.stderr.read()
 
     # bf16 execution stays close to fp32 on the same crop
+    from service import faces
     from service.images import decode_image
     from service.model import load_model
-    from service import faces
 
     model = load_model(exported_model)
     image = decode_image(jpeg, max_pixels=10**6)
     meta = model.metadata.input
-    crop = faces.crop_faces(image, [faces.whole_image(image).box], height=meta.height, width=meta.width,
-                            color_mode=meta.color_mode, margin=0.0)
+    crop = faces.crop_faces(
+        image,
+        [faces.whole_image(image).box],
+        height=meta.height,
+        width=meta.width,
+        color_mode=meta.color_mode,
+        margin=0.0,
+    )
     expected = model.predict(crop)[0]
     got = np.array(list(response.json()["faces"][0]["probabilities"].values()))
     assert np.max(np.abs(got - expected)) < 0.05
 
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    access = [line for line in lines if line["logger"] == "service.access" and line["route"] == "/predict"
-              and line["status"] == 200]
+    access = [
+        line
+        for line in lines
+        if line["logger"] == "service.access" and line["route"] == "/predict" and line["status"] == 200
+    ]
     assert access and access[-1]["faces"] == 1 and access[-1]["method"] == "POST" and access[-1]["duration_ms"] > 0
     messages = [line["message"] for line in lines]
     assert "ready" in messages and "stopped" in messages

@@ -48,8 +48,9 @@ def test_readme_quotes_the_recorded_evaluation() -> None:
 
 def test_the_service_reads_a_smiling_astronaut_as_happy() -> None:
     with running_service(ROOT / Settings().model_dir) as service:
-        response = httpx.post(service.url + "/predict", files={"file": ("a.jpg", photos.one_face_jpeg(), "image/jpeg")},
-                              timeout=60)
+        response = httpx.post(
+            service.url + "/predict", files={"file": ("a.jpg", photos.one_face_jpeg(), "image/jpeg")}, timeout=60
+        )
     assert response.status_code == 200
     body = response.json()
     _, metadata = _shipped()

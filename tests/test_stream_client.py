@@ -8,30 +8,31 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
 import pytest
 
-from fer_client.cli import (EXIT_AUTH, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, colour_for, http_url,
-                            stream_url)
+from fer_client.cli import EXIT_AUTH, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, colour_for, http_url, stream_url
 from tests.live_service import ROOT, TEST_API_KEY, ServiceProcess, free_port, model_labels, running_service
 from tests.photos import ASTRONAUT_FACE, astronaut, iou, no_face
 
 FRAME_W, FRAME_H = 640, 512
 STEP_PX = 6  # the photograph moves right by this much per frame, so every frame has its own face position
 
-LINE = re.compile(r"^\s*(?P<index>\d+)\s+t=\s*(?P<time>\d+\.\d{3})s\s+faces=(?P<faces>\d+)\s+(?P<summary>.*?)\s+"
-                  r"\((?P<rtt>\d+) ms\)(?:\s+(?P<name>\S+))?$")
+LINE = re.compile(
+    r"^\s*(?P<index>\d+)\s+t=\s*(?P<time>\d+\.\d{3})s\s+faces=(?P<faces>\d+)\s+(?P<summary>.*?)\s+"
+    r"\((?P<rtt>\d+) ms\)(?:\s+(?P<name>\S+))?$"
+)
 
 
 def video_frame(index: int) -> np.ndarray:
     """BGR frame ``index``: the astronaut photograph on a dark canvas, shifted right by ``STEP_PX`` per frame."""
     frame = np.full((FRAME_H, FRAME_W, 3), 40, np.uint8)
     x = STEP_PX * index
-    frame[:, x:x + 512] = cv2.cvtColor(astronaut().image, cv2.COLOR_RGB2BGR)
+    frame[:, x : x + 512] = cv2.cvtColor(astronaut().image, cv2.COLOR_RGB2BGR)
     return frame
 
 
@@ -50,8 +51,9 @@ def write_video(path: Path, frames: int, fps: float = 10.0) -> Path:
 
 
 def run_client(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fer_client", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fer_client", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def parse_lines(stdout: str) -> list[re.Match[str]]:
@@ -78,8 +80,9 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_video(tmp_path_factory.mktemp("video") / "interview.avi", frames=8)
 
 
-def test_video_file_lines_jsonl_log_and_annotated_video(service: ServiceProcess, video: Path, labels: list[str],
-                                                        tmp_path: Path) -> None:
+def test_video_file_lines_jsonl_log_and_annotated_video(
+    service: ServiceProcess, video: Path, labels: list[str], tmp_path: Path
+) -> None:
     log, annotated = tmp_path / "out.jsonl", tmp_path / "out.mp4"
     result = run_client(service.url, video, "--api-key", TEST_API_KEY, "--log", log, "--annotate", annotated)
     assert result.returncode == EXIT_OK, result.stderr
@@ -121,10 +124,10 @@ def test_video_file_lines_jsonl_log_and_annotated_video(service: ServiceProcess,
         frames.append(frame)
     capture.release()
     assert len(frames) == 8
-    for i, (frame, record) in enumerate(zip(frames, records)):
+    for i, (frame, record) in enumerate(zip(frames, records, strict=False)):
         assert frame.shape == (FRAME_H, FRAME_W, 3)
         box = record["faces"][0]["box"]
-        edge = frame[box["y"] + box["height"] // 3: box["y"] + 2 * box["height"] // 3, box["x"]]
+        edge = frame[box["y"] + box["height"] // 3 : box["y"] + 2 * box["height"] // 3, box["x"]]
         colour = np.array(colour_for(record["faces"][0]["emotion"]), float)
         assert np.abs(edge.astype(float).mean(axis=0) - colour).max() < 40, (i, edge.mean(axis=0), colour)
         # away from the box and its label the picture is the source frame (up to compression)
@@ -134,8 +137,9 @@ def test_video_file_lines_jsonl_log_and_annotated_video(service: ServiceProcess,
 def test_fps_cap_samples_the_video_and_csv_log(service: ServiceProcess, labels: list[str], tmp_path: Path) -> None:
     video = write_video(tmp_path / "long.avi", frames=12, fps=10.0)
     log, annotated = tmp_path / "out.csv", tmp_path / "out.avi"
-    result = run_client(service.url, video, "--api-key", TEST_API_KEY, "--fps", "5", "--log", log,
-                        "--annotate", annotated)
+    result = run_client(
+        service.url, video, "--api-key", TEST_API_KEY, "--fps", "5", "--log", log, "--annotate", annotated
+    )
     assert result.returncode == EXIT_OK, result.stderr
 
     # 5 frames per second of a 10 fps video: every second frame is analysed
@@ -159,8 +163,7 @@ def test_fps_cap_samples_the_video_and_csv_log(service: ServiceProcess, labels: 
     capture.release()
 
 
-def test_image_folder_with_and_without_detection(service: ServiceProcess, labels: list[str],
-                                                 tmp_path: Path) -> None:
+def test_image_folder_with_and_without_detection(service: ServiceProcess, labels: list[str], tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
     cv2.imwrite(str(folder / "1-astronaut.jpg"), cv2.cvtColor(astronaut().image, cv2.COLOR_RGB2BGR))
@@ -183,8 +186,7 @@ def test_image_folder_with_and_without_detection(service: ServiceProcess, labels
     assert [r["source"] for r in records] == ["1-astronaut.jpg", "2-coffee.png"]
     for record in records:
         (face,) = record["faces"]
-        assert face["box"] == {"x": 0, "y": 0, "width": record["image"]["width"],
-                               "height": record["image"]["height"]}
+        assert face["box"] == {"x": 0, "y": 0, "width": record["image"]["width"], "height": record["image"]["height"]}
         assert face["emotion"] in labels
 
 
@@ -222,16 +224,16 @@ def test_service_urls_are_derived_from_the_base_url() -> None:
     assert http_url("https://fer.example.org/api", "readyz") == "https://fer.example.org/api/readyz"
 
 
-def test_downscaled_frames_report_boxes_in_source_pixels(service: ServiceProcess, video: Path,
-                                                         tmp_path: Path) -> None:
+def test_downscaled_frames_report_boxes_in_source_pixels(service: ServiceProcess, video: Path, tmp_path: Path) -> None:
     log = tmp_path / "small.jsonl"
-    result = run_client(service.url, video, "--api-key", TEST_API_KEY, "--max-width", "480", "--max-frames", "3",
-                        "--log", log)
+    result = run_client(
+        service.url, video, "--api-key", TEST_API_KEY, "--max-width", "480", "--max-frames", "3", "--log", log
+    )
     assert result.returncode == EXIT_OK, result.stderr
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(records) == 3
     for i, record in enumerate(records):
         assert record["image"] == {"width": 480, "height": 384}  # what the service saw
         assert record["frame_size"] == {"width": FRAME_W, "height": FRAME_H}
-        box = record["faces"][0]["box"]                           # mapped back to the 640×512 source
+        box = record["faces"][0]["box"]  # mapped back to the 640×512 source
         assert iou((box["x"], box["y"], box["width"], box["height"]), face_at(i)) > 0.5

@@ -10,28 +10,37 @@ browser; no browser is downloaded. Without /usr/bin/chromium the module is skipp
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.live_service import (ARTIFACTS, TEST_API_KEY, ServiceProcess, model_labels, new_service,
-                                running_service)
+from tests.live_service import ARTIFACTS, TEST_API_KEY, ServiceProcess, model_labels, new_service, running_service
 from tests.photos import ASTRONAUT_FACE, astronaut, iou, no_face
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="Debian's chromium is not installed (apt-get install -y chromium)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install -y chromium)"
+)
 
 API_KEY = TEST_API_KEY
 TIMEOUT_MS = 60_000  # generous: CI shares two cores between the browser, the service and the model
 
 # The flags that keep Chromium headless and quiet: without the networking ones it keeps calling outside hosts.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 # The fake camera frame: the astronaut photograph (512×512) centred on a 640×480 grey canvas, scaled to 480 high.
 FRAME_W, FRAME_H = 640, 480
@@ -42,7 +51,7 @@ _OFFSET_X = (FRAME_W - 480) // 2
 def camera_frame() -> np.ndarray:
     """One RGB frame of the fake camera: a real photograph with one face, as a webcam would see it."""
     frame = np.full((FRAME_H, FRAME_W, 3), 90, np.uint8)
-    frame[:, _OFFSET_X:_OFFSET_X + 480] = cv2.resize(astronaut().image, (480, 480), interpolation=cv2.INTER_AREA)
+    frame[:, _OFFSET_X : _OFFSET_X + 480] = cv2.resize(astronaut().image, (480, 480), interpolation=cv2.INTER_AREA)
     return frame
 
 
@@ -98,8 +107,8 @@ def launch(playwright: Any, profile: Path, camera: Path | None, allow_camera: bo
         args += ["--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera}"]
     args += ["--use-fake-ui-for-media-stream"] if allow_camera else ["--deny-permission-prompts"]
     context = playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=str(CHROMIUM), headless=True, args=args,
-        viewport={"width": 1280, "height": 900})
+        str(profile), executable_path=str(CHROMIUM), headless=True, args=args, viewport={"width": 1280, "height": 900}
+    )
     context.set_default_timeout(TIMEOUT_MS)
     return context
 
@@ -124,15 +133,26 @@ def open_page(context: Any, url: str, api_key: str | None = API_KEY) -> Any:
     return page
 
 
-def box_iou_in_picture(page: Any, box_selector: str, picture_selector: str, frame_w: float, frame_h: float,
-                       expected: tuple[float, float, float, float], mirrored: bool) -> float:
+def box_iou_in_picture(
+    page: Any,
+    box_selector: str,
+    picture_selector: str,
+    frame_w: float,
+    frame_h: float,
+    expected: tuple[float, float, float, float],
+    mirrored: bool,
+) -> float:
     """IoU between the drawn box (on screen, mapped back to frame pixels) and where the face really is."""
     box = page.locator(box_selector).first.bounding_box()
     picture = page.locator(picture_selector).bounding_box()
     sx, sy = frame_w / picture["width"], frame_h / picture["height"]
     x = (box["x"] - picture["x"]) * sx
-    drawn = ((frame_w - x - box["width"] * sx) if mirrored else x, (box["y"] - picture["y"]) * sy,
-             box["width"] * sx, box["height"] * sy)
+    drawn = (
+        (frame_w - x - box["width"] * sx) if mirrored else x,
+        (box["y"] - picture["y"]) * sy,
+        box["width"] * sx,
+        box["height"] * sy,
+    )
     return iou(tuple(round(v) for v in drawn), tuple(round(v) for v in expected))
 
 
@@ -155,8 +175,12 @@ def test_webcam_frames_flow_and_faces_are_drawn(service: ServiceProcess, browser
     match = re.fullmatch(r"1: (\w+) (\d+)%", label.text_content() or "")
     assert match and match.group(1) in labels, label.text_content()
     assert page.locator("#live-overlay .face-box").count() == 1
-    assert box_iou_in_picture(page, "#live-overlay .face-box", "#video", FRAME_W, FRAME_H,
-                              face_in_camera_frame(), mirrored=True) > 0.4
+    assert (
+        box_iou_in_picture(
+            page, "#live-overlay .face-box", "#video", FRAME_W, FRAME_H, face_in_camera_frame(), mirrored=True
+        )
+        > 0.4
+    )
 
     # one probability bar per label, the top one marked, and the card agrees with the box
     card = page.locator("#live-faces .face-card").first
@@ -180,8 +204,9 @@ def test_webcam_frames_flow_and_faces_are_drawn(service: ServiceProcess, browser
     assert page.page_errors == []
 
 
-def test_upload_draws_faces_on_the_still_image(service: ServiceProcess, browser: Any, labels: list[str],
-                                               tmp_path: Path) -> None:
+def test_upload_draws_faces_on_the_still_image(
+    service: ServiceProcess, browser: Any, labels: list[str], tmp_path: Path
+) -> None:
     photo = tmp_path / "astronaut.jpg"
     cv2.imwrite(str(photo), cv2.cvtColor(astronaut().image, cv2.COLOR_RGB2BGR))
     empty = tmp_path / "coffee.png"
@@ -194,8 +219,9 @@ def test_upload_draws_faces_on_the_still_image(service: ServiceProcess, browser:
     label.wait_for()
     match = re.fullmatch(r"1: (\w+) (\d+)%", label.text_content() or "")
     assert match and match.group(1) in labels, label.text_content()
-    assert box_iou_in_picture(page, "#still-overlay .face-box", "#still", 512, 512, ASTRONAUT_FACE,
-                              mirrored=False) > 0.5
+    assert (
+        box_iou_in_picture(page, "#still-overlay .face-box", "#still", 512, 512, ASTRONAUT_FACE, mirrored=False) > 0.5
+    )
     card = page.locator("#still-faces .face-card").first
     assert card.locator(".bar-row").count() == len(labels)
     assert "512×512" in (page.text_content("#upload-timing") or "")
@@ -222,8 +248,12 @@ def test_api_key_refused_then_accepted_and_remembered(service: ServiceProcess, b
 
     # an upload without a key is refused too, with the service's reason
     page.click("#tab-upload")
-    page.set_input_files("#file", files=[{"name": "a.jpg", "mimeType": "image/jpeg",
-                                          "buffer": cv2.imencode(".jpg", astronaut().image)[1].tobytes()}])
+    page.set_input_files(
+        "#file",
+        files=[
+            {"name": "a.jpg", "mimeType": "image/jpeg", "buffer": cv2.imencode(".jpg", astronaut().image)[1].tobytes()}
+        ],
+    )
     page.wait_for_selector("#message [data-source=upload]")
     assert "API key" in page.text_content("#message [data-source=upload]")
 
@@ -240,8 +270,9 @@ def test_api_key_refused_then_accepted_and_remembered(service: ServiceProcess, b
     assert page.page_errors == []
 
 
-def test_camera_refused_is_explained(service: ServiceProcess, playwright: Any, fake_camera: Path,
-                                     tmp_path: Path) -> None:
+def test_camera_refused_is_explained(
+    service: ServiceProcess, playwright: Any, fake_camera: Path, tmp_path: Path
+) -> None:
     context = launch(playwright, tmp_path / "profile", fake_camera, allow_camera=False)
     try:
         page = open_page(context, service.url)
@@ -260,8 +291,7 @@ def test_not_ready_service_is_waited_for(service: ServiceProcess, browser: Any) 
     page says the service is starting and keeps polling; once it is ready the stream starts by itself."""
     page = browser.pages[0] if browser.pages else browser.new_page()
     not_ready = {"error": {"code": "not_ready", "message": "the model is still loading"}}
-    page.route("**/readyz", lambda route: route.fulfill(status=503, json=not_ready,
-                                                        headers={"Retry-After": "1"}))
+    page.route("**/readyz", lambda route: route.fulfill(status=503, json=not_ready, headers={"Retry-After": "1"}))
     page.goto(service.url + "/")
     page.fill("#api-key", API_KEY)
     page.dispatch_event("#api-key", "change")
@@ -276,8 +306,9 @@ def test_not_ready_service_is_waited_for(service: ServiceProcess, browser: Any) 
     assert page.locator("#message [data-source=ready]").count() == 0
 
 
-def test_stream_survives_a_service_restart(exported_model: Path, playwright: Any, fake_camera: Path,
-                                           tmp_path: Path) -> None:
+def test_stream_survives_a_service_restart(
+    exported_model: Path, playwright: Any, fake_camera: Path, tmp_path: Path
+) -> None:
     """A real drop: the service process is stopped under the streaming page and started again on the same port.
     The page reports the drop and the service's absence, reconnects with backoff, and frames flow again."""
     service = new_service(exported_model, tmp_path)  # its own process: this test stops it

@@ -33,8 +33,9 @@ def register_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return await _service_error(request, InvalidParameterError(describe_validation_errors(exc.errors())
-                                                                   or "invalid request"))
+        return await _service_error(
+            request, InvalidParameterError(describe_validation_errors(exc.errors()) or "invalid request")
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

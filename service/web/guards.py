@@ -33,6 +33,7 @@ def ready_predictor(state: ServiceState) -> Predictor:
     if state.shutting_down:
         raise ShuttingDownError("the service is shutting down")
     if not state.ready or state.predictor is None:
-        raise NotReadyError(f"the model failed to load: {state.load_error}" if state.load_error
-                            else "the model is still loading")
+        raise NotReadyError(
+            f"the model failed to load: {state.load_error}" if state.load_error else "the model is still loading"
+        )
     return state.predictor

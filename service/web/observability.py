@@ -52,8 +52,12 @@ class ObservabilityMiddleware:
             route = route_label(scope)
             if route != "/metrics":  # scraping must not change what it reads
                 self.metrics.request_done(route, scope["method"], status, seconds)
-            extra: dict[str, Any] = {"route": route, "method": scope["method"], "status": status,
-                                     "duration_ms": round(seconds * 1000, 2)}
+            extra: dict[str, Any] = {
+                "route": route,
+                "method": scope["method"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 2),
+            }
             if "fer.faces" in scope:  # set by the prediction routes
                 extra["faces"] = scope["fer.faces"]
             access_log.info("request", extra=extra)

@@ -29,17 +29,48 @@ AuthDep = Depends(require_api_key)
 
 
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
-_PREDICT_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
-    "image/jpeg": _IMAGE_BODY, "image/png": _IMAGE_BODY, "image/webp": _IMAGE_BODY, "image/*": _IMAGE_BODY}}}
-_BATCH_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "image/jpeg": _IMAGE_BODY,
+            "image/png": _IMAGE_BODY,
+            "image/webp": _IMAGE_BODY,
+            "image/*": _IMAGE_BODY,
+        },
+    }
+}
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            }
+        },
+    }
+}
 
 DetectQuery = Annotated[bool, Query(description="Find faces (true) or treat the whole image as one face (false).")]
-MaxFacesQuery = Annotated[int | None, Query(ge=1, le=1000, description="Return at most this many faces per "
-                                            "image (capped at the server's max_faces setting).")]
+MaxFacesQuery = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=1000,
+        description="Return at most this many faces per image (capped at the server's max_faces setting).",
+    ),
+]
 
 
 def _options(state: ServiceState, detect: bool, max_faces: int | None) -> Options:
@@ -49,10 +80,17 @@ def _options(state: ServiceState, detect: bool, max_faces: int | None) -> Option
 
 # --- routes ----------------------------------------------------------------------------------------------------
 
-@router.post("/predict", response_model=Prediction, dependencies=[AuthDep], openapi_extra=_PREDICT_BODY,
-             summary="Find the faces in one image and classify their expressions")
-async def predict(request: Request, state: StateDep, detect: DetectQuery = True,
-                  max_faces: MaxFacesQuery = None) -> Prediction:
+
+@router.post(
+    "/predict",
+    response_model=Prediction,
+    dependencies=[AuthDep],
+    openapi_extra=_PREDICT_BODY,
+    summary="Find the faces in one image and classify their expressions",
+)
+async def predict(
+    request: Request, state: StateDep, detect: DetectQuery = True, max_faces: MaxFacesQuery = None
+) -> Prediction:
     predictor = ready_predictor(state)
     data = await read_image(request, state.settings.max_upload_bytes, state.settings.body_timeout_s)
     result = await predictor.predict(data, _options(state, detect, max_faces))
@@ -60,16 +98,26 @@ async def predict(request: Request, state: StateDep, detect: DetectQuery = True,
     return Prediction.from_result(state.model_ref, result)
 
 
-@router.post("/predict/batch", response_model=BatchPrediction, dependencies=[AuthDep], openapi_extra=_BATCH_BODY,
-             summary="Several images in one multipart request; one result per image, in order")
-async def predict_batch(request: Request, state: StateDep, detect: DetectQuery = True,
-                        max_faces: MaxFacesQuery = None) -> BatchPrediction:
+@router.post(
+    "/predict/batch",
+    response_model=BatchPrediction,
+    dependencies=[AuthDep],
+    openapi_extra=_BATCH_BODY,
+    summary="Several images in one multipart request; one result per image, in order",
+)
+async def predict_batch(
+    request: Request, state: StateDep, detect: DetectQuery = True, max_faces: MaxFacesQuery = None
+) -> BatchPrediction:
     predictor = ready_predictor(state)
     settings = state.settings
     if media_type(request) != "multipart/form-data":
         raise UnsupportedMediaTypeError("send multipart/form-data with one or more 'files' parts")
-    files = await read_files(request, file_limit=settings.max_upload_bytes, max_files=settings.max_batch_images,
-                             timeout_s=settings.body_timeout_s)
+    files = await read_files(
+        request,
+        file_limit=settings.max_upload_bytes,
+        max_files=settings.max_batch_images,
+        timeout_s=settings.body_timeout_s,
+    )
     if not files:
         raise MissingFieldError("the multipart body has no file parts (use the field name 'files')")
     if len(files) > settings.max_batch_images:
@@ -87,15 +135,23 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Readiness, summary="The model is loaded and warmed up (503 before)",
-            responses={503: {"model": ErrorBody}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="The model is loaded and warmed up (503 before)",
+    responses={503: {"model": ErrorBody}},
+)
 async def readyz(state: StateDep) -> Readiness:
     ready_predictor(state)
     return Readiness(status="ready", model=state.model_ref)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
 async def metrics(state: StateDep) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from service.pipeline import ImageResult
 
-_LABELS_EXAMPLE = {"angry": 0.02, "disgust": 0.0, "fear": 0.03, "happy": 0.87, "neutral": 0.05, "sad": 0.01,
-                   "surprise": 0.02}
+_LABELS_EXAMPLE: JsonDict = {
+    "angry": 0.02,
+    "disgust": 0.0,
+    "fear": 0.03,
+    "happy": 0.87,
+    "neutral": 0.05,
+    "sad": 0.01,
+    "surprise": 0.02,
+}
 
 
 class ModelRef(BaseModel):
@@ -32,8 +40,7 @@ class Face(BaseModel):
     score: float = Field(description="The detector's confidence that this is a face (1.0 when detect=false).")
     emotion: str = Field(description="The most probable label.")
     confidence: float = Field(description="The probability of `emotion`.")
-    probabilities: dict[str, float] = Field(description="Every label of the model and its probability; they "
-                                                        "sum to 1.")
+    probabilities: dict[str, float] = Field(description="Every label of the model and its probability; they sum to 1.")
 
 
 class Timings(BaseModel):
@@ -43,11 +50,18 @@ class Timings(BaseModel):
     total: float = Field(description="Everything from receiving the bytes to building the result, ms.")
 
 
-_PREDICTION_EXAMPLE = {
+_PREDICTION_EXAMPLE: JsonDict = {
     "model": {"name": "fer-cnn-48", "version": "1"},
     "image": {"width": 512, "height": 512},
-    "faces": [{"box": {"x": 173, "y": 82, "width": 104, "height": 104}, "score": 0.98, "emotion": "happy",
-               "confidence": 0.87, "probabilities": _LABELS_EXAMPLE}],
+    "faces": [
+        {
+            "box": {"x": 173, "y": 82, "width": 104, "height": 104},
+            "score": 0.98,
+            "emotion": "happy",
+            "confidence": 0.87,
+            "probabilities": _LABELS_EXAMPLE,
+        }
+    ],
     "timings_ms": {"decode": 3.1, "detect": 21.4, "infer": 9.8, "total": 35.2},
 }
 
@@ -63,13 +77,20 @@ class Prediction(BaseModel):
     timings_ms: Timings
 
     @classmethod
-    def from_result(cls, model: ModelRef, result: ImageResult) -> "Prediction":
+    def from_result(cls, model: ModelRef, result: ImageResult) -> Prediction:
         return cls(
             model=model,
             image=ImageSize(width=result.width, height=result.height),
-            faces=[Face(box=BoxModel(x=f.box.x, y=f.box.y, width=f.box.width, height=f.box.height),
-                        score=f.score, emotion=f.emotion, confidence=f.confidence, probabilities=f.probabilities)
-                   for f in result.faces],
+            faces=[
+                Face(
+                    box=BoxModel(x=f.box.x, y=f.box.y, width=f.box.width, height=f.box.height),
+                    score=f.score,
+                    emotion=f.emotion,
+                    confidence=f.confidence,
+                    probabilities=f.probabilities,
+                )
+                for f in result.faces
+            ],
             timings_ms=Timings(**result.timings_ms),
         )
 
@@ -90,8 +111,11 @@ class ErrorDetail(BaseModel):
 class ErrorBody(BaseModel):
     """Every error response has this body."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"error": {"code": "invalid_image", "message": "the upload is not a readable image"}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {"code": "invalid_image", "message": "the upload is not a readable image"}}]
+        }
+    )
 
     error: ErrorDetail
 

@@ -70,8 +70,9 @@ class StreamSession:
 
     async def run(self) -> None:
         try:
-            check_api_key(self.settings.api_keys, self.ws.headers.get("authorization"),
-                          self.ws.query_params.get("api_key"))
+            check_api_key(
+                self.settings.api_keys, self.ws.headers.get("authorization"), self.ws.query_params.get("api_key")
+            )
         except UnauthorizedError as exc:
             await self._refuse(exc.code, exc.message, CLOSE_POLICY_VIOLATION)
             return
@@ -81,8 +82,11 @@ class StreamSession:
             await self._refuse(exc.code, exc.message, CLOSE_TRY_AGAIN_LATER)
             return
         if self.state.websocket_connections >= self.settings.ws_max_connections:
-            await self._refuse("too_many_connections", f"at most {self.settings.ws_max_connections} stream "
-                               "connections are served at once; retry later", CLOSE_TRY_AGAIN_LATER)
+            await self._refuse(
+                "too_many_connections",
+                f"at most {self.settings.ws_max_connections} stream connections are served at once; retry later",
+                CLOSE_TRY_AGAIN_LATER,
+            )
             return
         self.state.websocket_connections += 1
         self.metrics.websocket_connections.inc()
@@ -98,8 +102,9 @@ class StreamSession:
         finally:
             self.state.websocket_connections -= 1
             self.metrics.websocket_connections.dec()
-            log.info("stream closed", extra={"route": "/ws/stream", "frames": self.seq,
-                                             "dropped_total": self.dropped_total})
+            log.info(
+                "stream closed", extra={"route": "/ws/stream", "frames": self.seq, "dropped_total": self.dropped_total}
+            )
 
     async def _receive(self) -> None:
         limit = self.settings.ws_max_frame_bytes
@@ -133,14 +138,16 @@ class StreamSession:
             update = StreamOptions.model_validate_json(text)
         except ValidationError as exc:
             problems = describe_validation_errors(exc.errors(), root="message")
-            error = InvalidParameterError(f"bad options message ({problems}); send JSON like "
-                                          '{"detect": true, "max_faces": 5}')
+            error = InvalidParameterError(
+                f'bad options message ({problems}); send JSON like {{"detect": true, "max_faces": 5}}'
+            )
             self.metrics.rejected(error.code)
             await self._send({"type": "error", "seq": None, "code": error.code, "message": error.message})
             return
         detect = self.options.detect if update.detect is None else update.detect
-        max_faces = self.options.max_faces if update.max_faces is None \
-            else min(update.max_faces, self.settings.max_faces)
+        max_faces = (
+            self.options.max_faces if update.max_faces is None else min(update.max_faces, self.settings.max_faces)
+        )
         self.options = Options(detect=detect, max_faces=max_faces)
         await self._send({"type": "options", "detect": detect, "max_faces": max_faces})
 

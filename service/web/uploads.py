@@ -4,7 +4,7 @@ limits enforced while the body arrives and a time limit for the whole body (slow
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
@@ -40,7 +40,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-async def _single(body: bytes) -> AsyncIterator[bytes]:
+async def _single(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 
@@ -52,8 +52,7 @@ async def _parse_multipart(request: Request, body: bytes, *, max_files: int, max
         raise MissingFieldError(f"the multipart body cannot be parsed: {exc.message}") from None
 
 
-async def read_files(request: Request, *, file_limit: int, max_files: int,
-                     timeout_s: float) -> list[tuple[str, bytes]]:
+async def read_files(request: Request, *, file_limit: int, max_files: int, timeout_s: float) -> list[tuple[str, bytes]]:
     """``(filename, bytes)`` of every file part of a multipart body, in order. The body may hold ``max_files``
     files of ``file_limit`` bytes plus their framing; the caller checks how many files there were."""
     body = await read_body(request, file_limit * max_files + MULTIPART_OVERHEAD_BYTES, timeout_s)
@@ -64,8 +63,9 @@ async def read_files(request: Request, *, file_limit: int, max_files: int,
             if isinstance(value, UploadFile):
                 data = await value.read()
                 if len(data) > file_limit:
-                    raise PayloadTooLargeError(f"'{value.filename}' is {len(data)} bytes; the limit is "
-                                               f"{file_limit} bytes")
+                    raise PayloadTooLargeError(
+                        f"'{value.filename}' is {len(data)} bytes; the limit is {file_limit} bytes"
+                    )
                 files.append((value.filename or "", data))
     finally:
         await form.close()
@@ -91,5 +91,7 @@ async def read_image(request: Request, limit: int, timeout_s: float) -> bytes:
             raise PayloadTooLargeError(f"the image is {len(data)} bytes; the limit is {limit} bytes")
         return data
     shown = kind or "none"
-    raise UnsupportedMediaTypeError(f"Content-Type is {shown}; send multipart/form-data with a 'file' field or "
-                                    "the raw image with an image/* Content-Type")
+    raise UnsupportedMediaTypeError(
+        f"Content-Type is {shown}; send multipart/form-data with a 'file' field or "
+        "the raw image with an image/* Content-Type"
+    )
