@@ -411,3 +411,48 @@ def test_calibrated_export_builds_the_reported_temperature_into_the_graph(
     again = evaluate(out, tiny_folder_dataset, tmp_path / "export")
     assert again["accuracy"] == m["accuracy"] and again["calibration"]["ece"] == pytest.approx(
         m["calibration"]["ece"], abs=1e-3)
+
+
+# --- explanations: the Grad-CAM signature ---------------------------------------------------------------------------
+
+def test_export_adds_a_grad_cam_signature_whose_maps_follow_the_input(trained_run: Path, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from training.export import export_model
+
+    out = export_model(trained_run / "model.keras", tmp_path, name="explained", version="1", test_time_flip=True)
+    section = json.loads((out / "metadata.json").read_text())["explain"]
+    assert section["signature"] == "explain" and section["heatmap_resolution"] == [24, 24]
+    assert section["layer"] == "block2_relu2" and section["layer_resolution"] == [12, 12]
+    loaded = tf.saved_model.load(str(out))
+    explain, serve = loaded.signatures["explain"], loaded.signatures["serving_default"]
+
+    rng = np.random.default_rng(7)
+    face = rng.integers(0, 256, (1, 24, 24, 1)).astype(np.float32)
+    face[:, 6:18, 4:10] = 255  # something left-right asymmetric for the network to look at
+    blank = np.full((1, 24, 24, 1), 128, np.float32)
+    crops = np.concatenate([face, blank, face[:, :, ::-1]])
+    result = explain(images=tf.constant(crops), class_index=tf.constant([-1, -1, -1], tf.int32))
+    maps = result["heatmap"].numpy()
+    assert maps.shape == (3, 24, 24) and maps.min() >= 0.0 and maps.max() <= 1.0
+    assert maps[0].max() == pytest.approx(1.0)
+    np.testing.assert_allclose(result["probabilities"].numpy(), serve(images=tf.constant(crops))["probabilities"],
+                               atol=1e-6)
+    top = result["probabilities"].numpy().argmax(axis=1)
+    np.testing.assert_array_equal(result["class_index"].numpy(), top)
+    assert not np.allclose(maps[0], maps[1], atol=1e-3)  # a face's map is not a blank crop's
+    np.testing.assert_allclose(maps[2], maps[0][:, ::-1], atol=1e-5)  # the mirrored crop gives the mirrored map
+
+    other = int((top[0] + 1) % len(LABELS))  # a requested class is the one explained, with its own map
+    asked = explain(images=tf.constant(face), class_index=tf.constant([other], tf.int32))
+    assert int(asked["class_index"].numpy()[0]) == other
+    assert not np.allclose(asked["heatmap"].numpy()[0], maps[0], atol=1e-3)
+
+
+def test_every_backbone_names_an_explain_layer() -> None:
+    from training.config import ArchConfig
+    from training.model import build_explain_model, build_inference_model
+
+    model = build_inference_model(ArchConfig(backbone="resnet50v2", input_size=64, weights="none"))
+    activations, logits = build_explain_model(model, ArchConfig(backbone="resnet50v2", input_size=64)).outputs
+    assert tuple(activations.shape[1:3]) == (2, 2) and tuple(logits.shape[1:]) == (len(LABELS),)

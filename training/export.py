@@ -7,6 +7,7 @@ and the half-written version folder is removed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -19,7 +20,9 @@ import numpy as np
 
 from training.config import ArchConfig, TrainConfig
 from training.labels import LABELS
-from training.inference import served_model
+from training import explain as explaining
+from training.inference import rebuild_float32, served_graph
+from training.model import load_inference_model
 
 SCHEMA_VERSION = 1
 SIGNATURE_KEY = "serving_default"
@@ -42,8 +45,9 @@ def _git_commit() -> str | None:
         return None
 
 
-def write_saved_model(model: keras.Model, path: Path) -> None:
-    """Write ``model`` as a SavedModel whose ``serving_default`` maps ``images`` to ``probabilities``.
+def write_saved_model(model: keras.Model, path: Path, explain: Any = None) -> None:
+    """Write ``model`` as a SavedModel whose ``serving_default`` maps ``images`` to ``probabilities``; ``explain``
+    (a tf.function from :func:`training.explain.explain_function`) adds the ``explain`` signature.
 
     A plain ``tf.Module`` holding the traced function and the model's TensorFlow variables, rather than
     ``keras.export.ExportArchive``: the archive saves every weight twice (its ``variables`` and ``_all_variables``
@@ -61,7 +65,11 @@ def write_saved_model(model: keras.Model, path: Path) -> None:
     module = tf.Module()
     module.weights = [weight.value for weight in model.weights]  # the tf.Variables the traced function reads
     module.serve = serve
-    tf.saved_model.save(module, str(path), signatures={SIGNATURE_KEY: serve})
+    signatures = {SIGNATURE_KEY: serve}
+    if explain is not None:
+        module.explain = explain
+        signatures[explaining.SIGNATURE_KEY] = explain
+    tf.saved_model.save(module, str(path), signatures=signatures)
 
 
 def self_check(model: keras.Model, path: Path, sample: np.ndarray, tolerance: float) -> float:
@@ -81,7 +89,7 @@ def self_check(model: keras.Model, path: Path, sample: np.ndarray, tolerance: fl
 
 def build_metadata(*, name: str, version: str, arch: ArchConfig, labels: tuple[str, ...],
                    evaluation: dict[str, Any] | None, training: dict[str, Any] | None,
-                   self_check_diff: float, tolerance: float) -> dict[str, Any]:
+                   self_check_diff: float, tolerance: float, explain: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``metadata.json`` document of docs/model-contract.md."""
     import tensorflow as tf
 
@@ -96,6 +104,7 @@ def build_metadata(*, name: str, version: str, arch: ArchConfig, labels: tuple[s
         "architecture": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(arch).items()}},
         "evaluation": evaluation,
         "training": training,
+        **({"explain": explain} if explain else {}),
         "export": {
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": _git_commit(),
@@ -148,7 +157,10 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
             raise FileExistsError(f"{out_dir} already exists (choose another --version or pass --force)")
         shutil.rmtree(out_dir)
 
-    model, arch = served_model(model_path, config.arch, flip, temperature)
+    arch = dataclasses.replace(config.arch, test_time_flip=flip, temperature=temperature)
+    inference_model = rebuild_float32(load_inference_model(str(model_path)), config.arch)
+    model = served_graph(inference_model, arch)
+    explain, explain_section = explaining.explain_function(model, inference_model, arch, OUTPUT_NAME)
     if sample is None:
         rng = np.random.default_rng(0)
         sample = rng.integers(0, 256, size=(8, *model.input_shape[1:]), dtype=np.uint8)
@@ -156,7 +168,7 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        write_saved_model(model, out_dir)
+        write_saved_model(model, out_dir, explain)
         diff = self_check(model, out_dir, sample, tolerance)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -165,7 +177,8 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
     run = _read_json(model_path.parent / "run.json")
     training = {"config": config.to_dict(), **(run or {})}
     metadata = build_metadata(name=name, version=str(version), arch=arch, labels=LABELS, evaluation=report,
-                              training=training, self_check_diff=diff, tolerance=tolerance)
+                              training=training, self_check_diff=diff, tolerance=tolerance,
+                              explain=explain_section)
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     if report_dir:
         shutil.copytree(report_dir, out_dir / "report")

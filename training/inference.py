@@ -4,8 +4,8 @@ This module sits below the three commands (they import it, it imports none of th
 
 * :func:`fer_pixels_to_model_input` — FER-2013's 48x48 grayscale pixels -> the model's input size and channels;
 * :func:`rebuild_float32` — the trained network rebuilt under float32 (training may have used mixed precision);
-* :func:`served_model` — the graph that is exported: the float32 network, optionally averaged with its answer for
-  the mirror image (test-time flip), optionally temperature-scaled;
+* :func:`served_model` / :func:`served_graph` — the graph that is exported: the float32 network, optionally
+  averaged with its answer for the mirror image (test-time flip), optionally temperature-scaled;
 * :func:`saved_model_predictor` — an exported SavedModel as a function from batches to probabilities;
 * :func:`predict_split` — probabilities for every image of a split, fed as the service would feed them.
 """
@@ -70,12 +70,17 @@ def served_model(model_path: str | Path, trained: ArchConfig, test_time_flip: bo
         trained,
         test_time_flip=trained.test_time_flip if test_time_flip is None else test_time_flip,
         temperature=trained.temperature if temperature is None else temperature)
-    model = rebuild_float32(load_inference_model(str(model_path)), trained)
+    return served_graph(rebuild_float32(load_inference_model(str(model_path)), trained), arch), arch
+
+
+def served_graph(inference_model: keras.Model, arch: ArchConfig) -> keras.Model:
+    """``inference_model`` as served for ``arch``: with test-time flip and temperature if ``arch`` says so."""
+    model = inference_model
     if arch.test_time_flip:
         model = with_test_time_flip(model)
     if arch.temperature != 1.0:
         model = with_temperature(model, arch.temperature)
-    return model, arch
+    return model
 
 
 def keras_predictor(model: keras.Model) -> Predictor:

@@ -135,6 +135,36 @@ def build_inference_model(arch: ArchConfig, num_classes: int = len(LABELS), *, p
     return keras.Model(inputs, outputs, name=INFERENCE_MODEL_NAME)
 
 
+def explain_layer(arch: ArchConfig) -> str:
+    """The backbone layer whose activations Grad-CAM weighs: the last convolutional block, before any pooling
+    (``fer_cnn``: its last block's second ReLU; the keras.applications backbones: their output)."""
+    if arch.backbone == "fer_cnn":
+        return f"block{len(arch.cnn_widths)}_relu2"
+    return {"resnet50v2": "post_relu", "mobilenetv2": "out_relu", "efficientnetv2b0": "top_activation"}[arch.backbone]
+
+
+def build_explain_model(inference_model: keras.Model, arch: ArchConfig) -> keras.Model:
+    """``images -> [activations of explain_layer(arch), class logits]``, sharing ``inference_model``'s layers.
+
+    The logits are the classifier's input times its kernel plus bias (the softmax's argument): Grad-CAM weighs the
+    activations by the gradient of the class *score*, not of its probability.
+    """
+    backbone = inference_model.get_layer(BACKBONE_NAME)
+    split = keras.Model(backbone.inputs, [backbone.get_layer(explain_layer(arch)).output, backbone.output],
+                        name="backbone_split")
+    images = keras.Input(inference_model.input_shape[1:], name="images")
+    names = {layer.name for layer in inference_model.layers}
+    x = gray_to_rgb(images, name="gray_to_rgb") if "gray_to_rgb" in names else images
+    if "rescale" in names:
+        x = inference_model.get_layer("rescale")(x)
+    activations, x = split(x)
+    for name in ("pool", "head_dense", "head_bn", "head_relu", "head_dropout"):
+        x = inference_model.get_layer(name)(x)
+    classifier = inference_model.get_layer("probabilities")
+    logits = keras.ops.matmul(x, classifier.kernel) + classifier.bias
+    return keras.Model(images, [activations, logits], name="fer_explain")
+
+
 def with_test_time_flip(model: keras.Model) -> keras.Model:
     """``model`` whose answer is the mean of its answers for the image and its left-right mirror image.
 
