@@ -456,3 +456,29 @@ def test_every_backbone_names_an_explain_layer() -> None:
     model = build_inference_model(ArchConfig(backbone="resnet50v2", input_size=64, weights="none"))
     activations, logits = build_explain_model(model, ArchConfig(backbone="resnet50v2", input_size=64)).outputs
     assert tuple(activations.shape[1:3]) == (2, 2) and tuple(logits.shape[1:]) == (len(LABELS),)
+
+
+def test_evaluate_draws_an_explanation_sheet_and_says_when_an_export_cannot(
+        trained_run: Path, exported_model: Path, tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.evaluate import evaluate
+
+    m = evaluate(trained_run / "model.keras", tiny_folder_dataset, tmp_path / "keras", explain=2)
+    assert m["explanations"]["correct"] + m["explanations"]["wrong"] > 0
+    assert (tmp_path / "keras" / "explanations.png").stat().st_size > 5000
+    assert "explanations.png" in (tmp_path / "keras" / "report.md").read_text()
+    evaluate(exported_model, tiny_folder_dataset, tmp_path / "export", explain=1)
+    assert (tmp_path / "export" / "explanations.png").is_file()
+
+    # an export from before explanations: a SavedModel with serving_default only
+    from training.export import write_saved_model
+    from training.model import load_inference_model
+
+    old = tmp_path / "old"
+    shutil.copytree(exported_model, old)
+    shutil.rmtree(old / "variables")
+    (old / "saved_model.pb").unlink()
+    write_saved_model(load_inference_model(str(trained_run / "model.keras")), old)
+    with pytest.raises(ValueError, match="no 'explain' signature"):
+        evaluate(old, tiny_folder_dataset, tmp_path / "old-report", explain=1)

@@ -169,6 +169,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="(.keras only) fit a temperature on the run's held-out train images and report the scaled "
                         "probabilities (ECE before/after, reliability diagram); export --report builds it in")
+    p.add_argument("--explain", type=int, default=0, metavar="N",
+                   help="draw explanations.png: N correct and N wrong images per class with their Grad-CAM maps")
     p.set_defaults(func=_evaluate)
 
 
@@ -176,7 +178,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     m = evaluate(args.model, args.data, args.out, split=args.split, config_path=args.config, history=args.history,
-                 test_time_flip=args.test_time_flip, calibrate=args.calibrate)
+                 test_time_flip=args.test_time_flip, calibrate=args.calibrate,
+                 explain=args.explain)
     print(f"{m['model']} on {m['split']} ({m['images']} images): accuracy {m['accuracy']:.4f}, "
           f"macro-F1 {m['macro_f1']:.4f}")
     for label, c in m["per_class"].items():

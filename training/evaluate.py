@@ -17,7 +17,18 @@ import numpy as np
 from training import calibration
 from training.config import ArchConfig, TrainConfig
 from training.data import read_split
-from training.inference import Predictor, keras_predictor, predict_split, saved_model_predictor, served_model
+from training import explain as explaining
+from training.inference import (
+    Predictor,
+    fer_pixels_to_model_input,
+    keras_predictor,
+    predict_split,
+    rebuild_float32,
+    saved_model_predictor,
+    served_graph,
+    served_model,
+)
+from training.model import load_inference_model
 from training.labels import LABELS
 from training.splits import training_splits
 
@@ -142,7 +153,24 @@ def _markdown(metrics: dict[str, Any], model_name: str, split: str, has_curves: 
         lines += ["", "![reliability diagram](reliability.png)", ""]
     if has_curves:
         lines += ["![training curves](training_curves.png)", ""]
+    if "explanations" in metrics:
+        lines += ["## What the network looks at", "",
+                  "Grad-CAM maps of the predicted class (the export's `explain` signature): correct answers on the "
+                  "left, wrong ones on the right, one row per true class.", "",
+                  "![explanations](explanations.png)", ""]
     return "\n".join(lines)
+
+
+def _explainer(model: Path, arch: ArchConfig, config_path: str | Path | None) -> explaining.Explainer:
+    """Grad-CAM maps of FER-2013 pixels, from the export's ``explain`` signature or, for ``.keras``, the same graph."""
+    if model.is_dir():
+        maps = explaining.saved_model_explainer(model)
+    else:
+        trained = TrainConfig.load(Path(config_path) if config_path else model.parent / "config.json").arch
+        inference_model = rebuild_float32(load_inference_model(str(model)), trained)
+        maps = explaining.keras_explainer(served_graph(inference_model, arch), inference_model, arch)
+    return lambda pixels, classes: maps(np.asarray(fer_pixels_to_model_input(arch, pixels.astype(np.float32))),
+                                        classes)
 
 
 def _held_out(config_path: Path, data: str | Path) -> tuple[Any, str]:
@@ -157,13 +185,14 @@ def _held_out(config_path: Path, data: str | Path) -> tuple[Any, str]:
 
 def evaluate(model: str | Path, data: str | Path, out_dir: str | Path, *, split: str = "val",
              config_path: str | Path | None = None, history: str | Path | None = None,
-             test_time_flip: bool | None = None, calibrate: bool = False) -> dict[str, Any]:
+             test_time_flip: bool | None = None, calibrate: bool = False, explain: int = 0) -> dict[str, Any]:
     """Evaluate ``model`` (``.keras`` or SavedModel folder) on ``split`` of ``data``; write the report folder.
 
     Writes ``metrics.json``, ``confusion_matrix.json``/``.png``, ``reliability.png``, ``training_curves.png`` (if
     ``history`` is given) and ``report.md`` into ``out_dir``; returns the metrics. ``calibrate`` (``.keras`` only)
     fits a temperature on the run's held-out train images and reports the scaled probabilities (ECE before and
-    after); ``export --report`` then puts that temperature into the graph.
+    after); ``export --report`` then puts that temperature into the graph. ``explain`` > 0 draws
+    ``explanations.png``: that many correct and wrong images per class with their Grad-CAM maps.
     """
     model = Path(model)
     predict, arch, name = load_predictor(model, config_path, test_time_flip)
@@ -204,5 +233,10 @@ def evaluate(model: str | Path, data: str | Path, out_dir: str | Path, *, split:
     has_curves = history is not None and Path(history).is_file()
     if has_curves:
         _plot_history(Path(history), out / "training_curves.png")
+    if explain > 0:
+        explainer = _explainer(model, arch, config_path)
+        metrics["explanations"] = explaining.contact_sheet(
+            data_split.images, labels, probabilities, explainer, explain, out / "explanations.png", LABELS)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(metrics, name, split, has_curves))
     return metrics

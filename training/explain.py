@@ -14,9 +14,11 @@ The signature takes the serving inputs plus ``class_index`` (int32 per crop, ``-
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import keras
+import numpy as np
 
 from training.config import ArchConfig
 from training.model import build_explain_model, explain_layer
@@ -65,3 +67,84 @@ def explain_function(served: keras.Model, inference_model: keras.Model, arch: Ar
                "class_input": CLASS_INPUT, "heatmap_output": HEATMAP_OUTPUT, "value_range": [0, 1],
                "test_time_flip": arch.test_time_flip}
     return explain, section
+
+
+#: ``(model inputs, classes or -1) -> heatmaps (n, height, width)``.
+Explainer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def saved_model_explainer(path: Path) -> Explainer:
+    """The ``explain`` signature of an export as an :data:`Explainer`; ``ValueError`` if the export has none."""
+    import tensorflow as tf
+
+    signatures = tf.saved_model.load(str(path)).signatures
+    if SIGNATURE_KEY not in signatures:
+        raise ValueError(f"{path} has no '{SIGNATURE_KEY}' signature (exported before explanations existed); "
+                         "export it again to get maps")
+    explain = signatures[SIGNATURE_KEY]
+
+    def run(images: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        out = explain(images=tf.constant(images, tf.float32), class_index=tf.constant(classes, tf.int32))
+        return out[HEATMAP_OUTPUT].numpy()
+
+    return run
+
+
+def keras_explainer(served: keras.Model, inference_model: keras.Model, arch: ArchConfig) -> Explainer:
+    """The same computation for a ``.keras`` model before export."""
+    import tensorflow as tf
+
+    explain, _ = explain_function(served, inference_model, arch, "probabilities")
+
+    def run(images: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        return explain(tf.constant(images, tf.float32), tf.constant(classes, tf.int32))[HEATMAP_OUTPUT].numpy()
+
+    return run
+
+
+def contact_sheet(pixels: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, explainer: Explainer,
+                  per_class: int, path: Path, class_names: tuple[str, ...]) -> dict[str, int]:
+    """A PNG with, per true class, up to ``per_class`` correctly and ``per_class`` wrongly classified images side by
+    side, each with the map of its predicted class over it. ``pixels`` are the grayscale images shown (FER-2013's
+    48x48) and what ``explainer`` receives. Returns how many of each were drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    predicted = probabilities.argmax(axis=1)
+    columns = 2 * per_class
+    fig, axes = plt.subplots(len(class_names), columns, figsize=(1.4 * columns, 1.55 * len(class_names)),
+                             squeeze=False)
+    drawn = {"correct": 0, "wrong": 0}
+    for row, name in enumerate(class_names):
+        correct = np.flatnonzero((labels == row) & (predicted == row))[:per_class]
+        wrong = np.flatnonzero((labels == row) & (predicted != row))[:per_class]
+        chosen = [(i, "correct") for i in correct] + [(None, "")] * (per_class - len(correct)) + \
+                 [(i, "wrong") for i in wrong] + [(None, "")] * (per_class - len(wrong))
+        picked = [i for i, _ in chosen if i is not None]
+        maps = explainer(pixels[picked], predicted[picked]) if picked else np.zeros((0,))
+        for column, ((index, kind), ax) in enumerate(zip(chosen, axes[row])):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column == 0:  # an annotation, not a y label: it stays when the cell is empty and its axes are off
+                ax.annotate(name, xy=(-0.12, 0.5), xycoords="axes fraction", rotation=90, ha="right",
+                            va="center", fontsize=9)
+            if index is None:
+                ax.axis("off")
+                continue
+            drawn[kind] += 1
+            heat = maps[picked.index(index)]
+            height, width = pixels.shape[1:3]
+            ax.imshow(pixels[index][..., 0], cmap="gray", vmin=0, vmax=255)
+            # the map is at the model's input size: stretch it over the shown image
+            ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+            colour = "green" if kind == "correct" else "red"
+            ax.set_title(f"{class_names[predicted[index]]} {probabilities[index].max():.2f}", fontsize=7,
+                         color=colour)
+    fig.suptitle("Grad-CAM of the predicted class: correct (left half, green) and wrong (right half, red) per "
+                 "true class", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
