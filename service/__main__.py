@@ -12,7 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 def main(argv: Sequence[str] | None = None) -> int:
     from service.config import settings_from_args
 
-    settings = settings_from_args(argv)  # --help exits here, before anything heavy is imported
+    # --help and bad flags exit here, before TensorFlow, uvicorn and the web layer are imported (service.config
+    # itself brings in pydantic and, through the detector names of service.faces, OpenCV and NumPy).
+    settings = settings_from_args(argv)
 
     import uvicorn
 

@@ -118,8 +118,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         repr=False,
-        description="Comma-separated API keys; when set, every route but /healthz, /metrics and the web page "
-        "needs 'Authorization: Bearer <key>'.",
+        description="Comma-separated API keys; when set, /predict, /predict/batch and /ws/stream need "
+        "'Authorization: Bearer <key>' (the WebSocket also accepts ?api_key=); /healthz, /readyz, /metrics, the docs "
+        "and the web page stay open.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated CORS origins ('*' for any); CORS is off when empty."
