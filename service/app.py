@@ -148,7 +148,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         version="1.0.0",
         summary="Finds every face in an image and classifies its expression with the exported model.",
         lifespan=lifespan,
-        responses={code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422, 500, 503)},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 499, 500, 503)},
     )
     app.state.service = state
     register_error_handlers(app, state.metrics)

@@ -59,6 +59,13 @@ class RequestTimeoutError(ServiceError):
     headers = {"Connection": "close"}
 
 
+class ClientClosedError(ServiceError):
+    """The client hung up before its request body arrived: its own doing, never a server error. Answered (to no
+    one) and counted with nginx's status 499 so that dashboards and alerts can tell it from a 5xx."""
+
+    status, code = 499, "client_closed"
+
+
 class ImageTooLargeError(ServiceError):
     """More pixels than allowed (refused from the header, before decoding: decompression bombs)."""
 
@@ -71,6 +78,13 @@ class TooManyImagesError(ServiceError):
 
 class InvalidParameterError(ServiceError):
     status, code = 422, "invalid_parameter"
+
+
+class ExplanationsUnavailableError(ServiceError):
+    """Explanations were asked for, but the served model's export has no ``explain`` signature (exported before
+    explanations existed) or the server turned them off (``explain_max_faces=0``)."""
+
+    status, code = 409, "explanations_unavailable"
 
 
 class UnauthorizedError(ServiceError):

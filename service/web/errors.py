@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import InvalidParameterError, ServiceError, describe_validation_errors
+from service.errors import ClientClosedError, InvalidParameterError, ServiceError, describe_validation_errors
 from service.metrics import Metrics
 
 log = logging.getLogger("service")
@@ -29,6 +29,8 @@ def register_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         metrics.rejected(exc.code)
+        if isinstance(exc, ClientClosedError):  # the client's doing: INFO, no traceback (docs/reliability.md)
+            log.info("client closed the connection", extra={"path": request.url.path, "code": exc.code})
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -9,8 +9,15 @@ from collections.abc import AsyncGenerator
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
-from service.errors import MissingFieldError, PayloadTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
+from service.errors import (
+    ClientClosedError,
+    MissingFieldError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+)
 
 #: Room for the multipart framing (boundaries, part headers) on top of the file bytes a body may carry.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -37,6 +44,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ClientClosedError(f"the client closed the connection after {size} bytes of the body") from None
     return b"".join(chunks)
 
 
