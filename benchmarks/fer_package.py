@@ -47,8 +47,14 @@ BENCH = ROOT / "benchmarks"
 FER_VENV = BENCH / ".fer-venv"
 FER_PYTHON = FER_VENV / "bin" / "python"
 #: What the fer venv holds; the stamp file records it, so a changed list rebuilds the venv.
-FER_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "opencv-python-headless>=4,<5", "numpy", "pillow", "requests",
-                    "setuptools<81"]
+FER_REQUIREMENTS = [
+    "tensorflow-cpu==2.21.0",
+    "opencv-python-headless>=4,<5",
+    "numpy",
+    "pillow",
+    "requests",
+    "setuptools<81",
+]
 FER_PACKAGE = "fer==25.10.3"
 LABELS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 FER_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # fer's own output order
@@ -58,6 +64,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013"
 # ------------------------------------------------------------------------------------------------------------------
 # The fer venv, and what runs inside it
 # ------------------------------------------------------------------------------------------------------------------
+
 
 def setup_fer_venv(force: bool = False) -> Path:
     """Create ``benchmarks/.fer-venv`` with the ``fer`` package (no deps) and what its model needs; idempotent."""
@@ -114,15 +121,23 @@ def fer_worker(images_path: str, out_path: str) -> None:
         found = detector.detect_emotions(bgr, face_rectangles=[(0, 0, face.shape[1], face.shape[0])])
         pipeline_probs.append([found[0]["emotions"][label] for label in FER_LABELS])
 
-    np.savez(out_path, keras=keras_probs[:, to_ours], tflite=np.array(tflite_probs)[:, to_ours],
-             pipeline=np.array(pipeline_probs, dtype="float32")[:, to_ours],
-             params=keras_model.count_params(), fer_version=fer.__version__, tf_version=tf.__version__,
-             cv2_version=cv2.__version__, input_size=np.array(size))
+    np.savez(
+        out_path,
+        keras=keras_probs[:, to_ours],
+        tflite=np.array(tflite_probs)[:, to_ours],
+        pipeline=np.array(pipeline_probs, dtype="float32")[:, to_ours],
+        params=keras_model.count_params(),
+        fer_version=fer.__version__,
+        tf_version=tf.__version__,
+        cv2_version=cv2.__version__,
+        input_size=np.array(size),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # The project side
 # ------------------------------------------------------------------------------------------------------------------
+
 
 def read_val(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """``<data_dir>/val/<label>/*.jpg`` -> uint8 crops (n, 48, 48) and label indices, decoded as training does."""
@@ -157,8 +172,10 @@ def our_probabilities(model_dir: Path, crops: np.ndarray) -> tuple[np.ndarray, d
         x = tf.image.resize(x, (height, width), method="bilinear")
     if meta["input"]["channels"] == 3:
         x = tf.image.grayscale_to_rgb(x)
-    outputs = [serve(**{signature.get("input", "images"): x[i:i + 256]})[signature.get("output", "probabilities")]
-               for i in range(0, len(crops), 256)]
+    outputs = [
+        serve(**{signature.get("input", "images"): x[i : i + 256]})[signature.get("output", "probabilities")]
+        for i in range(0, len(crops), 256)
+    ]
     probs = np.concatenate([o.numpy() for o in outputs])
     return probs[:, [meta["labels"].index(label) for label in LABELS]], meta
 
@@ -172,9 +189,12 @@ def metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     precision = np.divide(tp, confusion.sum(axis=0), out=np.zeros_like(tp), where=confusion.sum(axis=0) > 0)
     recall = np.divide(tp, confusion.sum(axis=1), out=np.zeros_like(tp), where=confusion.sum(axis=1) > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
-    return {"accuracy": round(float((predicted == labels).mean()), 4), "macro_f1": round(float(f1.mean()), 4),
-            "f1": {label: round(float(v), 4) for label, v in zip(LABELS, f1, strict=True)},
-            "confusion_matrix": confusion.tolist()}
+    return {
+        "accuracy": round(float((predicted == labels).mean()), 4),
+        "macro_f1": round(float(f1.mean()), 4),
+        "f1": {label: round(float(v), 4) for label, v in zip(LABELS, f1, strict=True)},
+        "confusion_matrix": confusion.tolist(),
+    }
 
 
 def _disk_bytes(*paths: Path) -> int:
@@ -203,8 +223,11 @@ def run_benchmark(model_dir: Path, data_dir: Path = DEFAULT_DATA) -> dict[str, A
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "crops.npy", crops)
-        subprocess.run([str(python), __file__, "--worker", str(Path(tmp) / "crops.npy"), str(Path(tmp) / "fer.npz")],
-                       check=True, env={**os.environ, "PYTHONPATH": ""})
+        subprocess.run(
+            [str(python), __file__, "--worker", str(Path(tmp) / "crops.npy"), str(Path(tmp) / "fer.npz")],
+            check=True,
+            env={**os.environ, "PYTHONPATH": ""},
+        )
         with np.load(Path(tmp) / "fer.npz") as fer_out:
             fer_side = {key: fer_out[key] for key in fer_out.files}
     fer_seconds = time.perf_counter() - started
@@ -217,19 +240,38 @@ def run_benchmark(model_dir: Path, data_dir: Path = DEFAULT_DATA) -> dict[str, A
     version = str(fer_side["fer_version"])
     fer_input = f"{size} gray, cv2.resize, (x/255-0.5)*2"
     rows = [
-        {"model": f"ours: {meta['name']} v{meta['version']} (SavedModel)", "key": "ours", "probs": ours,
-         "input": f"{meta['input']['height']}x{meta['input']['width']} {meta['input']['color_mode']}, 0-255 as is",
-         "params": _saved_model_params(model_dir),
-         "bytes": _disk_bytes(model_dir / "saved_model.pb", model_dir / "variables")},
-        {"model": f"fer {version}: emotion_model.hdf5 (Keras)", "key": "fer_keras", "probs": fer_side["keras"],
-         "input": fer_input, "params": int(fer_side["params"]),
-         "bytes": _disk_bytes(fer_data_dir / "emotion_model.hdf5")},
-        {"model": f"fer {version}: emotion_model_quantized.tflite (FER() default)", "key": "fer_tflite",
-         "probs": fer_side["tflite"], "input": fer_input + ", int8 weights", "params": None,
-         "bytes": _disk_bytes(fer_data_dir / "emotion_model_quantized.tflite")},
-        {"model": f"fer {version}: FER().detect_emotions, whole crop as the face box", "key": "fer_pipeline",
-         "probs": fer_side["pipeline"], "input": fer_input + ", +10 px offsets into mean-padded border, scores "
-         "rounded to 0.01", "params": None, "bytes": _disk_bytes(fer_data_dir / "emotion_model_quantized.tflite")},
+        {
+            "model": f"ours: {meta['name']} v{meta['version']} (SavedModel)",
+            "key": "ours",
+            "probs": ours,
+            "input": f"{meta['input']['height']}x{meta['input']['width']} {meta['input']['color_mode']}, 0-255 as is",
+            "params": _saved_model_params(model_dir),
+            "bytes": _disk_bytes(model_dir / "saved_model.pb", model_dir / "variables"),
+        },
+        {
+            "model": f"fer {version}: emotion_model.hdf5 (Keras)",
+            "key": "fer_keras",
+            "probs": fer_side["keras"],
+            "input": fer_input,
+            "params": int(fer_side["params"]),
+            "bytes": _disk_bytes(fer_data_dir / "emotion_model.hdf5"),
+        },
+        {
+            "model": f"fer {version}: emotion_model_quantized.tflite (FER() default)",
+            "key": "fer_tflite",
+            "probs": fer_side["tflite"],
+            "input": fer_input + ", int8 weights",
+            "params": None,
+            "bytes": _disk_bytes(fer_data_dir / "emotion_model_quantized.tflite"),
+        },
+        {
+            "model": f"fer {version}: FER().detect_emotions, whole crop as the face box",
+            "key": "fer_pipeline",
+            "probs": fer_side["pipeline"],
+            "input": fer_input + ", +10 px offsets into mean-padded border, scores rounded to 0.01",
+            "params": None,
+            "bytes": _disk_bytes(fer_data_dir / "emotion_model_quantized.tflite"),
+        },
     ]
     ours_top1 = ours.argmax(axis=1)
     for row in rows:
@@ -239,57 +281,104 @@ def run_benchmark(model_dir: Path, data_dir: Path = DEFAULT_DATA) -> dict[str, A
     for row in rows:
         row["points_vs_ours"] = round(100 * (row["accuracy"] - rows[0]["accuracy"]), 2)
     return {
-        "model_dir": str(model_dir.resolve().relative_to(ROOT)) if model_dir.resolve().is_relative_to(ROOT)
+        "model_dir": str(model_dir.resolve().relative_to(ROOT))
+        if model_dir.resolve().is_relative_to(ROOT)
         else str(model_dir),
-        "images": len(labels), "class_counts": {label: int((labels == i).sum()) for i, label in enumerate(LABELS)},
-        "labels": LABELS, "rows": rows,
-        "fer_environment": {"fer": version, "tensorflow": str(fer_side["tf_version"]),
-                            "opencv": str(fer_side["cv2_version"])},
+        "images": len(labels),
+        "class_counts": {label: int((labels == i).sum()) for i, label in enumerate(LABELS)},
+        "labels": LABELS,
+        "rows": rows,
+        "fer_environment": {
+            "fer": version,
+            "tensorflow": str(fer_side["tf_version"]),
+            "opencv": str(fer_side["cv2_version"]),
+        },
         "seconds": {"fer_side_all_rows": round(fer_seconds, 1), "ours": round(our_seconds, 1)},
         "machine": {"cpu": _cpu(), "cores": len(os.sched_getaffinity(0))},
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": shlex.join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT))
-                               else sys.executable, os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "command": shlex.join(
+            [
+                os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable,
+                os.path.relpath(__file__, ROOT),
+                *sys.argv[1:],
+            ]
+        ),
     }
 
 
 def render_markdown(result: dict[str, Any]) -> str:
     """The side-by-side table (and how it was made) as Markdown."""
     rows = result["rows"]
-    head = ["model", "input", "params", "size on disk", "accuracy", "vs ours (points)", "macro-F1",
-            *[f"F1 {label}" for label in LABELS], "same top-1 as ours"]
-    lines = ["# Our model vs the `fer` PyPI package on FER-2013 val", "",
-             (f"{result['images']:,} val images (PublicTest), each model with its own preprocessing "
-             "(see `benchmarks/fer_package.py`)."), "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    head = [
+        "model",
+        "input",
+        "params",
+        "size on disk",
+        "accuracy",
+        "vs ours (points)",
+        "macro-F1",
+        *[f"F1 {label}" for label in LABELS],
+        "same top-1 as ours",
+    ]
+    lines = [
+        "# Our model vs the `fer` PyPI package on FER-2013 val",
+        "",
+        (
+            f"{result['images']:,} val images (PublicTest), each model with its own preprocessing "
+            "(see `benchmarks/fer_package.py`)."
+        ),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
     for row in rows:
-        cells = [row["model"], row["input"], "—" if row["params"] is None else f"{row['params']:,}",
-                 f"{row['bytes'] / 1e6:.2f} MB", f"{100 * row['accuracy']:.2f} %",
-                 "—" if row["key"] == "ours" else f"{row['points_vs_ours']:+.2f}", f"{row['macro_f1']:.3f}",
-                 *[f"{row['f1'][label]:.3f}" for label in LABELS],
-                 "—" if row["key"] == "ours" else f"{100 * row['agreement_with_ours']:.1f} %"]
+        cells = [
+            row["model"],
+            row["input"],
+            "—" if row["params"] is None else f"{row['params']:,}",
+            f"{row['bytes'] / 1e6:.2f} MB",
+            f"{100 * row['accuracy']:.2f} %",
+            "—" if row["key"] == "ours" else f"{row['points_vs_ours']:+.2f}",
+            f"{row['macro_f1']:.3f}",
+            *[f"{row['f1'][label]:.3f}" for label in LABELS],
+            "—" if row["key"] == "ours" else f"{100 * row['agreement_with_ours']:.1f} %",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     env, machine = result["fer_environment"], result["machine"]
-    lines += ["",
-              ("Both sides get the same pixels (the JPEGs decoded with Pillow, uint8). Ours: the 48x48 crops as "
-              "float32 0-255 through the SavedModel's serving signature. fer's: `cv2.resize` to 64x64 (bilinear), "
-              "`x / 255`, `(x - 0.5) * 2`, its label order (angry, disgust, fear, happy, sad, surprise, neutral) "
-              "mapped to ours by name. \"vs ours\": accuracy minus ours, in points (positive: ahead of ours); "
-              "\"same top-1 as ours\": the share of images on which both models' top class is the same. The "
-              "`detect_emotions` row is what a user of the package gets when handing it these crops as face boxes: it "
-              "widens the box by 10 px on each side into a border filled with the mean of the bottom rows, so the "
-              "face fills only 48/68 of the model input; the first rows call its model as the crops were meant."), "",
-              (f"- fer venv: fer {env['fer']} (installed with `--no-deps`), TensorFlow {env['tensorflow']}, "
-              f"OpenCV {env['opencv']}"),
-              (f"- Machine: {machine['cpu']}, {machine['cores']} cores; wall time: fer side (all three rows) "
-              f"{result['seconds']['fer_side_all_rows']} s, ours {result['seconds']['ours']} s"),
-              f"- Date: {result['date']}",
-              f"- Command: `{result['command']}`", ""]
+    lines += [
+        "",
+        (
+            "Both sides get the same pixels (the JPEGs decoded with Pillow, uint8). Ours: the 48x48 crops as "
+            "float32 0-255 through the SavedModel's serving signature. fer's: `cv2.resize` to 64x64 (bilinear), "
+            "`x / 255`, `(x - 0.5) * 2`, its label order (angry, disgust, fear, happy, sad, surprise, neutral) "
+            'mapped to ours by name. "vs ours": accuracy minus ours, in points (positive: ahead of ours); '
+            '"same top-1 as ours": the share of images on which both models\' top class is the same. The '
+            "`detect_emotions` row is what a user of the package gets when handing it these crops as face boxes: it "
+            "widens the box by 10 px on each side into a border filled with the mean of the bottom rows, so the "
+            "face fills only 48/68 of the model input; the first rows call its model as the crops were meant."
+        ),
+        "",
+        (
+            f"- fer venv: fer {env['fer']} (installed with `--no-deps`), TensorFlow {env['tensorflow']}, "
+            f"OpenCV {env['opencv']}"
+        ),
+        (
+            f"- Machine: {machine['cpu']}, {machine['cores']} cores; wall time: fer side (all three rows) "
+            f"{result['seconds']['fer_side_all_rows']} s, ours {result['seconds']['ours']} s"
+        ),
+        f"- Date: {result['date']}",
+        f"- Command: `{result['command']}`",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_outputs(result: dict[str, Any], markdown: Path = BENCH / "FER_PACKAGE.md",
-                  json_path: Path = BENCH / "fer_package.json", out_dir: Path | None = None) -> list[Path]:
+def write_outputs(
+    result: dict[str, Any],
+    markdown: Path = BENCH / "FER_PACKAGE.md",
+    json_path: Path = BENCH / "fer_package.json",
+    out_dir: Path | None = None,
+) -> list[Path]:
     """Write the Markdown and the JSON; with ``out_dir``, the Markdown also as ``<out_dir>/fer_package.md``."""
     text = render_markdown(result)
     markdown.write_text(text)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --- data: folder layout ------------------------------------------------------------------------------------------
 
+
 def test_folder_layout_reads_every_class(tiny_folder_dataset: Path) -> None:
     split = read_folder(tiny_folder_dataset, "train")
     assert split.images.shape == (PER_CLASS * len(LABELS), 48, 48, 1)
@@ -60,19 +61,23 @@ def test_missing_split_folder_is_an_error(tmp_path: Path) -> None:
 
 # --- data: Kaggle CSV ----------------------------------------------------------------------------------------------
 
+
 def test_csv_maps_kaggle_codes_to_the_canonical_order(tmp_path: Path) -> None:
     csv_split = read_csv(write_csv_dataset(tmp_path / "fer.csv"), "train")
     folder_split = read_folder(write_folder_dataset(tmp_path / "folder"), "train")
     assert csv_split.class_counts() == {label: PER_CLASS for label in LABELS}
     # same generator, same seed: identical pixels per class in both layouts (JPEG aside), so class means agree
     for c in range(len(LABELS)):
-        assert abs(csv_split.images[csv_split.labels == c].mean() - folder_split.images[folder_split.labels == c].mean()) < 2
+        assert (
+            abs(csv_split.images[csv_split.labels == c].mean() - folder_split.images[folder_split.labels == c].mean())
+            < 2
+        )
 
 
 def test_csv_reports_bad_rows_with_line_numbers(tmp_path: Path) -> None:
     path = write_csv_dataset(tmp_path / "fer.csv", per_class=2)
     lines = path.read_text().splitlines()
-    lines.append("3,1 2 3,Training")                       # too few pixels
+    lines.append("3,1 2 3,Training")  # too few pixels
     lines.append("9," + " ".join(["0"] * 2304) + ",Training")  # unknown code
     lines.append("3," + " ".join(["300"] * 2304) + ",Training")  # out of range
     path.write_text("\n".join(lines) + "\n")
@@ -113,6 +118,7 @@ def test_class_weights_balance_the_classes() -> None:
 
 # --- train -> evaluate -> export -----------------------------------------------------------------------------------
 
+
 def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:
     for name in ("config.json", "history.csv", "checkpoint.keras", "model.keras", "run.json"):
         assert (trained_run / name).is_file(), name
@@ -122,8 +128,9 @@ def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:
     assert sorted(run["class_weights"]) == [str(c) for c in range(len(LABELS))]
 
 
-def test_finalize_completes_a_stopped_run_from_its_checkpoint(trained_run: Path, tiny_folder_dataset: Path,
-                                                             tmp_path: Path) -> None:
+def test_finalize_completes_a_stopped_run_from_its_checkpoint(
+    trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
     import shutil
 
     from training.train import finalize
@@ -141,7 +148,8 @@ def test_finalize_completes_a_stopped_run_from_its_checkpoint(trained_run: Path,
 
 
 def test_init_from_continues_from_an_earlier_model_and_refuses_another_architecture(
-        trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
     import dataclasses
 
     from training.config import PRESETS, TrainConfig
@@ -151,8 +159,9 @@ def test_init_from_continues_from_an_earlier_model_and_refuses_another_architect
     smoke = PRESETS["smoke"]
     # learning rate 0: the optimiser changes nothing, so the continued run ends with the earlier model's trained
     # weights (BatchNorm's moving statistics aside, which a training pass still updates)
-    frozen = dataclasses.replace(smoke, epochs=1, learning_rate=0.0, augment=0.0, weight_decay=0.0,
-                                 init_from=str(trained_run / "model.keras"))
+    frozen = dataclasses.replace(
+        smoke, epochs=1, learning_rate=0.0, augment=0.0, weight_decay=0.0, init_from=str(trained_run / "model.keras")
+    )
     train(frozen, tiny_folder_dataset, tmp_path / "continued", verbose=0)
     assert TrainConfig.load(tmp_path / "continued" / "config.json").init_from.endswith("model.keras")
     fresh = dataclasses.replace(frozen, init_from="")
@@ -162,20 +171,22 @@ def test_init_from_continues_from_an_earlier_model_and_refuses_another_architect
         return [np.asarray(w) for w in load_inference_model(str(run / "model.keras")).trainable_weights]
 
     earlier = kernels(trained_run)
-    assert all(np.array_equal(a, b) for a, b in zip(kernels(tmp_path / "continued"), earlier))
-    assert not all(np.array_equal(a, b) for a, b in zip(kernels(tmp_path / "fresh"), earlier))
+    assert all(np.array_equal(a, b) for a, b in zip(kernels(tmp_path / "continued"), earlier, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(kernels(tmp_path / "fresh"), earlier, strict=True))
 
     wider = dataclasses.replace(frozen, arch=dataclasses.replace(smoke.arch, cnn_widths=(8, 16)))
     with pytest.raises(ValueError, match="not a model of this architecture"):
         train(wider, tiny_folder_dataset, tmp_path / "wider", verbose=0)
 
 
-def test_evaluate_gives_the_same_numbers_for_keras_and_savedmodel(trained_run: Path, exported_model: Path,
-                                                                  tiny_folder_dataset: Path, tmp_path: Path) -> None:
+def test_evaluate_gives_the_same_numbers_for_keras_and_savedmodel(
+    trained_run: Path, exported_model: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
     from training.evaluate import evaluate
 
-    from_keras = evaluate(trained_run / "model.keras", tiny_folder_dataset, tmp_path / "keras",
-                          history=trained_run / "history.csv")
+    from_keras = evaluate(
+        trained_run / "model.keras", tiny_folder_dataset, tmp_path / "keras", history=trained_run / "history.csv"
+    )
     from_export = evaluate(exported_model, tiny_folder_dataset, tmp_path / "export")
     for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "images"):
         assert from_keras[key] == from_export[key], key
@@ -186,7 +197,8 @@ def test_evaluate_gives_the_same_numbers_for_keras_and_savedmodel(trained_run: P
 
 
 def test_test_time_flip_exports_the_mean_over_the_mirror_image_and_evaluates_the_same(
-        trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
     import tensorflow as tf
 
     from training.evaluate import evaluate, load_predictor
@@ -197,8 +209,14 @@ def test_test_time_flip_exports_the_mean_over_the_mirror_image_and_evaluates_the
     assert from_keras["test_time_flip"] is True
     with pytest.raises(ValueError, match="test_time_flip"):  # a plain export cannot carry the flipped figures
         export_model(trained_run / "model.keras", tmp_path / "models", name="plain", version="1", report_dir=report)
-    out = export_model(trained_run / "model.keras", tmp_path / "models", name="flip", version="1",
-                       report_dir=report, test_time_flip=True)
+    out = export_model(
+        trained_run / "model.keras",
+        tmp_path / "models",
+        name="flip",
+        version="1",
+        report_dir=report,
+        test_time_flip=True,
+    )
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["architecture"]["test_time_flip"] is True
     assert metadata["evaluation"]["accuracy"] == from_keras["accuracy"]
@@ -225,8 +243,14 @@ def test_export_writes_the_contract(exported_model: Path) -> None:
     assert exported_model.parts[-2:] == ("tiny", "1")
     metadata = json.loads((exported_model / "metadata.json").read_text())
     assert metadata["labels"] == list(LABELS)
-    assert metadata["input"] == {"height": 24, "width": 24, "channels": 1, "color_mode": "grayscale",
-                                 "dtype": "float32", "value_range": [0, 255]}
+    assert metadata["input"] == {
+        "height": 24,
+        "width": 24,
+        "channels": 1,
+        "color_mode": "grayscale",
+        "dtype": "float32",
+        "value_range": [0, 255],
+    }
     assert metadata["export"]["self_check_max_abs_diff"] <= metadata["export"]["self_check_tolerance"]
     assert metadata["training"]["train_fingerprint"]
     serve = tf.saved_model.load(str(exported_model)).signatures["serving_default"]
@@ -250,15 +274,30 @@ def test_export_refuses_to_overwrite_and_self_check_catches_a_mismatch(trained_r
 
 def test_cli_help_for_every_command() -> None:
     for command in ("pack", "train", "evaluate", "export", "finalize"):
-        out = subprocess.run([sys.executable, "-m", "training", command, "--help"], capture_output=True, text=True,
-                             cwd=ROOT, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "training", command, "--help"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout
         assert "usage: python -m training " + command in out
 
 
 def test_cli_reports_bad_data_without_a_traceback(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "training", "train", "--preset", "smoke", "--data",
-                             str(tmp_path), "--run-dir", str(tmp_path / "run")], capture_output=True, text=True,
-                            cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train",
+            "--preset",
+            "smoke",
+            "--data",
+            str(tmp_path),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 2
     assert "error: 1 problem(s)" in result.stderr and "Traceback" not in result.stderr
 
@@ -295,6 +334,7 @@ def test_real_resnet50v2_at_224_exports_the_expected_signature(tmp_path: Path) -
 
 # --- the CPU recipe: deterministic batches, exact resume, calibration -----------------------------------------------
 
+
 def test_training_batches_are_a_pure_function_of_the_step() -> None:
     from training.batches import Augmentation, training_batches
     from training.data import Split
@@ -305,11 +345,10 @@ def test_training_batches_are_a_pure_function_of_the_step() -> None:
     whole = [b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=14, aug=aug)]
     tail = [b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=9, end_step=14, aug=aug)]
     assert len(whole) == 14 and len(tail) == 5
-    for a, b in zip(whole[9:], tail):
+    for a, b in zip(whole[9:], tail, strict=True):
         np.testing.assert_array_equal(a, b)
     # augmentation really changes the pixels, and a different seed gives a different stream
-    plain = [b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=1,
-                                             aug=Augmentation())]
+    plain = [b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=1, aug=Augmentation())]
     other = [b[0] for b in training_batches(split, batch_size=16, seed=6, start_step=0, end_step=1, aug=aug)]
     assert not np.array_equal(plain[0], whole[0]) and not np.array_equal(other[0], whole[0])
     assert whole[0].min() >= 0 and whole[0].max() <= 255
@@ -331,7 +370,8 @@ def test_the_affine_warp_mirrors_exactly() -> None:
 
 
 def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
-        tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
     """Weights, optimizer state and step, schedule, dropout masks and the data stream all continue exactly."""
     import dataclasses
 
@@ -340,8 +380,15 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
     from training.config import PRESETS
     from training.train import train
 
-    config = dataclasses.replace(PRESETS["smoke"], epochs=3, optimizer="sgd", schedule="cosine", warmup_epochs=1,
-                                 random_erasing=0.5, label_smoothing=0.1)
+    config = dataclasses.replace(
+        PRESETS["smoke"],
+        epochs=3,
+        optimizer="sgd",
+        schedule="cosine",
+        warmup_epochs=1,
+        random_erasing=0.5,
+        label_smoothing=0.1,
+    )
     whole = train(config, tiny_folder_dataset, tmp_path / "whole", verbose=0)
     stopped = train(config, tiny_folder_dataset, tmp_path / "parts", stop_after=1, verbose=0)
     assert stopped.epochs_run == 1 and not (tmp_path / "parts" / "model.keras").exists()
@@ -354,8 +401,11 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
     a = keras.saving.load_model(tmp_path / "whole" / "last.keras")
     b = keras.saving.load_model(tmp_path / "parts" / "last.keras")
     assert int(a.optimizer.iterations) == int(b.optimizer.iterations) > 0
-    for x, y in zip(a.get_weights() + [np.asarray(v) for v in a.optimizer.variables],
-                    b.get_weights() + [np.asarray(v) for v in b.optimizer.variables]):
+    for x, y in zip(
+        a.get_weights() + [np.asarray(v) for v in a.optimizer.variables],
+        b.get_weights() + [np.asarray(v) for v in b.optimizer.variables],
+        strict=True,
+    ):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=0, atol=1e-6)
     with open(tmp_path / "whole" / "history.csv") as w, open(tmp_path / "parts" / "history.csv") as p:
         assert len(w.readlines()) == len(p.readlines()) == 4
@@ -366,8 +416,12 @@ def test_resume_needs_a_resumable_run(tmp_path: Path, tiny_folder_dataset: Path)
 
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(None, tiny_folder_dataset, tmp_path, resume=True)
-    result = subprocess.run([sys.executable, "-m", "training", "train", "--resume", str(tmp_path), "--epochs", "3"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--resume", str(tmp_path), "--epochs", "3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 2 and "drop epochs" in result.stderr
 
 
@@ -387,7 +441,8 @@ def test_temperature_fit_recovers_a_known_temperature_and_lowers_the_calibration
 
 
 def test_calibrated_export_builds_the_reported_temperature_into_the_graph(
-        trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
     import tensorflow as tf
 
     from training import calibration
@@ -410,10 +465,12 @@ def test_calibrated_export_builds_the_reported_temperature_into_the_graph(
     np.testing.assert_allclose(served, calibration.scale(plain(crops), temperature), atol=1e-5)
     again = evaluate(out, tiny_folder_dataset, tmp_path / "export")
     assert again["accuracy"] == m["accuracy"] and again["calibration"]["ece"] == pytest.approx(
-        m["calibration"]["ece"], abs=1e-3)
+        m["calibration"]["ece"], abs=1e-3
+    )
 
 
 # --- explanations: the Grad-CAM signature ---------------------------------------------------------------------------
+
 
 def test_export_adds_a_grad_cam_signature_whose_maps_follow_the_input(trained_run: Path, tmp_path: Path) -> None:
     import tensorflow as tf
@@ -436,8 +493,9 @@ def test_export_adds_a_grad_cam_signature_whose_maps_follow_the_input(trained_ru
     maps = result["heatmap"].numpy()
     assert maps.shape == (3, 24, 24) and maps.min() >= 0.0 and maps.max() <= 1.0
     assert maps[0].max() == pytest.approx(1.0)
-    np.testing.assert_allclose(result["probabilities"].numpy(), serve(images=tf.constant(crops))["probabilities"],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        result["probabilities"].numpy(), serve(images=tf.constant(crops))["probabilities"], atol=1e-6
+    )
     top = result["probabilities"].numpy().argmax(axis=1)
     np.testing.assert_array_equal(result["class_index"].numpy(), top)
     assert not np.allclose(maps[0], maps[1], atol=1e-3)  # a face's map is not a blank crop's
@@ -459,7 +517,8 @@ def test_every_backbone_names_an_explain_layer() -> None:
 
 
 def test_evaluate_draws_an_explanation_sheet_and_says_when_an_export_cannot(
-        trained_run: Path, exported_model: Path, tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    trained_run: Path, exported_model: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
     import shutil
 
     from training.evaluate import evaluate

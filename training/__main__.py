@@ -17,16 +17,32 @@ DEFAULT_DATA = "../shared/data/fer2013"
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from training.config import PRESETS
 
-    p = sub.add_parser("train", help="train a model on FER-2013 (selects on the val split)",
-                       description="Train on the train split, select on val. Flags override the preset.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=DEFAULT_DATA, help="folder root (<split>/<label>/*.jpg), Kaggle CSV or packed .npz")
-    p.add_argument("--run-dir", help="output folder for checkpoints, log, config and model.keras (keep long runs "
-                                      "outside the work tree, e.g. ~/fer-runs/<run>)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the stopped run in RUN_DIR exactly (its own config; no other training options)")
-    p.add_argument("--stop-after", type=int, default=0, metavar="N",
-                   help="train at most N epochs in this call, leaving the run resumable (0 = to the end)")
+    p = sub.add_parser(
+        "train",
+        help="train a model on FER-2013 (selects on the val split)",
+        description="Train on the train split, select on val. Flags override the preset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", default=DEFAULT_DATA, help="folder root (<split>/<label>/*.jpg), Kaggle CSV or packed .npz"
+    )
+    p.add_argument(
+        "--run-dir",
+        help="output folder for checkpoints, log, config and model.keras (keep long runs "
+        "outside the work tree, e.g. ~/fer-runs/<run>)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the stopped run in RUN_DIR exactly (its own config; no other training options)",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train at most N epochs in this call, leaving the run resumable (0 = to the end)",
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="flagship", help="starting configuration")
     p.add_argument("--backbone", help="resnet50v2, mobilenetv2, efficientnetv2b0 or fer_cnn")
     p.add_argument("--input-size", type=int, help="square input size of the served model, pixels")
@@ -45,16 +61,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", type=float, help="augmentation strength (0 disables)")
     p.add_argument("--random-erasing", type=float, help="probability of random erasing per image")
-    p.add_argument("--calibration-fraction", type=float,
-                   help="share of each train class held out to fit the temperature on")
+    p.add_argument(
+        "--calibration-fraction", type=float, help="share of each train class held out to fit the temperature on"
+    )
     p.add_argument("--early-stopping-patience", type=int, help="epochs without improvement (0 = never stop early)")
-    p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
-                   help="weight the loss by inverse class frequency (preset default: on)")
+    p.add_argument(
+        "--class-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weight the loss by inverse class frequency (preset default: on)",
+    )
     p.add_argument("--mixed-precision", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int)
     p.add_argument("--limit-per-class", type=int, help="use at most N training images per class (0 = all)")
-    p.add_argument("--init-from", help="start from the weights of this .keras model (an earlier run's model.keras "
-                                       "or checkpoint.keras, same architecture), e.g. to continue a stopped run")
+    p.add_argument(
+        "--init-from",
+        help="start from the weights of this .keras model (an earlier run's model.keras "
+        "or checkpoint.keras, same architecture), e.g. to continue a stopped run",
+    )
     p.set_defaults(func=_train)
 
 
@@ -88,22 +112,33 @@ def _verbosity() -> int:
 
 def _report_train(result) -> int:
     if result.model_path.name != "model.keras":
-        print(f"stopped after epoch {result.epochs_run} ({result.seconds / 60:.1f} min so far); "
-              f"continue with: python -m training train --resume {result.run_dir}")
+        print(
+            f"stopped after epoch {result.epochs_run} ({result.seconds / 60:.1f} min so far); "
+            f"continue with: python -m training train --resume {result.run_dir}"
+        )
     else:
-        print(f"best val accuracy {result.val_accuracy:.4f} after {result.epochs_run} epochs "
-              f"({result.seconds / 60:.1f} min); model: {result.model_path}")
+        print(
+            f"best val accuracy {result.val_accuracy:.4f} after {result.epochs_run} epochs "
+            f"({result.seconds / 60:.1f} min); model: {result.model_path}"
+        )
     return 0
 
 
 def _add_pack(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pack", help="decode FER-2013 once into one compressed .npz (for carrying to a GPU machine)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "pack",
+        help="decode FER-2013 once into one compressed .npz (for carrying to a GPU machine)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--data", default=DEFAULT_DATA, help="folder root or Kaggle CSV")
     p.add_argument("--out", required=True, help="output .npz file")
     p.add_argument("--splits", default="train,val", help="comma-separated splits to pack")
-    p.add_argument("--encoding", choices=["pixels", "jpeg"], default="pixels",
-                   help="pixels: decoded arrays (fastest to read); jpeg: the original files (smallest)")
+    p.add_argument(
+        "--encoding",
+        choices=["pixels", "jpeg"],
+        default="pixels",
+        help="pixels: decoded arrays (fastest to read); jpeg: the original files (smallest)",
+    )
     p.set_defaults(func=_pack)
 
 
@@ -116,8 +151,11 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a .keras model as the SavedModel + metadata.json the service loads",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "export",
+        help="export a .keras model as the SavedModel + metadata.json the service loads",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="model.keras (or checkpoint.keras) written by train")
     p.add_argument("--config", help="training config.json (default: the one beside --model)")
     p.add_argument("--report", help="evaluation report folder (from evaluate) to record and ship beside the model")
@@ -127,9 +165,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="if given, the self-check batch is taken from this data set's val split")
     p.add_argument("--tolerance", type=float, default=1e-5, help="max allowed |Keras - SavedModel| probability")
     p.add_argument("--force", action="store_true", help="replace an existing version folder")
-    p.add_argument("--test-time-flip", action="store_true",
-                   help="export the graph that averages each crop's answer with its mirror image's (evaluate the "
-                        ".keras model with --test-time-flip for its --report)")
+    p.add_argument(
+        "--test-time-flip",
+        action="store_true",
+        help="export the graph that averages each crop's answer with its mirror image's (evaluate the "
+        ".keras model with --test-time-flip for its --report)",
+    )
     p.set_defaults(func=_export)
 
 
@@ -147,48 +188,86 @@ def _export(args: argparse.Namespace) -> int:
         config = TrainConfig.load(Path(args.config) if args.config else Path(args.model).parent / "config.json")
         images = read_split(args.data, "val").images[:32].astype("float32")
         sample = np.asarray(fer_pixels_to_model_input(config.arch, images))
-    out = export_model(args.model, args.out, name=args.name, version=args.version, config_path=args.config,
-                       report_dir=args.report, sample=sample, tolerance=args.tolerance, force=args.force,
-                       test_time_flip=args.test_time_flip)
+    out = export_model(
+        args.model,
+        args.out,
+        name=args.name,
+        version=args.version,
+        config_path=args.config,
+        report_dir=args.report,
+        sample=sample,
+        tolerance=args.tolerance,
+        force=args.force,
+        test_time_flip=args.test_time_flip,
+    )
     print(f"exported {out}")
     return 0
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="write an evaluation report (metrics, confusion matrix, ROC-AUC, curves)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="write an evaluation report (metrics, confusion matrix, ROC-AUC, curves)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="a .keras file (from train) or an exported SavedModel folder")
     p.add_argument("--config", help="training config.json for a .keras model (default: the one beside it)")
     p.add_argument("--data", default=DEFAULT_DATA, help="folder root, Kaggle CSV or packed .npz")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--out", required=True, help="report folder to write")
     p.add_argument("--history", help="history.csv from train, for the training-curves plot")
-    p.add_argument("--test-time-flip", action="store_true", default=None,
-                   help="(.keras only) average each crop's answer with its mirror image's, as an export with "
-                        "--test-time-flip does; an exported model carries its own choice")
-    p.add_argument("--calibrate", action="store_true",
-                   help="(.keras only) fit a temperature on the run's held-out train images and report the scaled "
-                        "probabilities (ECE before/after, reliability diagram); export --report builds it in")
-    p.add_argument("--explain", type=int, default=0, metavar="N",
-                   help="draw explanations.png: N correct and N wrong images per class with their Grad-CAM maps")
+    p.add_argument(
+        "--test-time-flip",
+        action="store_true",
+        default=None,
+        help="(.keras only) average each crop's answer with its mirror image's, as an export with "
+        "--test-time-flip does; an exported model carries its own choice",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="(.keras only) fit a temperature on the run's held-out train images and report the scaled "
+        "probabilities (ECE before/after, reliability diagram); export --report builds it in",
+    )
+    p.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw explanations.png: N correct and N wrong images per class with their Grad-CAM maps",
+    )
     p.set_defaults(func=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
-    m = evaluate(args.model, args.data, args.out, split=args.split, config_path=args.config, history=args.history,
-                 test_time_flip=args.test_time_flip, calibrate=args.calibrate,
-                 explain=args.explain)
-    print(f"{m['model']} on {m['split']} ({m['images']} images): accuracy {m['accuracy']:.4f}, "
-          f"macro-F1 {m['macro_f1']:.4f}")
+    m = evaluate(
+        args.model,
+        args.data,
+        args.out,
+        split=args.split,
+        config_path=args.config,
+        history=args.history,
+        test_time_flip=args.test_time_flip,
+        calibrate=args.calibrate,
+        explain=args.explain,
+    )
+    print(
+        f"{m['model']} on {m['split']} ({m['images']} images): accuracy {m['accuracy']:.4f}, "
+        f"macro-F1 {m['macro_f1']:.4f}"
+    )
     for label, c in m["per_class"].items():
-        print(f"  {label:<9} precision {c['precision']:.3f}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}  "
-              f"support {c['support']}")
+        print(
+            f"  {label:<9} precision {c['precision']:.3f}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}  "
+            f"support {c['support']}"
+        )
     cal = m["calibration"]
     if "temperature" in cal:
-        print(f"temperature {cal['temperature']} (fitted on {cal['fitted_on']}): expected calibration error "
-              f"{cal['ece_before']:.4f} -> {cal['ece']:.4f}")
+        print(
+            f"temperature {cal['temperature']} (fitted on {cal['fitted_on']}): expected calibration error "
+            f"{cal['ece_before']:.4f} -> {cal['ece']:.4f}"
+        )
     else:
         print(f"expected calibration error {cal['ece']:.4f}")
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -196,10 +275,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_finalize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finalize", help="finish a stopped training run from its best checkpoint",
-                       description="Write model.keras and run.json for a run that was stopped before its last "
-                                   "epoch, from checkpoint.keras (the best epoch so far).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "finalize",
+        help="finish a stopped training run from its best checkpoint",
+        description="Write model.keras and run.json for a run that was stopped before its last "
+        "epoch, from checkpoint.keras (the best epoch so far).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--run-dir", required=True, help="the run folder (config.json, history.csv, checkpoint.keras)")
     p.add_argument("--data", default=DEFAULT_DATA, help="the data the run was trained on")
     p.set_defaults(func=_finalize)

@@ -40,12 +40,19 @@ class Augmentation:
     erasing: float = 0.0
 
     @classmethod
-    def scaled(cls, strength: float, erasing: float = 0.0) -> "Augmentation":
+    def scaled(cls, strength: float, erasing: float = 0.0) -> Augmentation:
         """The default ranges times ``strength`` (1 = rotation 10 degrees, zoom 10 %, shift 10 %, ...)."""
         if strength <= 0:
             return cls(erasing=erasing)
-        return cls(rotation_degrees=10 * strength, zoom=0.1 * strength, shift=0.1 * strength,
-                   brightness=20 * strength, contrast=0.2 * strength, flip=True, erasing=erasing)
+        return cls(
+            rotation_degrees=10 * strength,
+            zoom=0.1 * strength,
+            shift=0.1 * strength,
+            brightness=20 * strength,
+            contrast=0.2 * strength,
+            flip=True,
+            erasing=erasing,
+        )
 
 
 def _affine(images: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np.ndarray:
@@ -85,8 +92,13 @@ def _erase(images: np.ndarray, rng: np.random.Generator, probability: float) -> 
     chosen = rng.uniform(0, 1, n) < probability
     rows = np.arange(height)[None, :, None]
     cols = np.arange(width)[None, None, :]
-    inside = ((rows >= top[:, None, None]) & (rows < (top + box_h)[:, None, None])
-              & (cols >= left[:, None, None]) & (cols < (left + box_w)[:, None, None]) & chosen[:, None, None])
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < (top + box_h)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + box_w)[:, None, None])
+        & np.asarray(chosen)[:, None, None]
+    )
     noise = rng.uniform(0, 255, images.shape).astype(np.float32)
     return np.where(inside[..., None], noise, images)
 
@@ -117,8 +129,16 @@ def epoch_order(images: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(images)
 
 
-def training_batches(split: Split, *, batch_size: int, seed: int, start_step: int, end_step: int, aug: Augmentation,
-                     sample_weights: dict[int, float] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def training_batches(
+    split: Split,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    end_step: int,
+    aug: Augmentation,
+    sample_weights: dict[int, float] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Batches ``start_step .. end_step - 1`` of the deterministic stream: ``(pixels, one-hot labels, weights)``.
 
     ``pixels`` are float32 ``(batch, 48, 48, 1)`` in 0-255; ``weights`` are the class weights of the labels (all 1
@@ -127,12 +147,12 @@ def training_batches(split: Split, *, batch_size: int, seed: int, start_step: in
     """
     per_epoch = steps_per_epoch(len(split), batch_size)
     weight_table = np.array([(sample_weights or {}).get(c, 1.0) for c in range(len(LABELS))], np.float32)
-    order, order_epoch = None, -1
+    order, order_epoch = np.arange(0), -1
     for step in range(start_step, end_step):
         epoch, index = divmod(step, per_epoch)
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(split), seed, epoch), epoch
-        picked = order[index * batch_size:(index + 1) * batch_size]
+        picked = order[index * batch_size : (index + 1) * batch_size]
         x = augment(split.images[picked], np.random.default_rng([seed, step]), aug)
         y = split.labels[picked]
         yield x, np.eye(len(LABELS), dtype=np.float32)[y], weight_table[y]

@@ -37,9 +37,12 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
     if len(labels) == 0:
         raise ValueError("no held-out images to fit the temperature on (calibration_fraction is 0 for this run)")
-    result = minimize_scalar(lambda log_t: negative_log_likelihood(scale(probabilities, float(np.exp(log_t))),
-                                                                   labels),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(scale(probabilities, float(np.exp(log_t))), labels),
+        bounds=(np.log(0.05), np.log(20.0)),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return round(float(np.exp(result.x)), 4)
 
 
@@ -77,8 +80,12 @@ def plot_reliability(curves: dict[str, dict[str, list[float]]], eces: dict[str, 
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     for name, r in curves.items():
         keep = np.asarray(r["count"]) > 0
-        ax.plot(np.asarray(r["confidence"])[keep], np.asarray(r["accuracy"])[keep], marker="o",
-                label=f"{name} (ECE {eces[name]:.3f})")
+        ax.plot(
+            np.asarray(r["confidence"])[keep],
+            np.asarray(r["accuracy"])[keep],
+            marker="o",
+            label=f"{name} (ECE {eces[name]:.3f})",
+        )
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)

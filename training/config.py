@@ -84,7 +84,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         values = dict(values)
         arch = dict(values.pop("arch", {}))
         if "cnn_widths" in arch:
@@ -95,7 +95,7 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "TrainConfig":
+    def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
@@ -108,16 +108,40 @@ PRESETS: dict[str, TrainConfig] = {
     # SGD with Nesterov momentum, warm-up then cosine decay, label smoothing, random affine + erasing augmentation.
     # 5 % of train is held out for the temperature (never val).
     "cpu": TrainConfig(
-        arch=ArchConfig(backbone="fer_cnn", input_size=48, weights="none", dense_units=256, dropout=0.4,
-                        cnn_widths=(32, 64, 128, 256)),
-        batch_size=128, head_epochs=0, epochs=50, learning_rate=0.05, optimizer="sgd", schedule="cosine",
-        warmup_epochs=1.0, weight_decay=5e-4, class_weights=False, label_smoothing=0.1, augment=1.0,
-        random_erasing=0.5, calibration_fraction=0.05, early_stopping_patience=0, mixed_precision="off",
+        arch=ArchConfig(
+            backbone="fer_cnn",
+            input_size=48,
+            weights="none",
+            dense_units=256,
+            dropout=0.4,
+            cnn_widths=(32, 64, 128, 256),
+        ),
+        batch_size=128,
+        head_epochs=0,
+        epochs=50,
+        learning_rate=0.05,
+        optimizer="sgd",
+        schedule="cosine",
+        warmup_epochs=1.0,
+        weight_decay=5e-4,
+        class_weights=False,
+        label_smoothing=0.1,
+        augment=1.0,
+        random_erasing=0.5,
+        calibration_fraction=0.05,
+        early_stopping_patience=0,
+        mixed_precision="off",
     ),
     # Seconds, for tests and CI: a tiny CNN on a tiny input.
     "smoke": TrainConfig(
-        arch=ArchConfig(backbone="fer_cnn", input_size=24, weights="none", dense_units=16, dropout=0.1,
-                        cnn_widths=(4, 8)),
-        batch_size=16, head_epochs=0, epochs=2, learning_rate=1e-3, limit_per_class=8, calibration_fraction=0.2,
+        arch=ArchConfig(
+            backbone="fer_cnn", input_size=24, weights="none", dense_units=16, dropout=0.1, cnn_widths=(4, 8)
+        ),
+        batch_size=16,
+        head_epochs=0,
+        epochs=2,
+        learning_rate=1e-3,
+        limit_per_class=8,
+        calibration_fraction=0.2,
     ),
 }

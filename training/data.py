@@ -29,7 +29,9 @@ class DataError(ValueError):
         self.source = source
         self.problems = problems
         shown = "\n  ".join(problems[:_MAX_LISTED_PROBLEMS])
-        more = f"\n  ... and {len(problems) - _MAX_LISTED_PROBLEMS} more" if len(problems) > _MAX_LISTED_PROBLEMS else ""
+        more = (
+            f"\n  ... and {len(problems) - _MAX_LISTED_PROBLEMS} more" if len(problems) > _MAX_LISTED_PROBLEMS else ""
+        )
         super().__init__(f"{len(problems)} problem(s) in {source}:\n  {shown}{more}")
 
 
@@ -46,7 +48,7 @@ class Split:
     def class_counts(self) -> dict[str, int]:
         """Number of images per label, in canonical order."""
         counts = np.bincount(self.labels, minlength=len(LABELS))
-        return {label: int(n) for label, n in zip(LABELS, counts)}
+        return {label: int(n) for label, n in zip(LABELS, counts, strict=True)}
 
     def fingerprint(self) -> str:
         """A short SHA-256 of pixels and labels: identifies exactly which data a model saw."""
@@ -157,7 +159,7 @@ def _decode_blob(blob: np.ndarray, offsets: np.ndarray, split: str) -> np.ndarra
 
     images = np.zeros((len(offsets) - 1, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8)
     for i in tqdm(range(len(images)), desc=f"decode {split}", unit="img", leave=False):
-        with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())) as img:
+        with Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())) as img:
             images[i, :, :, 0] = np.asarray(img.convert("L"))
     return images
 
@@ -203,8 +205,9 @@ def read_split(source: Path | str, split: str) -> Split:
     raise DataError(str(source), ["not a folder, a .csv or a .npz file"])
 
 
-def pack(source: Path | str, out: Path | str, splits: tuple[str, ...] = ("train", "val"),
-         encoding: str = "pixels") -> Path:
+def pack(
+    source: Path | str, out: Path | str, splits: tuple[str, ...] = ("train", "val"), encoding: str = "pixels"
+) -> Path:
     """Write ``splits`` into one ``.npz``: ``pixels`` stores decoded uint8 arrays (deflate-compressed, 71 MiB for
     FER-2013 train+val, fastest to read); ``jpeg`` stores a folder layout's original files back to back
     (48 MiB: what fits, with code and wheels, into a 64 MiB upload to a GPU machine)."""
@@ -222,7 +225,7 @@ def pack(source: Path | str, out: Path | str, splits: tuple[str, ...] = ("train"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     out.write_bytes(buffer.getvalue())
     return out
 

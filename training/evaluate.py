@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from training import calibration
+from training import explain as explaining
 from training.config import ArchConfig, TrainConfig
 from training.data import read_split
-from training import explain as explaining
 from training.inference import (
     Predictor,
     fer_pixels_to_model_input,
@@ -28,12 +28,17 @@ from training.inference import (
     served_graph,
     served_model,
 )
-from training.model import load_inference_model
 from training.labels import LABELS
+from training.model import load_inference_model
 from training.splits import training_splits
 
-def load_predictor(model: str | Path, config_path: str | Path | None = None, test_time_flip: bool | None = None,
-                   temperature: float | None = None) -> tuple[Predictor, ArchConfig, str]:
+
+def load_predictor(
+    model: str | Path,
+    config_path: str | Path | None = None,
+    test_time_flip: bool | None = None,
+    temperature: float | None = None,
+) -> tuple[Predictor, ArchConfig, str]:
     """A function from model-input batches to probabilities, the model's architecture, and a display name.
 
     ``test_time_flip`` and ``temperature`` (``.keras`` models only) evaluate the graph `training.export` writes with
@@ -43,8 +48,10 @@ def load_predictor(model: str | Path, config_path: str | Path | None = None, tes
     if model.is_dir():
         predict, arch, metadata = saved_model_predictor(model)
         if test_time_flip is not None and test_time_flip != arch.test_time_flip:
-            raise ValueError(f"{model} was exported with test_time_flip={arch.test_time_flip}; the choice is made "
-                             "at export and cannot be changed here")
+            raise ValueError(
+                f"{model} was exported with test_time_flip={arch.test_time_flip}; the choice is made "
+                "at export and cannot be changed here"
+            )
         return predict, arch, f"{metadata['name']} v{metadata['version']} (SavedModel {model})"
     config_path = Path(config_path) if config_path else model.parent / "config.json"
     keras_model, arch = served_model(model, TrainConfig.load(config_path).arch, test_time_flip, temperature)
@@ -54,19 +61,28 @@ def load_predictor(model: str | Path, config_path: str | Path | None = None, tes
 
 def compute_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1/support/ROC-AUC and the confusion matrix."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     predicted = probabilities.argmax(axis=1)
     classes = list(range(len(LABELS)))
-    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes,
-                                                                     zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
     per_class: dict[str, dict[str, float | int | None]] = {}
     for c, label in enumerate(LABELS):
         positives = labels == c
         auc = float(roc_auc_score(positives, probabilities[:, c])) if 0 < positives.sum() < len(labels) else None
-        per_class[label] = {"precision": round(float(precision[c]), 4), "recall": round(float(recall[c]), 4),
-                            "f1": round(float(f1[c]), 4), "support": int(support[c]),
-                            "roc_auc": None if auc is None else round(auc, 4)}
+        per_class[label] = {
+            "precision": round(float(precision[c]), 4),
+            "recall": round(float(recall[c]), 4),
+            "f1": round(float(f1[c]), 4),
+            "support": int(support[c]),
+            "roc_auc": None if auc is None else round(auc, 4),
+        }
     return {
         "images": int(len(labels)),
         "accuracy": round(float(accuracy_score(labels, predicted)), 4),
@@ -93,8 +109,15 @@ def _plot_confusion(matrix: list[list[int]], path: Path) -> None:
     ax.set_ylabel("true")
     for i in range(len(LABELS)):
         for j in range(len(LABELS)):
-            ax.text(j, i, f"{m[i, j]}\n{normalised[i, j]:.0%}", ha="center", va="center", fontsize=7,
-                    color="white" if normalised[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{m[i, j]}\n{normalised[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if normalised[i, j] > 0.5 else "black",
+            )
     ax.set_title("Confusion matrix (counts, row-normalised %)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -131,11 +154,15 @@ def _plot_history(history_csv: Path, path: Path) -> None:
 
 def _markdown(metrics: dict[str, Any], model_name: str, split: str, has_curves: bool) -> str:
     lines = [
-        f"# Evaluation of {model_name}", "",
-        f"Split: `{split}` ({metrics['images']} images).", "",
+        f"# Evaluation of {model_name}",
+        "",
+        f"Split: `{split}` ({metrics['images']} images).",
+        "",
         f"- accuracy: **{metrics['accuracy']:.2%}**",
-        f"- macro-F1: **{metrics['macro_f1']:.4f}**", "",
-        "| class | precision | recall | F1 | ROC-AUC | support |", "|---|---|---|---|---|---|",
+        f"- macro-F1: **{metrics['macro_f1']:.4f}**",
+        "",
+        "| class | precision | recall | F1 | ROC-AUC | support |",
+        "|---|---|---|---|---|---|",
     ]
     for label, m in metrics["per_class"].items():
         auc = "–" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
@@ -143,21 +170,32 @@ def _markdown(metrics: dict[str, Any], model_name: str, split: str, has_curves: 
     lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
     cal = metrics.get("calibration")
     if cal:
-        lines += ["## Calibration", "",
-                  f"Expected calibration error ({calibration.BINS} bins) on `{split}`: **{cal['ece']:.4f}**, "
-                  f"negative log-likelihood {cal['nll']:.4f}."]
+        lines += [
+            "## Calibration",
+            "",
+            f"Expected calibration error ({calibration.BINS} bins) on `{split}`: **{cal['ece']:.4f}**, "
+            f"negative log-likelihood {cal['nll']:.4f}.",
+        ]
         if "temperature" in cal:
-            lines += ["", f"Temperature **{cal['temperature']}**, fitted on {cal['fitted_on']}: ECE "
-                          f"{cal['ece_before']:.4f} -> {cal['ece']:.4f}, NLL {cal['nll_before']:.4f} -> "
-                          f"{cal['nll']:.4f} (accuracy unchanged: scaling keeps the ranking)."]
+            lines += [
+                "",
+                f"Temperature **{cal['temperature']}**, fitted on {cal['fitted_on']}: ECE "
+                f"{cal['ece_before']:.4f} -> {cal['ece']:.4f}, NLL {cal['nll_before']:.4f} -> "
+                f"{cal['nll']:.4f} (accuracy unchanged: scaling keeps the ranking).",
+            ]
         lines += ["", "![reliability diagram](reliability.png)", ""]
     if has_curves:
         lines += ["![training curves](training_curves.png)", ""]
     if "explanations" in metrics:
-        lines += ["## What the network looks at", "",
-                  "Grad-CAM maps of the predicted class (the export's `explain` signature): correct answers on the "
-                  "left, wrong ones on the right, one row per true class.", "",
-                  "![explanations](explanations.png)", ""]
+        lines += [
+            "## What the network looks at",
+            "",
+            "Grad-CAM maps of the predicted class (the export's `explain` signature): correct answers on the "
+            "left, wrong ones on the right, one row per true class.",
+            "",
+            "![explanations](explanations.png)",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -169,23 +207,35 @@ def _explainer(model: Path, arch: ArchConfig, config_path: str | Path | None) ->
         trained = TrainConfig.load(Path(config_path) if config_path else model.parent / "config.json").arch
         inference_model = rebuild_float32(load_inference_model(str(model)), trained)
         maps = explaining.keras_explainer(served_graph(inference_model, arch), inference_model, arch)
-    return lambda pixels, classes: maps(np.asarray(fer_pixels_to_model_input(arch, pixels.astype(np.float32))),
-                                        classes)
+    return lambda pixels, classes: maps(np.asarray(fer_pixels_to_model_input(arch, pixels.astype(np.float32))), classes)
 
 
 def _held_out(config_path: Path, data: str | Path) -> tuple[Any, str]:
     config = TrainConfig.load(config_path)
     _, held = training_splits(config, data)
     if len(held) == 0:
-        raise ValueError(f"the run of {config_path} held nothing out (calibration_fraction 0): there is nothing to "
-                         "fit the temperature on without touching the reported split")
-    return held, (f"{len(held)} train images held out before training ({config.calibration_fraction:.0%} of each "
-                  f"class, seed {config.seed}; never trained on, not the reported split)")
+        raise ValueError(
+            f"the run of {config_path} held nothing out (calibration_fraction 0): there is nothing to "
+            "fit the temperature on without touching the reported split"
+        )
+    return held, (
+        f"{len(held)} train images held out before training ({config.calibration_fraction:.0%} of each "
+        f"class, seed {config.seed}; never trained on, not the reported split)"
+    )
 
 
-def evaluate(model: str | Path, data: str | Path, out_dir: str | Path, *, split: str = "val",
-             config_path: str | Path | None = None, history: str | Path | None = None,
-             test_time_flip: bool | None = None, calibrate: bool = False, explain: int = 0) -> dict[str, Any]:
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "val",
+    config_path: str | Path | None = None,
+    history: str | Path | None = None,
+    test_time_flip: bool | None = None,
+    calibrate: bool = False,
+    explain: int = 0,
+) -> dict[str, Any]:
     """Evaluate ``model`` (``.keras`` or SavedModel folder) on ``split`` of ``data``; write the report folder.
 
     Writes ``metrics.json``, ``confusion_matrix.json``/``.png``, ``reliability.png``, ``training_curves.png`` (if
@@ -208,35 +258,51 @@ def evaluate(model: str | Path, data: str | Path, out_dir: str | Path, *, split:
         held, fitted_on = _held_out(Path(config_path) if config_path else model.parent / "config.json", data)
         temperature = calibration.fit_temperature(predict_split(predict, arch, held), held.labels)
         scaled = calibration.scale(probabilities, temperature)
-        cal = {"temperature": temperature, "fitted_on": fitted_on,
-               "ece_before": eces["as served"], "nll_before": calibration.negative_log_likelihood(probabilities, labels)}
+        cal = {
+            "temperature": temperature,
+            "fitted_on": fitted_on,
+            "ece_before": eces["as served"],
+            "nll_before": calibration.negative_log_likelihood(probabilities, labels),
+        }
         curves = {"before scaling": curves["as served"], f"T = {temperature}": calibration.reliability(scaled, labels)}
-        eces = {"before scaling": eces["as served"], f"T = {temperature}": calibration.expected_calibration_error(
-            scaled, labels)}
+        eces = {
+            "before scaling": eces["as served"],
+            f"T = {temperature}": calibration.expected_calibration_error(scaled, labels),
+        }
         probabilities = scaled
         arch = dataclasses.replace(arch, temperature=temperature)
-    cal.update(ece=calibration.expected_calibration_error(probabilities, labels),
-               nll=round(calibration.negative_log_likelihood(probabilities, labels), 4),
-               reliability=calibration.reliability(probabilities, labels))
+    cal.update(
+        ece=calibration.expected_calibration_error(probabilities, labels),
+        nll=round(calibration.negative_log_likelihood(probabilities, labels), 4),
+        reliability=calibration.reliability(probabilities, labels),
+    )
     if "nll_before" in cal:
         cal["nll_before"] = round(cal["nll_before"], 4)
-    metrics = {"split": split, "model": name, "data_fingerprint": data_split.fingerprint(),
-               "test_time_flip": arch.test_time_flip, "temperature": arch.temperature, "calibration": cal,
-               **compute_metrics(labels, probabilities)}
+    metrics = {
+        "split": split,
+        "model": name,
+        "data_fingerprint": data_split.fingerprint(),
+        "test_time_flip": arch.test_time_flip,
+        "temperature": arch.temperature,
+        "calibration": cal,
+        **compute_metrics(labels, probabilities),
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "confusion_matrix.json").write_text(
-        json.dumps({"labels": list(LABELS), "matrix": metrics["confusion_matrix"]}, indent=2) + "\n")
+        json.dumps({"labels": list(LABELS), "matrix": metrics["confusion_matrix"]}, indent=2) + "\n"
+    )
     _plot_confusion(metrics["confusion_matrix"], out / "confusion_matrix.png")
     calibration.plot_reliability(curves, eces, out / "reliability.png")
     has_curves = history is not None and Path(history).is_file()
-    if has_curves:
+    if history is not None and has_curves:
         _plot_history(Path(history), out / "training_curves.png")
     if explain > 0:
         explainer = _explainer(model, arch, config_path)
         metrics["explanations"] = explaining.contact_sheet(
-            data_split.images, labels, probabilities, explainer, explain, out / "explanations.png", LABELS)
+            data_split.images, labels, probabilities, explainer, explain, out / "explanations.png", LABELS
+        )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(metrics, name, split, has_curves))
     return metrics

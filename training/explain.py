@@ -14,8 +14,9 @@ The signature takes the serving inputs plus ``class_index`` (int32 per crop, ``-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -28,8 +29,9 @@ CLASS_INPUT = "class_index"
 HEATMAP_OUTPUT = "heatmap"
 
 
-def explain_function(served: keras.Model, inference_model: keras.Model, arch: ArchConfig,
-                     output_name: str) -> tuple[Any, dict[str, Any]]:
+def explain_function(
+    served: keras.Model, inference_model: keras.Model, arch: ArchConfig, output_name: str
+) -> tuple[Any, dict[str, Any]]:
     """The ``explain`` tf.function for ``served`` (the exported probabilities) and its metadata section."""
     import tensorflow as tf
 
@@ -48,8 +50,12 @@ def explain_function(served: keras.Model, inference_model: keras.Model, arch: Ar
         maps = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1, keepdims=True))
         return tf.image.resize(tf.cast(maps, tf.float32), [height, width], method="bilinear")[..., 0]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name="images"),
-                                  tf.TensorSpec([None], tf.int32, name=CLASS_INPUT)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, height, width, channels], tf.float32, name="images"),
+            tf.TensorSpec([None], tf.int32, name=CLASS_INPUT),
+        ]
+    )
     def explain(images: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = served(images, training=False)
         top = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
@@ -62,10 +68,17 @@ def explain_function(served: keras.Model, inference_model: keras.Model, arch: Ar
         maps = tf.math.divide_no_nan(maps, peak)
         return {output_name: probabilities, CLASS_INPUT: classes, HEATMAP_OUTPUT: maps}
 
-    section = {"signature": SIGNATURE_KEY, "method": "grad-cam", "layer": explain_layer(arch),
-               "layer_resolution": [int(map_height), int(map_width)], "heatmap_resolution": [height, width],
-               "class_input": CLASS_INPUT, "heatmap_output": HEATMAP_OUTPUT, "value_range": [0, 1],
-               "test_time_flip": arch.test_time_flip}
+    section = {
+        "signature": SIGNATURE_KEY,
+        "method": "grad-cam",
+        "layer": explain_layer(arch),
+        "layer_resolution": [int(map_height), int(map_width)],
+        "heatmap_resolution": [height, width],
+        "class_input": CLASS_INPUT,
+        "heatmap_output": HEATMAP_OUTPUT,
+        "value_range": [0, 1],
+        "test_time_flip": arch.test_time_flip,
+    }
     return explain, section
 
 
@@ -79,8 +92,10 @@ def saved_model_explainer(path: Path) -> Explainer:
 
     signatures = tf.saved_model.load(str(path)).signatures
     if SIGNATURE_KEY not in signatures:
-        raise ValueError(f"{path} has no '{SIGNATURE_KEY}' signature (exported before explanations existed); "
-                         "export it again to get maps")
+        raise ValueError(
+            f"{path} has no '{SIGNATURE_KEY}' signature (exported before explanations existed); "
+            "export it again to get maps"
+        )
     explain = signatures[SIGNATURE_KEY]
 
     def run(images: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -102,8 +117,15 @@ def keras_explainer(served: keras.Model, inference_model: keras.Model, arch: Arc
     return run
 
 
-def contact_sheet(pixels: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, explainer: Explainer,
-                  per_class: int, path: Path, class_names: tuple[str, ...]) -> dict[str, int]:
+def contact_sheet(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    explainer: Explainer,
+    per_class: int,
+    path: Path,
+    class_names: tuple[str, ...],
+) -> dict[str, int]:
     """A PNG with, per true class, up to ``per_class`` correctly and ``per_class`` wrongly classified images side by
     side, each with the map of its predicted class over it. ``pixels`` are the grayscale images shown (FER-2013's
     48x48) and what ``explainer`` receives. Returns how many of each were drawn."""
@@ -114,22 +136,26 @@ def contact_sheet(pixels: np.ndarray, labels: np.ndarray, probabilities: np.ndar
 
     predicted = probabilities.argmax(axis=1)
     columns = 2 * per_class
-    fig, axes = plt.subplots(len(class_names), columns, figsize=(1.4 * columns, 1.55 * len(class_names)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(class_names), columns, figsize=(1.4 * columns, 1.55 * len(class_names)), squeeze=False)
     drawn = {"correct": 0, "wrong": 0}
     for row, name in enumerate(class_names):
         correct = np.flatnonzero((labels == row) & (predicted == row))[:per_class]
         wrong = np.flatnonzero((labels == row) & (predicted != row))[:per_class]
-        chosen = [(i, "correct") for i in correct] + [(None, "")] * (per_class - len(correct)) + \
-                 [(i, "wrong") for i in wrong] + [(None, "")] * (per_class - len(wrong))
+        chosen = (
+            [(i, "correct") for i in correct]
+            + [(None, "")] * (per_class - len(correct))
+            + [(i, "wrong") for i in wrong]
+            + [(None, "")] * (per_class - len(wrong))
+        )
         picked = [i for i, _ in chosen if i is not None]
         maps = explainer(pixels[picked], predicted[picked]) if picked else np.zeros((0,))
-        for column, ((index, kind), ax) in enumerate(zip(chosen, axes[row])):
+        for column, ((index, kind), ax) in enumerate(zip(chosen, axes[row], strict=True)):
             ax.set_xticks([])
             ax.set_yticks([])
             if column == 0:  # an annotation, not a y label: it stays when the cell is empty and its axes are off
-                ax.annotate(name, xy=(-0.12, 0.5), xycoords="axes fraction", rotation=90, ha="right",
-                            va="center", fontsize=9)
+                ax.annotate(
+                    name, xy=(-0.12, 0.5), xycoords="axes fraction", rotation=90, ha="right", va="center", fontsize=9
+                )
             if index is None:
                 ax.axis("off")
                 continue
@@ -140,10 +166,11 @@ def contact_sheet(pixels: np.ndarray, labels: np.ndarray, probabilities: np.ndar
             # the map is at the model's input size: stretch it over the shown image
             ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
             colour = "green" if kind == "correct" else "red"
-            ax.set_title(f"{class_names[predicted[index]]} {probabilities[index].max():.2f}", fontsize=7,
-                         color=colour)
-    fig.suptitle("Grad-CAM of the predicted class: correct (left half, green) and wrong (right half, red) per "
-                 "true class", fontsize=9)
+            ax.set_title(f"{class_names[predicted[index]]} {probabilities[index].max():.2f}", fontsize=7, color=colour)
+    fig.suptitle(
+        "Grad-CAM of the predicted class: correct (left half, green) and wrong (right half, red) per true class",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -18,10 +18,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from training.config import ArchConfig, TrainConfig
-from training.labels import LABELS
 from training import explain as explaining
+from training.config import ArchConfig, TrainConfig
 from training.inference import rebuild_float32, served_graph
+from training.labels import LABELS
 from training.model import load_inference_model
 
 SCHEMA_VERSION = 1
@@ -38,8 +38,13 @@ class ExportMismatchError(RuntimeError):
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -82,14 +87,24 @@ def self_check(model: keras.Model, path: Path, sample: np.ndarray, tolerance: fl
     expected = np.asarray(model(sample, training=False))
     diff = float(np.max(np.abs(exported - expected)))
     if not np.isfinite(diff) or diff > tolerance:
-        raise ExportMismatchError(f"SavedModel output differs from the Keras model by {diff:.3g} "
-                                  f"(tolerance {tolerance:.1g})")
+        raise ExportMismatchError(
+            f"SavedModel output differs from the Keras model by {diff:.3g} (tolerance {tolerance:.1g})"
+        )
     return diff
 
 
-def build_metadata(*, name: str, version: str, arch: ArchConfig, labels: tuple[str, ...],
-                   evaluation: dict[str, Any] | None, training: dict[str, Any] | None,
-                   self_check_diff: float, tolerance: float, explain: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_metadata(
+    *,
+    name: str,
+    version: str,
+    arch: ArchConfig,
+    labels: tuple[str, ...],
+    evaluation: dict[str, Any] | None,
+    training: dict[str, Any] | None,
+    self_check_diff: float,
+    tolerance: float,
+    explain: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The ``metadata.json`` document of docs/model-contract.md."""
     import tensorflow as tf
 
@@ -98,15 +113,21 @@ def build_metadata(*, name: str, version: str, arch: ArchConfig, labels: tuple[s
         "name": name,
         "version": version,
         "labels": list(labels),
-        "input": {"height": arch.input_size, "width": arch.input_size, "channels": arch.channels,
-                  "color_mode": arch.color_mode, "dtype": "float32", "value_range": [0, 255]},
+        "input": {
+            "height": arch.input_size,
+            "width": arch.input_size,
+            "channels": arch.channels,
+            "color_mode": arch.color_mode,
+            "dtype": "float32",
+            "value_range": [0, 255],
+        },
         "signature": {"key": SIGNATURE_KEY, "input": INPUT_NAME, "output": OUTPUT_NAME},
         "architecture": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(arch).items()}},
         "evaluation": evaluation,
         "training": training,
         **({"explain": explain} if explain else {}),
         "export": {
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "git_commit": _git_commit(),
             "tensorflow_version": tf.__version__,
             "keras_version": keras.__version__,
@@ -120,10 +141,19 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
-def export_model(model_path: str | Path, out_root: str | Path, *, name: str, version: str,
-                 config_path: str | Path | None = None, report_dir: str | Path | None = None,
-                 sample: np.ndarray | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                 force: bool = False, test_time_flip: bool | None = None) -> Path:
+def export_model(
+    model_path: str | Path,
+    out_root: str | Path,
+    *,
+    name: str,
+    version: str,
+    config_path: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    sample: np.ndarray | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    force: bool = False,
+    test_time_flip: bool | None = None,
+) -> Path:
     """Export ``model_path`` to ``<out_root>/<name>/<version>/`` and return that folder.
 
     ``config_path`` defaults to ``config.json`` beside the model (written by ``train``); the run record
@@ -146,9 +176,11 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
     flip = config.arch.test_time_flip if test_time_flip is None else test_time_flip
     report = _read_json(Path(report_dir) / "metrics.json") if report_dir else None
     if report is not None and report.get("test_time_flip", False) != flip:
-        raise ValueError(f"the report in {report_dir} was made with test_time_flip="
-                         f"{report.get('test_time_flip', False)}, the export uses {flip}: its "
-                         "figures would not describe this model")
+        raise ValueError(
+            f"the report in {report_dir} was made with test_time_flip="
+            f"{report.get('test_time_flip', False)}, the export uses {flip}: its "
+            "figures would not describe this model"
+        )
     # The temperature comes from the report that measured it (evaluate --calibrate), so figures and graph agree.
     temperature = float(report.get("temperature", 1.0)) if report is not None else config.arch.temperature
     out_dir = Path(out_root) / name / str(version)
@@ -176,9 +208,17 @@ def export_model(model_path: str | Path, out_root: str | Path, *, name: str, ver
 
     run = _read_json(model_path.parent / "run.json")
     training = {"config": config.to_dict(), **(run or {})}
-    metadata = build_metadata(name=name, version=str(version), arch=arch, labels=LABELS, evaluation=report,
-                              training=training, self_check_diff=diff, tolerance=tolerance,
-                              explain=explain_section)
+    metadata = build_metadata(
+        name=name,
+        version=str(version),
+        arch=arch,
+        labels=LABELS,
+        evaluation=report,
+        training=training,
+        self_check_diff=diff,
+        tolerance=tolerance,
+        explain=explain_section,
+    )
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     if report_dir:
         shutil.copytree(report_dir, out_dir / "report")

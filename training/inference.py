@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -58,8 +59,9 @@ def rebuild_float32(model: keras.Model, arch: ArchConfig) -> keras.Model:
     return clean
 
 
-def served_model(model_path: str | Path, trained: ArchConfig, test_time_flip: bool | None = None,
-                 temperature: float | None = None) -> tuple[keras.Model, ArchConfig]:
+def served_model(
+    model_path: str | Path, trained: ArchConfig, test_time_flip: bool | None = None, temperature: float | None = None
+) -> tuple[keras.Model, ArchConfig]:
     """The graph that is exported (and evaluated) for a trained ``.keras`` model, and its architecture.
 
     ``trained`` is the architecture the model was trained with; ``test_time_flip`` and ``temperature`` (``None``:
@@ -69,7 +71,8 @@ def served_model(model_path: str | Path, trained: ArchConfig, test_time_flip: bo
     arch = dataclasses.replace(
         trained,
         test_time_flip=trained.test_time_flip if test_time_flip is None else test_time_flip,
-        temperature=trained.temperature if temperature is None else temperature)
+        temperature=trained.temperature if temperature is None else temperature,
+    )
     return served_graph(rebuild_float32(load_inference_model(str(model_path)), trained), arch), arch
 
 
@@ -115,6 +118,6 @@ def predict_split(predict: Predictor, arch: ArchConfig, split: Split, batch_size
     """Probabilities for every image of ``split``, fed through :func:`fer_pixels_to_model_input`."""
     out = [np.zeros((0, len(LABELS)), np.float32)]
     for start in range(0, len(split), batch_size):
-        batch = split.images[start:start + batch_size].astype(np.float32)
+        batch = split.images[start : start + batch_size].astype(np.float32)
         out.append(predict(np.asarray(fer_pixels_to_model_input(arch, batch))))
     return np.concatenate(out)

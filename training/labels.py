@@ -7,7 +7,13 @@ LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad"
 
 #: The original Kaggle CSV numbers the classes differently: 0=angry 1=disgust 2=fear 3=happy 4=sad 5=surprise 6=neutral.
 CSV_CODE_TO_LABEL: dict[int, str] = {
-    0: "angry", 1: "disgust", 2: "fear", 3: "happy", 4: "sad", 5: "surprise", 6: "neutral",
+    0: "angry",
+    1: "disgust",
+    2: "fear",
+    3: "happy",
+    4: "sad",
+    5: "surprise",
+    6: "neutral",
 }
 
 #: Split names of the folder layout and their CSV ``Usage`` values.

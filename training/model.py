@@ -13,8 +13,8 @@ Only built-in Keras layers are used, so a ``.keras`` file loads anywhere Keras 3
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 from keras import layers
@@ -66,12 +66,15 @@ def _fer_cnn(arch: ArchConfig, weights: str | None) -> keras.Model:
 
 
 BACKBONES: dict[str, Backbone] = {
-    "resnet50v2": Backbone(_application(keras.applications.ResNet50V2), rgb=True, rescale=(1 / 127.5, -1.0),
-                           pretrained=True),
-    "mobilenetv2": Backbone(_application(keras.applications.MobileNetV2), rgb=True, rescale=(1 / 127.5, -1.0),
-                            pretrained=True),
-    "efficientnetv2b0": Backbone(_application(keras.applications.EfficientNetV2B0), rgb=True, rescale=None,
-                                 pretrained=True),
+    "resnet50v2": Backbone(
+        _application(keras.applications.ResNet50V2), rgb=True, rescale=(1 / 127.5, -1.0), pretrained=True
+    ),
+    "mobilenetv2": Backbone(
+        _application(keras.applications.MobileNetV2), rgb=True, rescale=(1 / 127.5, -1.0), pretrained=True
+    ),
+    "efficientnetv2b0": Backbone(
+        _application(keras.applications.EfficientNetV2B0), rgb=True, rescale=None, pretrained=True
+    ),
     "fer_cnn": Backbone(_fer_cnn, rgb=False, rescale=(1 / 255.0, 0.0), pretrained=False),
 }
 
@@ -81,7 +84,8 @@ def _resolve_weights(arch: ArchConfig, backbone: Backbone) -> str | None:
         return None
     if arch.weights == "imagenet" and not backbone.pretrained:
         raise WeightsUnavailableError(
-            f"backbone '{arch.backbone}' has no ImageNet weights; use --weights none or a weights file")
+            f"backbone '{arch.backbone}' has no ImageNet weights; use --weights none or a weights file"
+        )
     return arch.weights
 
 
@@ -95,7 +99,8 @@ def build_backbone(arch: ArchConfig, weights: str | None) -> keras.Model:
             raise WeightsUnavailableError(
                 f"could not download ImageNet weights for {arch.backbone} ({exc.__class__.__name__}: {exc}). "
                 "Connect to the internet, pass a local weights file with --weights PATH, or train from random "
-                "initialisation with --weights none.") from exc
+                "initialisation with --weights none."
+            ) from exc
         raise
     model.name = BACKBONE_NAME
     return model
@@ -150,8 +155,9 @@ def build_explain_model(inference_model: keras.Model, arch: ArchConfig) -> keras
     activations by the gradient of the class *score*, not of its probability.
     """
     backbone = inference_model.get_layer(BACKBONE_NAME)
-    split = keras.Model(backbone.inputs, [backbone.get_layer(explain_layer(arch)).output, backbone.output],
-                        name="backbone_split")
+    split = keras.Model(
+        backbone.inputs, [backbone.get_layer(explain_layer(arch)).output, backbone.output], name="backbone_split"
+    )
     images = keras.Input(inference_model.input_shape[1:], name="images")
     names = {layer.name for layer in inference_model.layers}
     x = gray_to_rgb(images, name="gray_to_rgb") if "gray_to_rgb" in names else images

@@ -30,9 +30,13 @@ def calibration_split(split: Split, fraction: float, seed: int) -> tuple[Split, 
     if fraction <= 0:
         return split, Split(split.images[:0], split.labels[:0])
     rng = np.random.default_rng([seed, 424242])
-    held = np.concatenate([
-        rng.permutation(idx)[: max(1, round(fraction * len(idx)))]
-        for idx in (np.flatnonzero(split.labels == c) for c in range(len(LABELS))) if len(idx) > 1])
+    held = np.concatenate(
+        [
+            rng.permutation(idx)[: max(1, round(fraction * len(idx)))]
+            for idx in (np.flatnonzero(split.labels == c) for c in range(len(LABELS)))
+            if len(idx) > 1
+        ]
+    )
     mask = np.zeros(len(split), bool)
     mask[held] = True
     return Split(split.images[~mask], split.labels[~mask]), Split(split.images[mask], split.labels[mask])

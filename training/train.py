@@ -23,8 +23,8 @@ from training.config import TrainConfig
 from training.data import Split, class_weights, read_split
 from training.inference import fer_pixels_to_model_input, keras_predictor, predict_split
 from training.labels import IMAGE_SIZE, LABELS
-from training.splits import training_splits
 from training.model import BACKBONE_NAME, INFERENCE_MODEL_NAME, build_inference_model, load_inference_model
+from training.splits import training_splits
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,12 @@ class _ResumePoint(keras.callbacks.Callback):
         partial = self.run_dir / "last.partial.keras"
         self.model.save(partial)
         os.replace(partial, self.run_dir / LAST_CHECKPOINT)
-        _write_state(self.run_dir, epochs_done=epoch + 1, seconds=self.seconds_before + time.time() - self.started,
-                     random_states=[np.asarray(v).tolist() for v in _random_states(self.model)])
+        _write_state(
+            self.run_dir,
+            epochs_done=epoch + 1,
+            seconds=self.seconds_before + time.time() - self.started,
+            random_states=[np.asarray(v).tolist() for v in _random_states(self.model)],
+        )
 
 
 LAST_CHECKPOINT = "last.keras"
@@ -116,64 +120,81 @@ def _random_states(model: keras.Model) -> list:
 
 
 def _restore_random_states(model: keras.Model, state: dict) -> None:
-    for variable, value in zip(_random_states(model), state.get("random_states", [])):
+    for variable, value in zip(_random_states(model), state.get("random_states", []), strict=True):
         variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 def _write_state(run_dir: Path, *, epochs_done: int, seconds: float, random_states: list) -> None:
     partial = run_dir / "state.partial.json"
-    partial.write_text(json.dumps({"epochs_done": epochs_done, "seconds": round(seconds, 1),
-                                   "random_states": random_states}) + "\n")
+    partial.write_text(
+        json.dumps({"epochs_done": epochs_done, "seconds": round(seconds, 1), "random_states": random_states}) + "\n"
+    )
     os.replace(partial, run_dir / "state.json")
 
 
 def _read_state(run_dir: Path) -> dict:
     path = run_dir / "state.json"
     if not path.is_file() or not (run_dir / LAST_CHECKPOINT).is_file():
-        raise FileNotFoundError(f"--resume: {run_dir} has no state.json and {LAST_CHECKPOINT} (nothing to resume; "
-                                "a run writes them after its first epoch)")
+        raise FileNotFoundError(
+            f"--resume: {run_dir} has no state.json and {LAST_CHECKPOINT} (nothing to resume; "
+            "a run writes them after its first epoch)"
+        )
     return json.loads(path.read_text())
 
 
 def _callbacks(run_dir: Path, config: TrainConfig, seconds_before: float) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(str(run_dir / BEST_CHECKPOINT), monitor="val_accuracy", mode="max",
-                                        save_best_only=True),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / BEST_CHECKPOINT), monitor="val_accuracy", mode="max", save_best_only=True
+        ),
         _ResumePoint(run_dir, seconds_before),
     ]
     if config.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                                       patience=config.early_stopping_patience))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.early_stopping_patience)
+        )
     if config.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                           patience=config.reduce_lr_patience, min_lr=1e-6))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-6
+            )
+        )
     return callbacks
 
 
-def _learning_rate(config: TrainConfig, peak: float, epochs: int, per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def _learning_rate(
+    config: TrainConfig, peak: float, epochs: int, per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     if config.schedule == "plateau":
         return peak
     if config.schedule != "cosine":
         raise ValueError(f"schedule must be 'plateau' or 'cosine', not '{config.schedule}'")
     warmup = int(round(config.warmup_epochs * per_epoch))
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=peak / 10 if warmup else peak, decay_steps=max(1, epochs * per_epoch - warmup),
-        alpha=0.0, warmup_target=peak if warmup else None, warmup_steps=warmup)
+        initial_learning_rate=peak / 10 if warmup else peak,
+        decay_steps=max(1, epochs * per_epoch - warmup),
+        alpha=0.0,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
 
 
 def _compile(model: keras.Model, config: TrainConfig, learning_rate: float, epochs: int, per_epoch: int) -> None:
     rate = _learning_rate(config, learning_rate, epochs, per_epoch)
     if config.optimizer == "sgd":
         optimizer: keras.optimizers.Optimizer = keras.optimizers.SGD(
-            rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+            rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
     elif config.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
     else:
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', not '{config.optimizer}'")
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
 
 
 def build_training_model(inference_model: keras.Model, config: TrainConfig) -> keras.Model:
@@ -202,8 +223,11 @@ def _load_weights_from(model: keras.Model, path: Path) -> None:
         raise FileNotFoundError(f"--init-from: no model file at {path}")
     source = load_inference_model(str(path))
     mine, theirs = model.get_weights(), source.get_weights()
-    if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
-        raise ValueError(f"--init-from: {path} is not a model of this architecture (its input is {tuple(source.input_shape[1:])}, it has {source.count_params():,} parameters)")
+    if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs, strict=True)):
+        raise ValueError(
+            f"--init-from: {path} is not a model of this architecture (its input is "
+            f"{tuple(source.input_shape[1:])}, it has {source.count_params():,} parameters)"
+        )
     model.set_weights(theirs)
 
 
@@ -222,8 +246,15 @@ def _phases(config: TrainConfig) -> list[_Phase]:
     return phases
 
 
-def train(config: TrainConfig | None, data: str | Path, run_dir: str | Path, *, resume: bool = False,
-          stop_after: int = 0, verbose: int | str = "auto") -> TrainResult:
+def train(
+    config: TrainConfig | None,
+    data: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int = 0,
+    verbose: int | str = "auto",
+) -> TrainResult:
     """Train ``config`` on ``data`` (folder root, Kaggle CSV or packed .npz), selecting on its ``val`` split.
 
     With ``resume`` the run in ``run_dir`` continues where it stopped (its own ``config.json``; ``config`` must be
@@ -259,8 +290,16 @@ def train(config: TrainConfig | None, data: str | Path, run_dir: str | Path, *, 
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _run(config: TrainConfig, data: str | Path, run_dir: Path, state: dict, *, stop_after: int, mixed: bool,
-         verbose: int | str) -> TrainResult:
+def _run(
+    config: TrainConfig,
+    data: str | Path,
+    run_dir: Path,
+    state: dict,
+    *,
+    stop_after: int,
+    mixed: bool,
+    verbose: int | str,
+) -> TrainResult:
     """The epochs of ``config`` not yet in ``state``, under the mixed-precision policy already set."""
     started = time.time()
     keras.utils.set_random_seed(config.seed)
@@ -304,28 +343,49 @@ def _run(config: TrainConfig, data: str | Path, run_dir: Path, state: dict, *, s
         end = last_epoch if budget_end is None else min(last_epoch, budget_end)
         if end <= done:
             break
-        stream = training_batches(train_split, batch_size=config.batch_size, seed=config.seed,
-                                  start_step=done * per_epoch, end_step=end * per_epoch, aug=aug,
-                                  sample_weights=weights)
-        history = model.fit(stream, epochs=end, initial_epoch=done, steps_per_epoch=per_epoch,
-                            validation_data=(val_split.images, val_targets),
-                            callbacks=_callbacks(run_dir, config, float(state["seconds"]) + time.time() - started),
-                            verbose=verbose)
+        stream = training_batches(
+            train_split,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=done * per_epoch,
+            end_step=end * per_epoch,
+            aug=aug,
+            sample_weights=weights,
+        )
+        history = model.fit(
+            stream,
+            epochs=end,
+            initial_epoch=done,
+            steps_per_epoch=per_epoch,
+            validation_data=(val_split.images, val_targets),
+            callbacks=_callbacks(run_dir, config, float(state["seconds"]) + time.time() - started),
+            verbose=verbose,
+        )
         done += len(history.epoch)
         stopped_early = done < end
         first_epoch = last_epoch
         if budget_end is not None and done >= budget_end and done < sum(p.epochs for p in _phases(config)):
-            return TrainResult(run_dir, run_dir / LAST_CHECKPOINT, float("nan"), done,
-                               float(state["seconds"]) + time.time() - started)
+            return TrainResult(
+                run_dir, run_dir / LAST_CHECKPOINT, float("nan"), done, float(state["seconds"]) + time.time() - started
+            )
 
     seconds = json.loads((run_dir / "state.json").read_text())["seconds"] if (run_dir / "state.json").exists() else 0.0
     best = load_inference_model(str(run_dir / BEST_CHECKPOINT))
-    return _finish(run_dir, config, best, train_split, val_split, epochs_run=done, seconds=float(seconds),
-                   mixed=mixed)
+    return _finish(run_dir, config, best, train_split, val_split, epochs_run=done, seconds=float(seconds), mixed=mixed)
 
 
-def _finish(run_dir: Path, config: TrainConfig, inference_model: keras.Model, train_split: Split, val_split: Split,
-            *, epochs_run: int, seconds: float, mixed: bool, interrupted: bool = False) -> TrainResult:
+def _finish(
+    run_dir: Path,
+    config: TrainConfig,
+    inference_model: keras.Model,
+    train_split: Split,
+    val_split: Split,
+    *,
+    epochs_run: int,
+    seconds: float,
+    mixed: bool,
+    interrupted: bool = False,
+) -> TrainResult:
     """Save ``model.keras``, measure it on val and write ``run.json`` (the run record export puts in metadata)."""
     model_path = run_dir / "model.keras"
     inference_model.save(model_path)
@@ -366,5 +426,14 @@ def finalize(run_dir: str | Path, data: str | Path) -> TrainResult:
     seconds = history.stat().st_mtime - (run_dir / "config.json").stat().st_mtime
     train_split, _held_out = training_splits(config, data)
     inference_model = load_inference_model(str(run_dir / "checkpoint.keras"))
-    return _finish(run_dir, config, inference_model, train_split, read_split(data, "val"),
-                   epochs_run=epochs_run, seconds=seconds, mixed=False, interrupted=True)
+    return _finish(
+        run_dir,
+        config,
+        inference_model,
+        train_split,
+        read_split(data, "val"),
+        epochs_run=epochs_run,
+        seconds=seconds,
+        mixed=False,
+        interrupted=True,
+    )

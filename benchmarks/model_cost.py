@@ -1,0 +1,101 @@
+"""CPU cost of a served model per face: the whole exported graph (test-time flip and temperature included), batch 32,
+through the service's own runtime (``service.model.load_model``). Writes ``benchmarks/MODEL_COST.md``.
+
+    .venv/bin/python benchmarks/model_cost.py --model-dir models/fer-cnn-48 [--model-dir OTHER ...]
+
+CPU time is the process's user + system time (all its threads) divided by the faces predicted, so it does not depend
+on how many cores served them; throughput is faces per wall-clock second. Run it on an idle machine (pause training
+runs: ``kill -STOP <pid>``, then ``kill -CONT <pid>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def measure(model_dir: str, *, batch: int = 32, seconds: float = 10.0) -> dict[str, Any]:
+    """CPU milliseconds per face and faces per second of ``model_dir``'s served version at ``batch``."""
+    from service.model import load_model
+
+    model = load_model(model_dir)
+    height, width = model.input_size
+    crops = np.random.default_rng(0).integers(
+        0, 256, (batch, height, width, model.metadata.input.channels), dtype=np.uint8
+    )
+    for _ in range(5):  # warm-up: graph tracing and oneDNN kernel selection
+        model.predict(crops)
+    runs = 0
+    cpu_started, wall_started = time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall_started < seconds:
+        model.predict(crops)
+        runs += 1
+    cpu, wall = time.process_time() - cpu_started, time.perf_counter() - wall_started
+    faces = runs * batch
+    arch = json.loads((model.path / "metadata.json").read_text()).get("architecture", {})
+    return {
+        "model": f"{model.metadata.name} v{model.metadata.version}",
+        "batch": batch,
+        "faces": faces,
+        "cpu_ms_per_face": round(1000 * cpu / faces, 3),
+        "faces_per_second": round(faces / wall, 1),
+        "test_time_flip": arch.get("test_time_flip", False),
+        "temperature": arch.get("temperature", 1.0),
+    }
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", action="append", help="model folder (highest version) or version folder")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per model")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--target-ms", type=float, default=10.0, help="the budget of CPU per face (issue 11)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "MODEL_COST.md"))
+    args = parser.parse_args()
+    rows = [measure(d, batch=args.batch, seconds=args.seconds) for d in (args.model_dir or ["models/fer-cnn-48"])]
+    lines = [
+        "# CPU cost of the served model per face",
+        "",
+        f"Measured {dt.date.today().isoformat()} on {machine()}, idle (training paused), by",
+        f"`{' '.join(['.venv/bin/python', 'benchmarks/model_cost.py', *sys.argv[1:]])}`:",
+        f"TensorFlow fp32, the whole exported graph, batch {args.batch}, {args.seconds:.0f} s per model. "
+        "CPU ms per face = process CPU time (all threads) / faces.",
+        "",
+        "| model | test-time flip | temperature | CPU ms per face | faces/s (wall) | budget |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        verdict = "within" if r["cpu_ms_per_face"] <= args.target_ms else "OVER"
+        lines.append(
+            f"| {r['model']} | {'yes' if r['test_time_flip'] else 'no'} | {r['temperature']} | "
+            f"{r['cpu_ms_per_face']:.2f} | {r['faces_per_second']:.0f} | {verdict} ({args.target_ms:g} ms) |"
+        )
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    Path(args.out).with_suffix(".json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
