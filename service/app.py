@@ -120,6 +120,11 @@ async def _placeholder_page() -> HTMLResponse:
     return HTMLResponse(PLACEHOLDER_PAGE)
 
 
+def _serves_docs(settings: Settings) -> bool:
+    """The API docs are served without API keys, and with keys only if ``docs_with_api_keys``."""
+    return not settings.api_keys or settings.docs_with_api_keys
+
+
 def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     """A new app for ``settings`` with its own metrics registry; the model loads when the app starts."""
     state = ServiceState(settings=settings, metrics=Metrics())
@@ -148,6 +153,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         version="1.0.0",
         summary="Finds every face in an image and classifies its expression with the exported model.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if _serves_docs(settings) else None,  # None: /docs and /redoc go too
         responses={code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 499, 500, 503)},
     )
     app.state.service = state

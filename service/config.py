@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.errors import describe_validation_errors
 from service.faces import DEFAULT_DETECTOR, DEFAULT_THRESHOLD, DETECTORS
 
 ENV_PREFIX = "FER_"
@@ -115,12 +116,18 @@ class Settings(BaseSettings):
     )
 
     # --- access -----------------------------------------------------------------------------------------------
-    api_keys: Annotated[list[str], NoDecode] = Field(
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         repr=False,
         description="Comma-separated API keys; when set, /predict, /predict/batch and /ws/stream need "
-        "'Authorization: Bearer <key>' (the WebSocket also accepts ?api_key=); /healthz, /readyz, /metrics, the docs "
-        "and the web page stay open.",
+        "'Authorization: Bearer <key>' (the WebSocket also accepts ?api_key=); /healthz, /readyz, /metrics and "
+        "the web page stay open, and the API docs (/docs, /redoc, /openapi.json) are served only with "
+        "--docs-with-api-keys.",
+    )
+    docs_with_api_keys: bool = Field(
+        False,
+        description="Serve the API docs (/docs, /redoc, /openapi.json) without a key although api_keys is set "
+        "(without api_keys they are always served).",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated CORS origins ('*' for any); CORS is off when empty."
@@ -153,7 +160,7 @@ class Settings(BaseSettings):
                 f"max_pending_images ({self.max_pending_images}) must be at least max_batch_images "
                 f"({self.max_batch_images})"
             )
-        if any(not key for key in self.api_keys):
+        if any(not key.get_secret_value() for key in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
         return self
 
@@ -201,6 +208,6 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
     overrides = {name: value for name, value in vars(args).items() if value is not None}
     try:
         return Settings(**overrides)
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        parser.error(str(exc))
+    except ValidationError as exc:  # one line naming the settings, never the values given (they may be keys)
+        parser.error(f"invalid settings: {describe_validation_errors(exc.errors(include_input=False))}")
         raise  # unreachable: parser.error exits

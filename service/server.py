@@ -8,6 +8,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.config import Settings
+from service.logs import install_redaction
 
 #: Largest request line + headers accepted (uvicorn's h11 limit); larger requests get a 400 from the parser.
 MAX_HEADER_BYTES = 16 * 1024
@@ -22,6 +23,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
     (16 KiB) with a 400; httptools, uvicorn's other parser, buffers headers of any size (measured: 1 MB of
     headers and 20,000 header lines were accepted). Request parsing is a small part of a request's cost here.
     """
+    install_redaction()  # uvicorn logs WebSocket paths with their query string (?api_key=...)
     options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,

@@ -6,13 +6,16 @@ Every wait here is for an event (an answer, a close, a counter reaching a value)
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from tests import photos
 from tests.hostile_client import wait_until
@@ -111,3 +114,140 @@ def test_a_client_that_hangs_up_mid_upload_is_a_499_logged_at_info_never_a_500(
     assert not [r for r in logs.records if r.levelno >= logging.WARNING], logs.text()
     assert not [r for r in logs.records if r.exc_info], "no traceback for a client's hang-up"
     assert_serves(client, service, face_jpeg)
+
+
+# --- 2. no secrets at rest ---------------------------------------------------------------------------------------
+
+KEY = "s3cret-key-0123456789"
+WRONG_KEY = "wr0ng-but-maybe-someone-elses-key"
+LEAKS = re.compile(r"Traceback|File \"|\.py\b|site-packages|/work/|/home/|/usr/|/tmp/|/opt/")
+
+
+@pytest.fixture(scope="module")
+def keyed(exported_model: Path) -> Iterator[RunningService]:
+    with running_service(exported_model, api_keys=[KEY], max_batch_wait_ms=5) as running:
+        yield running
+
+
+def test_api_keys_never_reach_a_log_line_an_error_or_a_metric(
+    keyed: RunningService, client: httpx.Client, face_jpeg: bytes
+) -> None:
+    with captured_logs("service", "uvicorn.error", "uvicorn.access") as logs:
+        for key in (KEY, WRONG_KEY):
+            with connect(f"{keyed.ws_url}/ws/stream?api_key={key}", open_timeout=60) as ws:
+                if key == KEY:
+                    ws.send(face_jpeg)
+                    assert json.loads(ws.recv(timeout=120))["type"] == "result"
+                else:
+                    refused = json.loads(ws.recv(timeout=60))
+                    assert refused["code"] == "unauthorized" and key not in json.dumps(refused)
+        wrong = client.post(
+            keyed.url + "/predict?api_key=" + WRONG_KEY,
+            content=face_jpeg,
+            headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {WRONG_KEY}"},
+        )
+        assert wrong.status_code == 401 and WRONG_KEY not in wrong.text
+        right = client.post(
+            keyed.url + "/predict",
+            content=face_jpeg,
+            headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {KEY}"},
+        )
+        assert right.status_code == 200
+    text = logs.text()
+    assert "WebSocket /ws/stream?api_key=[redacted]" in text, "uvicorn's WebSocket line is there, redacted"
+    assert KEY not in text and WRONG_KEY not in text
+    metrics = keyed.metrics()
+    assert KEY not in metrics and WRONG_KEY not in metrics
+
+
+def test_the_json_log_handler_redacts_secret_query_parameters() -> None:
+    from service.logs import JsonFormatter, RedactingFilter, redact
+
+    assert redact("GET /ws/stream?api_key=abc&x=1 token=zz") == "GET /ws/stream?api_key=[redacted]&x=1 token=zz"
+    assert redact("/p?a=1&token=t0k;password=pw") == "/p?a=1&token=[redacted];password=[redacted]"
+    record = logging.LogRecord(
+        "uvicorn.error", logging.INFO, "", 0, '%s - "WebSocket %s"', ("1.2.3.4", "/ws?apikey=K"), None
+    )
+    record.path = "/x?access_token=T"
+    assert RedactingFilter().filter(record)
+    line = JsonFormatter().format(record)
+    assert 'K"' not in line and "=T" not in line and line.count("[redacted]") == 2
+
+
+def test_a_configuration_error_names_the_setting_never_the_value(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.config import settings_from_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        settings_from_args(["--api-keys", f'[["{KEY}"]]', "--max-queue", "not-a-number"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "api_keys" in err and "max_queue" in err and "invalid settings" in err
+    assert KEY not in err and "not-a-number" not in err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and errors[0].startswith("python -m service: error: invalid settings: ")
+
+
+def test_secret_settings_do_not_show_in_repr_or_dumps() -> None:
+    from service.config import Settings
+
+    settings = Settings(model_dir=Path("unused"), api_keys=[KEY])
+    assert KEY not in repr(settings) and KEY not in str(settings.model_dump()) and KEY not in settings.model_dump_json()
+
+
+def test_a_model_that_fails_to_load_names_no_path_in_the_health_bodies(tmp_path: Path) -> None:
+    import threading
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.config import Settings
+    from service.server import uvicorn_config
+    from tests.servers import free_socket
+
+    sock = free_socket()
+    failed = threading.Event()
+    settings = Settings(model_dir=tmp_path / "no-such-model", port=sock.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn_config(create_app(settings, on_fatal=lambda _: failed.set()), settings, log_level="critical")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        assert failed.wait(120)
+        url = f"http://127.0.0.1:{settings.port}"
+        assert wait_until(lambda: _answers(url + "/healthz"))
+        ready = httpx.get(url + "/readyz", timeout=30)
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+        for body in (ready.text, httpx.get(url + "/healthz", timeout=30).text):
+            assert str(tmp_path) not in body and not LEAKS.search(body), body
+        assert "failed to load" in ready.json()["error"]["message"]
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_with_api_keys_the_docs_follow_their_setting(keyed: RunningService, client: httpx.Client) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings, build_parser
+
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(keyed.url + path).status_code == 404, path
+    assert client.get(keyed.url + "/healthz").status_code == 200
+    assert client.get(keyed.url + "/readyz").status_code == 200
+    # the same app with the setting on (its routes need no model: no lifespan is run)
+    opened = TestClient(create_app(Settings(model_dir=Path("unused"), api_keys=[KEY], docs_with_api_keys=True)))
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert opened.get(path).status_code == 200, path
+    help_text = " ".join(build_parser().format_help().split())
+    assert "the API docs (/docs, /redoc, /openapi.json) are served only with --docs-with-api-keys" in help_text
+    assert "the docs and the web page stay open" not in help_text

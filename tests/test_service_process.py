@@ -67,7 +67,7 @@ def test_flags_override_environment_variables() -> None:
         os.environ.clear()
         os.environ.update(old)
     assert settings.port == 9002 and settings.max_faces == 3
-    assert settings.api_keys == ["a", "b"]
+    assert [key.get_secret_value() for key in settings.api_keys] == ["a", "b"]
     assert settings.cors_origins == ["http://x.example", "http://y.example"]
     bad = subprocess.run(
         [sys.executable, "-m", "service", "--max-batch-size", "0"],

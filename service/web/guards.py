@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
+
+from pydantic import SecretStr
 
 from service.errors import NotReadyError, ShuttingDownError, UnauthorizedError
 from service.pipeline import Predictor
 from service.web.state import ServiceState
 
 
-def check_api_key(keys: list[str], authorization: str | None, query_key: str | None = None) -> None:
+def check_api_key(keys: Sequence[SecretStr], authorization: str | None, query_key: str | None = None) -> None:
     """Raise ``UnauthorizedError`` unless ``keys`` is empty or one of them was sent, as ``Authorization: Bearer``
     or (WebSocket only: browsers cannot set its headers) as ``query_key``."""
     if not keys:
@@ -23,8 +26,9 @@ def check_api_key(keys: list[str], authorization: str | None, query_key: str | N
         token = query_key
     if token is None:
         raise UnauthorizedError("an API key is required: send 'Authorization: Bearer <key>'")
-    # constant-time comparison with every key, so response timing reveals nothing about a key
-    if not any(secrets.compare_digest(token.encode(), key.encode()) for key in keys):
+    # constant-time comparison with every key, so response timing reveals nothing about a key; the message never
+    # repeats what was sent (a wrong key is often a right key of another service)
+    if not any(secrets.compare_digest(token.encode(), key.get_secret_value().encode()) for key in keys):
         raise UnauthorizedError("the API key is not valid")
 
 
@@ -33,7 +37,8 @@ def ready_predictor(state: ServiceState) -> Predictor:
     if state.shutting_down:
         raise ShuttingDownError("the service is shutting down")
     if not state.ready or state.predictor is None:
+        # never the load error itself: it names filesystem paths (it is in the service log)
         raise NotReadyError(
-            f"the model failed to load: {state.load_error}" if state.load_error else "the model is still loading"
+            "the model failed to load; the service log says why" if state.load_error else "the model is still loading"
         )
     return state.predictor
