@@ -251,3 +251,53 @@ def test_with_api_keys_the_docs_follow_their_setting(keyed: RunningService, clie
     help_text = " ".join(build_parser().format_help().split())
     assert "the API docs (/docs, /redoc, /openapi.json) are served only with --docs-with-api-keys" in help_text
     assert "the docs and the web page stay open" not in help_text
+
+
+# --- 3. bounded telemetry ----------------------------------------------------------------------------------------
+
+
+def raw_request(service: RunningService, method: str, path: str) -> int:
+    """Send one bodiless request with any method token; the answer's status."""
+    with raw_connection(service) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed without an answer"
+            data += chunk
+    return int(data.split()[1])
+
+
+def label_values(text: str, name: str, label: str) -> set[str]:
+    return set(re.findall(rf'^{name}{{[^}}]*\b{label}="([^"]*)"', text, re.M))
+
+
+def test_method_and_route_labels_come_from_a_fixed_set_whatever_clients_send(service: RunningService) -> None:
+    import random
+
+    from service.web.observability import KNOWN_METHODS
+
+    rng = random.Random(13)
+    token = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+    def hostile_round() -> None:
+        for _ in range(40):
+            method = "".join(rng.choice(token) for _ in range(12))
+            path = "/" + "".join(rng.choice("abcdefgh0123") for _ in range(10)) + "?q=" + method
+            assert raw_request(service, method, path) < 500
+            assert raw_request(service, "GET", path) < 500
+            assert raw_request(service, method, "/predict") < 500
+
+    before = service.metrics()
+    other_before = metric_value(before, "fer_http_requests_total", {"method": "other"})
+    hostile_round()
+    after_one = service.metrics()
+    assert metric_value(after_one, "fer_http_requests_total", {"method": "other"}) == other_before + 80
+    hostile_round()
+    after_two = service.metrics()
+    assert len(after_two.splitlines()) == len(after_one.splitlines()), "a second round adds no series"
+    assert label_values(after_two, "fer_http_requests_total", "method") <= KNOWN_METHODS | {"other"}
+    routes = label_values(after_two, "fer_http_requests_total", "route")
+    assert routes <= {"/predict", "/predict/batch", "/healthz", "/readyz", "/ws/stream", "/{path}", "unmatched"}, routes
+    access = label_values(after_two, "fer_http_request_duration_seconds_bucket", "method")
+    assert access <= KNOWN_METHODS | {"other"}

@@ -16,6 +16,17 @@ from service.metrics import Metrics
 access_log = logging.getLogger("service.access")
 
 
+#: The methods that get their own label value; any other token a client sends is labelled "other" (h11 accepts any
+#: token as a method, and each distinct label value is a new time series).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+def method_label(scope: Scope) -> str:
+    """The request's method if it is one of `KNOWN_METHODS`, else ``"other"``."""
+    method = scope.get("method", "")
+    return method if method in KNOWN_METHODS else "other"
+
+
 def route_label(scope: Scope) -> str:
     """The matched route's template (bounded label values), ``"unmatched"`` when no route matched."""
     route = scope.get("route")
@@ -51,10 +62,10 @@ class ObservabilityMiddleware:
             seconds = time.perf_counter() - started
             route = route_label(scope)
             if route != "/metrics":  # scraping must not change what it reads
-                self.metrics.request_done(route, scope["method"], status, seconds)
+                self.metrics.request_done(route, method_label(scope), status, seconds)
             extra: dict[str, Any] = {
                 "route": route,
-                "method": scope["method"],
+                "method": method_label(scope),
                 "status": status,
                 "duration_ms": round(seconds * 1000, 2),
             }
