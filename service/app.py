@@ -25,7 +25,7 @@ from service.config import Settings
 from service.errors import ModelLoadError
 from service.metrics import Metrics
 from service.model import LoadedModel, load_model
-from service.pipeline import Predictor
+from service.pipeline import Predictor, QueueObserver, explain_rows
 from service.prepare import PreparePool, PrepareSpec
 from service.web.errors import register_error_handlers
 from service.web.observability import ObservabilityMiddleware
@@ -88,18 +88,37 @@ async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) ->
             on_fatal(state.load_error)
         return
     seconds = time.perf_counter() - started
+    observer = QueueObserver(state.metrics)
     batcher = MicroBatcher(
         model.predict,
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_batch_wait_s,
         max_queue=settings.max_queue,
-        observer=state.metrics,
+        observer=observer.watch("predict"),
     )
     batcher.start()
-    state.model, state.batcher = model, batcher
+    explainer = None
+    if model.can_explain:  # the explain queue: same bounds, its own model calls (service/pipeline.py)
+        explainer = MicroBatcher(
+            explain_rows(model),
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_s,
+            max_queue=settings.max_queue,
+            observer=observer.watch("explain"),
+        )
+        explainer.start()
+    state.model, state.batcher, state.explainer = model, batcher, explainer
     preparer.on_restart = state.metrics.prepare_pool_restarted
     state.preparer = preparer
-    state.predictor = Predictor(model, preparer, batcher, state.metrics, max_pending_images=settings.max_pending_images)
+    state.predictor = Predictor(
+        model,
+        preparer,
+        batcher,
+        state.metrics,
+        max_pending_images=settings.max_pending_images,
+        explainer=explainer,
+        explain_max_faces=settings.explain_max_faces,
+    )
     state.metrics.model_loaded(model.metadata.name, model.metadata.version, seconds)
     state.ready = True
     log.info(
@@ -112,6 +131,7 @@ async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) ->
             "labels": model.labels,
             "detector": settings.detector,
             "prepare_processes": settings.prepare_processes,
+            "explanations": model.can_explain,
         },
     )
 
@@ -144,6 +164,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                     await task
             if state.batcher is not None:
                 await state.batcher.stop()
+            if state.explainer is not None:
+                await state.explainer.stop()
             if state.preparer is not None:
                 await state.preparer.aclose()
             log.info("stopped")

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         "is faster; never so small that min_face_size faces vanish).",
     )
     max_faces: int = Field(10, ge=1, le=1000, description="At most this many faces per image (largest scores).")
+    explain_max_faces: int = Field(
+        8,
+        ge=0,
+        le=1000,
+        description="Most faces explained (Grad-CAM map) per request with explain=true; the others get none. "
+        "0 turns explanations off.",
+    )
     face_margin: float = Field(
         0.2,
         ge=0.0,

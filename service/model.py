@@ -12,12 +12,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.errors import ModelLoadError, describe_validation_errors
+from service.errors import ExplanationsUnavailableError, ModelLoadError, describe_validation_errors
 from service.faces import COLOR_MODES
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,20 @@ class SignatureSpec(BaseModel):
     output: str = Field(min_length=1)
 
 
+class ExplainSpec(BaseModel):
+    """The metadata's optional ``explain`` section (docs/model-contract.md); only the names are interpreted."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    signature: str = Field(default="explain", min_length=1)
+    class_input: str = Field(default="class_index", min_length=1)
+    heatmap_output: str = Field(default="heatmap", min_length=1)
+
+
+#: The signature an export without an ``explain`` section in its metadata is looked up under (the contract's key).
+DEFAULT_EXPLAIN = ExplainSpec()
+
+
 class ModelMetadata(BaseModel):
     """The fields of ``metadata.json`` the service relies on (others are kept but not interpreted)."""
 
@@ -60,6 +74,7 @@ class ModelMetadata(BaseModel):
     labels: list[str] = Field(min_length=2)
     input: InputSpec
     signature: SignatureSpec
+    explain: ExplainSpec | None = None
 
     @field_validator("schema_version")
     @classmethod
@@ -136,6 +151,24 @@ class Runtime(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class Explained:
+    """What the ``explain`` signature returns for ``N`` crops."""
+
+    probabilities: np.ndarray  # (N, labels) float32, as ``predict`` returns
+    classes: np.ndarray  # (N,) int: the class each map explains
+    heatmaps: np.ndarray  # (N, height, width) float32 in 0..1, in the crop's coordinates
+
+
+@runtime_checkable
+class ExplainingRuntime(Protocol):
+    """A runtime that may also run the export's ``explain`` signature (``can_explain`` says whether it has one)."""
+
+    can_explain: bool
+
+    def explain(self, batch: np.ndarray, classes: np.ndarray) -> Explained: ...
+
+
 class TensorFlowRuntime:
     """The SavedModel's serving signature, called directly (never ``model.predict`` per request).
 
@@ -146,7 +179,14 @@ class TensorFlowRuntime:
 
     name = "tensorflow"
 
-    def __init__(self, saved_model_dir: Path, signature: SignatureSpec, *, precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        saved_model_dir: Path,
+        signature: SignatureSpec,
+        *,
+        precision: str = "fp32",
+        explain: ExplainSpec | None = None,
+    ) -> None:
         import tensorflow as tf
 
         self._tf = tf
@@ -182,10 +222,64 @@ class TensorFlowRuntime:
         self.output_shape: tuple[int | None, ...] = tuple(outputs[signature.output].shape.as_list() or ())
         self._input_name = signature.input
         self._output_name = signature.output
+        self._explain = explain or DEFAULT_EXPLAIN
+        self._explain_fn = self._explain_signature(signatures, signature, explain, saved_model_dir)
+        self.can_explain = self._explain_fn is not None
+
+    def _explain_signature(
+        self, signatures: dict[str, Any], serving: SignatureSpec, declared: ExplainSpec | None, where: Path
+    ) -> Any:
+        """The ``explain`` signature, checked against the contract, or None when the export has none (an export
+        from before explanations: it is served, and explanations are answered ``explanations_unavailable``)."""
+        spec = self._explain
+        fn = signatures.get(spec.signature)
+        if fn is None:
+            if declared is not None:
+                log.warning(
+                    "metadata.json names an explain signature '%s' the SavedModel in %s lacks: explanations are "
+                    "unavailable for this model",
+                    spec.signature,
+                    where,
+                )
+            return None
+        _, inputs = fn.structured_input_signature
+        if set(inputs) != {serving.input, spec.class_input}:
+            raise ModelLoadError(
+                f"signature '{spec.signature}' takes inputs {sorted(inputs)}, the contract needs "
+                f"'{serving.input}' and '{spec.class_input}'"
+            )
+        missing = {serving.output, spec.class_input, spec.heatmap_output} - set(fn.structured_outputs)
+        if missing:
+            raise ModelLoadError(
+                f"signature '{spec.signature}' returns {sorted(fn.structured_outputs)}, the contract also needs "
+                f"{sorted(missing)}"
+            )
+        return fn
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         tensor = self._tf.constant(batch, dtype=self._tf.float32)
         return np.asarray(self._fn(**{self._input_name: tensor})[self._output_name].numpy())
+
+    def explain(self, batch: np.ndarray, classes: np.ndarray) -> Explained:
+        """Probabilities, explained classes and Grad-CAM maps for ``batch`` (``classes``: index per crop, -1 = top)."""
+        if self._explain_fn is None:
+            raise ExplanationsUnavailableError(EXPLANATIONS_UNAVAILABLE)
+        tf, spec = self._tf, self._explain
+        out = self._explain_fn(
+            **{self._input_name: tf.constant(batch, dtype=tf.float32), spec.class_input: tf.constant(classes, tf.int32)}
+        )
+        return Explained(
+            probabilities=np.asarray(out[self._output_name].numpy()),
+            classes=np.asarray(out[spec.class_input].numpy()),
+            heatmaps=np.asarray(out[spec.heatmap_output].numpy()),
+        )
+
+
+#: The message of ``explanations_unavailable`` for a model without the ``explain`` signature.
+EXPLANATIONS_UNAVAILABLE = (
+    "explanations unavailable for this model (its export has no 'explain' signature: export it again with the "
+    "current training package)"
+)
 
 
 def _cpu_has_bf16() -> bool:
@@ -227,6 +321,36 @@ class LoadedModel:
             raise ValueError(f"the model returned shape {probabilities.shape} for {crops.shape[0]} crops")
         return probabilities
 
+    @property
+    def can_explain(self) -> bool:
+        """Whether the export has the ``explain`` signature (docs/model-contract.md)."""
+        return isinstance(self.runtime, ExplainingRuntime) and self.runtime.can_explain
+
+    def explain(self, crops: np.ndarray, classes: np.ndarray) -> Explained:
+        """Probabilities, the explained classes and Grad-CAM maps ``(N, H, W)`` in 0..1 for uint8 crops ``(N, H, W,
+        C)``; ``classes`` is a label index per crop, -1 for the top class. Raises ``ExplanationsUnavailableError``
+        when the export has no ``explain`` signature."""
+        if not isinstance(self.runtime, ExplainingRuntime) or not self.runtime.can_explain:
+            raise ExplanationsUnavailableError(EXPLANATIONS_UNAVAILABLE)
+        meta = self.metadata.input
+        expected = (meta.height, meta.width, meta.channels)
+        if crops.ndim != 4 or crops.shape[1:] != expected:
+            raise ValueError(f"crops have shape {crops.shape}, the model takes (N, {expected})")
+        count = crops.shape[0]
+        if classes.shape != (count,) or np.any(classes < -1) or np.any(classes >= len(self.labels)):
+            raise ValueError(f"classes must be {count} label indices or -1")
+        out = self.runtime.explain(crops.astype(np.float32, copy=False), classes.astype(np.int32, copy=False))
+        if (
+            out.probabilities.shape != (count, len(self.labels))
+            or out.classes.shape != (count,)
+            or out.heatmaps.shape != (count, meta.height, meta.width)
+        ):
+            raise ValueError(
+                f"the explain signature returned shapes {out.probabilities.shape}, {out.classes.shape}, "
+                f"{out.heatmaps.shape} for {count} crops"
+            )
+        return out
+
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Run the model once per batch size so the first requests do not pay for graph optimisation; checks that
         every output row is a probability distribution (the contract: softmax output)."""
@@ -248,6 +372,13 @@ class LoadedModel:
                     f"the model's output is not a probability distribution (row sums "
                     f"{sums.min():.4f}..{sums.max():.4f}); the contract needs softmax output"
                 )
+            if self.can_explain:
+                try:
+                    maps = self.explain(crops, np.full(size, -1, np.int32)).heatmaps
+                except ValueError as exc:
+                    raise ModelLoadError(f"warm-up of the explain signature failed: {exc}") from None
+                if not np.all(np.isfinite(maps)) or maps.min() < 0 or maps.max() > 1 + 1e-4:
+                    raise ModelLoadError("the explain signature's heatmaps are not in 0..1 as the contract says")
 
 
 def _check_against_signature(metadata: ModelMetadata, runtime: TensorFlowRuntime, where: Path) -> None:
@@ -283,6 +414,6 @@ def load_model(model_dir: str | Path, *, precision: str = "fp32") -> LoadedModel
     metadata = read_metadata(version_dir)
     if not (version_dir / "saved_model.pb").is_file():
         raise ModelLoadError(f"{version_dir} has no saved_model.pb (see docs/model-contract.md)")
-    runtime = TensorFlowRuntime(version_dir, metadata.signature, precision=precision)
+    runtime = TensorFlowRuntime(version_dir, metadata.signature, precision=precision, explain=metadata.explain)
     _check_against_signature(metadata, runtime, version_dir)
     return LoadedModel(metadata=metadata, path=version_dir, runtime=runtime)

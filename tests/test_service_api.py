@@ -470,13 +470,25 @@ def test_stream_happy_path_options_and_bad_frames(service: RunningService, metad
         assert error["type"] == "error" and error["seq"] == 2 and error["code"] == "invalid_image"
 
         ws.send(json.dumps({"detect": False}))
-        assert receive(ws) == {"type": "options", "detect": False, "max_faces": service.settings.max_faces}
+        assert receive(ws) == {
+            "type": "options",
+            "detect": False,
+            "max_faces": service.settings.max_faces,
+            "explain": False,
+            "explain_class": None,
+        }
         ws.send(photos.no_face_jpeg())
         reply = receive(ws)
         assert reply["seq"] == 3 and boxes(reply) == [(0, 0, 600, 400)]
 
         ws.send(json.dumps({"detect": True, "max_faces": 2}))
-        assert receive(ws) == {"type": "options", "detect": True, "max_faces": 2}
+        assert receive(ws) == {
+            "type": "options",
+            "detect": True,
+            "max_faces": 2,
+            "explain": False,
+            "explain_class": None,
+        }
         ws.send(photos.several_faces_jpeg())
         assert len(receive(ws)["faces"]) == 2
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import Response
@@ -73,9 +73,34 @@ MaxFacesQuery = Annotated[
 ]
 
 
-def _options(state: ServiceState, detect: bool, max_faces: int | None) -> Options:
+ExplainQuery = Annotated[
+    bool,
+    Query(
+        description="Add a Grad-CAM map (`explanation`) to each face, at most the server's explain_max_faces per "
+        "request. 409 explanations_unavailable when the model's export has no explain signature.",
+    ),
+]
+ExplainClassQuery = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        description="With explain=true: the label every map explains (one of the model's labels); default: each "
+        "face's most probable label.",
+    ),
+]
+#: The answers only the predict routes give.
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody, "description": "explanations_unavailable: explain=true, but the model cannot explain"}
+}
+
+
+def _options(
+    state: ServiceState, detect: bool, max_faces: int | None, explain: bool = False, explain_class: str | None = None
+) -> Options:
     limit = state.settings.max_faces
-    return Options(detect=detect, max_faces=min(max_faces or limit, limit))
+    return Options(
+        detect=detect, max_faces=min(max_faces or limit, limit), explain=explain, explain_class=explain_class
+    )
 
 
 # --- routes ----------------------------------------------------------------------------------------------------
@@ -84,16 +109,25 @@ def _options(state: ServiceState, detect: bool, max_faces: int | None) -> Option
 @router.post(
     "/predict",
     response_model=Prediction,
+    response_model_exclude_none=True,
+    responses=_PREDICT_RESPONSES,
     dependencies=[AuthDep],
     openapi_extra=_PREDICT_BODY,
     summary="Find the faces in one image and classify their expressions",
 )
 async def predict(
-    request: Request, state: StateDep, detect: DetectQuery = True, max_faces: MaxFacesQuery = None
+    request: Request,
+    state: StateDep,
+    detect: DetectQuery = True,
+    max_faces: MaxFacesQuery = None,
+    explain: ExplainQuery = False,
+    explain_class: ExplainClassQuery = None,
 ) -> Prediction:
     predictor = ready_predictor(state)
+    options = _options(state, detect, max_faces, explain, explain_class)
+    predictor.check_options(options)  # before reading the body
     data = await read_image(request, state.settings.max_upload_bytes, state.settings.body_timeout_s)
-    result = await predictor.predict(data, _options(state, detect, max_faces))
+    result = await predictor.predict(data, options)
     request.scope["fer.faces"] = len(result.faces)
     return Prediction.from_result(state.model_ref, result)
 
@@ -101,14 +135,23 @@ async def predict(
 @router.post(
     "/predict/batch",
     response_model=BatchPrediction,
+    response_model_exclude_none=True,
+    responses=_PREDICT_RESPONSES,
     dependencies=[AuthDep],
     openapi_extra=_BATCH_BODY,
     summary="Several images in one multipart request; one result per image, in order",
 )
 async def predict_batch(
-    request: Request, state: StateDep, detect: DetectQuery = True, max_faces: MaxFacesQuery = None
+    request: Request,
+    state: StateDep,
+    detect: DetectQuery = True,
+    max_faces: MaxFacesQuery = None,
+    explain: ExplainQuery = False,
+    explain_class: ExplainClassQuery = None,
 ) -> BatchPrediction:
     predictor = ready_predictor(state)
+    options = _options(state, detect, max_faces, explain, explain_class)
+    predictor.check_options(options)  # before reading the body
     settings = state.settings
     if media_type(request) != "multipart/form-data":
         raise UnsupportedMediaTypeError("send multipart/form-data with one or more 'files' parts")
@@ -123,7 +166,7 @@ async def predict_batch(
     if len(files) > settings.max_batch_images:
         raise TooManyImagesError(f"{len(files)} images in one request; the limit is {settings.max_batch_images}")
     try:
-        results = await predictor.predict_many([data for _, data in files], _options(state, detect, max_faces))
+        results = await predictor.predict_many([data for _, data in files], options)
     except BatchImageError as exc:  # same status and code as the image's own error; the message names the file
         raise exc.named(files[exc.index][0]) from None
     request.scope["fer.faces"] = sum(len(r.faces) for r in results)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from service.pipeline import ImageResult
+from service.faces import Box
+from service.pipeline import ExplainSummary, FaceResult, ImageResult
 
 _LABELS_EXAMPLE: JsonDict = {
     "angry": 0.02,
@@ -34,6 +37,38 @@ class BoxModel(BaseModel):
     width: int
     height: int
 
+    @classmethod
+    def of(cls, box: Box) -> BoxModel:
+        return cls(x=box.x, y=box.y, width=box.width, height=box.height)
+
+
+class Explanation(BaseModel):
+    """A Grad-CAM map of one face (only with `explain=true`)."""
+
+    label: str = Field(description="The label the map explains: `explain_class`, or else the face's `emotion`.")
+    box: BoxModel = Field(
+        description="The part of the image the map covers, in image pixels: the square crop the model saw (the "
+        "face box plus the server's margin, kept inside the image). Stretch the map over it."
+    )
+    width: int = Field(description="Width of the map in pixels (the model's input width).", examples=[48])
+    height: int = Field(description="Height of the map in pixels (the model's input height).", examples=[48])
+    png: str = Field(
+        description="The map as a base64 8-bit grayscale PNG of `width` x `height`: 255 where the evidence for "
+        "`label` is strongest, 0 where there is none (Grad-CAM, normalised to 0..1 per face)."
+    )
+
+
+class ExplanationCount(BaseModel):
+    """How many of the image's faces carry an `explanation` (only with `explain=true`)."""
+
+    explained: int = Field(description="Faces of this image with an `explanation`.")
+    skipped: int = Field(description="Faces of this image without one: the request's limit was reached.")
+    limit: int = Field(description="Most faces explained per request (the server's `explain_max_faces`).")
+
+    @classmethod
+    def of(cls, summary: ExplainSummary) -> ExplanationCount:
+        return cls(explained=summary.explained, skipped=summary.skipped, limit=summary.limit)
+
 
 class Face(BaseModel):
     box: BoxModel
@@ -41,6 +76,31 @@ class Face(BaseModel):
     emotion: str = Field(description="The most probable label.")
     confidence: float = Field(description="The probability of `emotion`.")
     probabilities: dict[str, float] = Field(description="Every label of the model and its probability; they sum to 1.")
+    explanation: Explanation | None = Field(
+        None,
+        description="With `explain=true`: where the network looked (absent without it, and for faces beyond the "
+        "request's `explain_max_faces`).",
+    )
+
+    @classmethod
+    def of(cls, face: FaceResult) -> Face:
+        explained = face.explanation
+        return cls(
+            box=BoxModel.of(face.box),
+            score=face.score,
+            emotion=face.emotion,
+            confidence=face.confidence,
+            probabilities=face.probabilities,
+            explanation=None
+            if explained is None
+            else Explanation(
+                label=explained.label,
+                box=BoxModel.of(explained.window),
+                width=explained.width,
+                height=explained.height,
+                png=base64.b64encode(explained.png).decode("ascii"),
+            ),
+        )
 
 
 class Timings(BaseModel):
@@ -75,23 +135,18 @@ class Prediction(BaseModel):
     image: ImageSize
     faces: list[Face] = Field(description="Faces ordered left to right.")
     timings_ms: Timings
+    explanations: ExplanationCount | None = Field(
+        None, description="With `explain=true`: how many faces were explained and how many were not (absent without)."
+    )
 
     @classmethod
     def from_result(cls, model: ModelRef, result: ImageResult) -> Prediction:
         return cls(
             model=model,
             image=ImageSize(width=result.width, height=result.height),
-            faces=[
-                Face(
-                    box=BoxModel(x=f.box.x, y=f.box.y, width=f.box.width, height=f.box.height),
-                    score=f.score,
-                    emotion=f.emotion,
-                    confidence=f.confidence,
-                    probabilities=f.probabilities,
-                )
-                for f in result.faces
-            ],
+            faces=[Face.of(f) for f in result.faces],
             timings_ms=Timings(**result.timings_ms),
+            explanations=None if result.explain is None else ExplanationCount.of(result.explain),
         )
 
 

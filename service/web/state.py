@@ -28,6 +28,7 @@ class ServiceState:
     predictor: Predictor | None = None
     preparer: PreparePool | None = None
     batcher: MicroBatcher | None = None
+    explainer: MicroBatcher | None = None  # the explain queue (None: the model has no explain signature)
     ready: bool = False
     shutting_down: bool = False
     load_error: str | None = None

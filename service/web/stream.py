@@ -38,6 +38,8 @@ class StreamOptions(BaseModel):
 
     detect: bool | None = None
     max_faces: int | None = Field(None, ge=1)
+    explain: bool | None = None
+    explain_class: str | None = Field(None, max_length=200)  # given as null: back to each face's top class
 
 
 class StreamSession:
@@ -148,8 +150,27 @@ class StreamSession:
         max_faces = (
             self.options.max_faces if update.max_faces is None else min(update.max_faces, self.settings.max_faces)
         )
-        self.options = Options(detect=detect, max_faces=max_faces)
-        await self._send({"type": "options", "detect": detect, "max_faces": max_faces})
+        explain = self.options.explain if update.explain is None else update.explain
+        explain_class = (
+            update.explain_class if "explain_class" in update.model_fields_set else self.options.explain_class
+        )
+        options = Options(detect=detect, max_faces=max_faces, explain=explain, explain_class=explain_class)
+        try:  # explanations_unavailable, an unknown explain_class: the options stay as they were
+            ready_predictor(self.state).check_options(options)
+        except ServiceError as exc:
+            self.metrics.rejected(exc.code)
+            await self._send({"type": "error", "seq": None, "code": exc.code, "message": exc.message})
+            return
+        self.options = options
+        await self._send(
+            {
+                "type": "options",
+                "detect": detect,
+                "max_faces": max_faces,
+                "explain": explain,
+                "explain_class": explain_class,
+            }
+        )
 
     async def _process(self) -> None:
         while True:
@@ -170,7 +191,7 @@ class StreamSession:
                 reply = {"type": "error", **header, "code": "internal_error", "message": "internal server error"}
             else:
                 prediction = Prediction.from_result(self.state.model_ref, result)
-                reply = {"type": "result", **header, **prediction.model_dump()}
+                reply = {"type": "result", **header, **prediction.model_dump(exclude_none=True)}
             try:
                 await self._send(reply)
             except (WebSocketDisconnect, RuntimeError, OSError):
