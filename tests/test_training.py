@@ -144,6 +144,7 @@ def test_finalize_completes_a_stopped_run_from_its_checkpoint(
     held_out = round(0.2 * PER_CLASS)  # the smoke preset holds 20 % of each class out for the temperature
     assert run["interrupted"] is True and run["epochs_run"] == 2
     assert run["train_images"] == (PER_CLASS - held_out) * len(LABELS)
+    assert run["calibration_images"] == held_out * len(LABELS)
     assert (stopped / "model.keras").is_file() and 0.0 <= result.val_accuracy <= 1.0
 
 

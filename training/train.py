@@ -304,7 +304,7 @@ def _run(
     started = time.time()
     keras.utils.set_random_seed(config.seed)
 
-    train_split, _held_out = training_splits(config, data)
+    train_split, held_out = training_splits(config, data)
     val_split = read_split(data, "val")
     weights = class_weights(train_split.labels) if config.class_weights else None
     per_epoch = steps_per_epoch(len(train_split), config.batch_size)
@@ -371,7 +371,17 @@ def _run(
 
     seconds = json.loads((run_dir / "state.json").read_text())["seconds"] if (run_dir / "state.json").exists() else 0.0
     best = load_inference_model(str(run_dir / BEST_CHECKPOINT))
-    return _finish(run_dir, config, best, train_split, val_split, epochs_run=done, seconds=float(seconds), mixed=mixed)
+    return _finish(
+        run_dir,
+        config,
+        best,
+        train_split,
+        val_split,
+        epochs_run=done,
+        seconds=float(seconds),
+        mixed=mixed,
+        held_out=len(held_out),
+    )
 
 
 def _finish(
@@ -384,6 +394,7 @@ def _finish(
     epochs_run: int,
     seconds: float,
     mixed: bool,
+    held_out: int,
     interrupted: bool = False,
 ) -> TrainResult:
     """Save ``model.keras``, measure it on val and write ``run.json`` (the run record export puts in metadata)."""
@@ -402,6 +413,7 @@ def _finish(
         "interrupted": interrupted,
         "val_accuracy": round(val_accuracy, 4),
         "train_images": len(train_split),
+        "calibration_images": held_out,
         "train_class_counts": train_split.class_counts(),
         "train_fingerprint": train_split.fingerprint(),
         "val_fingerprint": val_split.fingerprint(),
@@ -424,7 +436,7 @@ def finalize(run_dir: str | Path, data: str | Path) -> TrainResult:
     with open(history) as handle:
         epochs_run = max(0, sum(1 for _ in handle) - 1)
     seconds = history.stat().st_mtime - (run_dir / "config.json").stat().st_mtime
-    train_split, _held_out = training_splits(config, data)
+    train_split, held_out = training_splits(config, data)
     inference_model = load_inference_model(str(run_dir / "checkpoint.keras"))
     return _finish(
         run_dir,
@@ -435,5 +447,6 @@ def finalize(run_dir: str | Path, data: str | Path) -> TrainResult:
         epochs_run=epochs_run,
         seconds=seconds,
         mixed=False,
+        held_out=len(held_out),
         interrupted=True,
     )

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# A finished (or checkpointed) training run -> the next shipped version of a model, with its full report:
+# evaluation on val with test-time flip and a temperature fitted on the run's held-out train images, Grad-CAM contact
+# sheet, export (SavedModel + metadata + explain signature), and the side-by-side with the `fer` package.
+#
+#   scripts/ship-model.sh RUN_DIR NAME VERSION [DATA_DIR]
+#   scripts/ship-model.sh ~/fer-runs/vgg_s_cos50 fer-cnn-48 4
+#
+# MODEL=checkpoint.keras takes the best checkpoint of a run still in progress instead of its model.keras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN_DIR=${1:?usage: scripts/ship-model.sh RUN_DIR NAME VERSION [DATA_DIR]}
+NAME=${2:?name}
+VERSION=${3:?version}
+DATA=${4:-../shared/data/fer2013}
+MODEL="$RUN_DIR/${MODEL:-model.keras}"
+REPORT="$RUN_DIR/report-v$VERSION"
+PY=.venv/bin/python
+
+$PY -m training evaluate --model "$MODEL" --config "$RUN_DIR/config.json" --data "$DATA" --out "$REPORT" \
+  --history "$RUN_DIR/history.csv" --test-time-flip --calibrate --explain 4
+$PY -m training export --model "$MODEL" --config "$RUN_DIR/config.json" --report "$REPORT" --data "$DATA" \
+  --name "$NAME" --version "$VERSION" --test-time-flip
+OUT="models/$NAME/$VERSION"
+# the run record travels with the model (export reads run.json beside the .keras file, if there is one)
+$PY benchmarks/fer_package.py --model "$OUT" --out-dir "$OUT/report"
+du -sh "$OUT"
