@@ -343,3 +343,60 @@ def test_stream_survives_a_service_restart(
         if context is not None:
             context.close()
         service.stop()
+
+
+def heatmap_painted(page: Any, selector: str) -> bool:
+    """Whether the first drawn heatmap canvas under ``selector`` has visible (non-transparent) pixels."""
+    return bool(
+        page.evaluate(
+            """(selector) => {
+                const canvas = document.querySelector(selector);
+                const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                for (let i = 3; i < data.length; i += 4) if (data[i] > 0) return true;
+                return false;
+            }""",
+            selector,
+        )
+    )
+
+
+def test_explain_overlays_a_heatmap_on_each_face(service: ServiceProcess, browser: Any, tmp_path: Path) -> None:
+    """The Explain toggle: the map of each face is laid over it, in upload mode and on the live video."""
+    photo = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(photo), cv2.cvtColor(astronaut().image, cv2.COLOR_RGB2BGR))
+    page = open_page(browser, service.url)
+    page.check("#explain")
+
+    page.click("#tab-upload")
+    page.set_input_files("#file", str(photo))
+    drawn = "#still-overlay .heatmap[data-drawn=true]"
+    page.wait_for_selector(drawn)
+    assert page.locator("#still-overlay .heatmap").count() == 1
+    assert heatmap_painted(page, drawn)
+    # the map covers the crop the model saw: around the face, about 1.4 times its side (margin 0.2)
+    assert box_iou_in_picture(page, drawn, "#still", 512, 512, ASTRONAUT_FACE, mirrored=False) > 0.3
+    label = page.locator(drawn).get_attribute("data-label")
+    assert label == page.locator("#still-faces .face-card").first.get_attribute("data-emotion")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "webpage-explain-upload.png"), full_page=True)
+
+    # toggled off: the same image is analysed again, without maps
+    page.evaluate("document.querySelector('#still-stage').dataset.done = ''")
+    page.uncheck("#explain")
+    page.wait_for_selector("#still-stage[data-done=true]")
+    assert page.locator("#still-overlay .heatmap").count() == 0
+    assert page.locator("#still-overlay .face-box").count() == 1
+
+    # live video: the option travels over the stream; the map follows the mirrored picture
+    page.check("#explain")
+    page.click("#tab-webcam")
+    page.click("#start")
+    live = "#live-overlay .heatmap[data-drawn=true]"
+    page.wait_for_selector(live)
+    assert heatmap_painted(page, live)
+    assert box_iou_in_picture(page, live, "#video", FRAME_W, FRAME_H, face_in_camera_frame(), mirrored=True) > 0.3
+    page.screenshot(path=str(ARTIFACTS / "webpage-explain-webcam.png"), full_page=True)
+    page.uncheck("#explain")  # off again: frames come back without maps
+    page.wait_for_function("document.querySelectorAll('#live-overlay .heatmap').length === 0")
+    page.click("#stop")
+    assert page.page_errors == []

@@ -23,7 +23,7 @@
   const $ = (id) => document.getElementById(id);
   const ui = {
     status: $("service-status"), modelInfo: $("model-info"), message: $("message"),
-    apiKey: $("api-key"), detect: $("detect"),
+    apiKey: $("api-key"), detect: $("detect"), explain: $("explain"),
     tabWebcam: $("tab-webcam"), tabUpload: $("tab-upload"),
     panelWebcam: $("panel-webcam"), panelUpload: $("panel-upload"),
     start: $("start"), stop: $("stop"), fpsCap: $("fps-cap"), fpsCapValue: $("fps-cap-value"), mirror: $("mirror"),
@@ -161,9 +161,47 @@
   }
 
   // ---- drawing results ---------------------------------------------------------------------------------------
+  // Colour map of an explanation (value 0..1): blue -> green -> yellow -> red, transparent where there is nothing.
+  function heatColour(v) {
+    const ramp = (centre) => Math.round(255 * Math.max(0, Math.min(1, 1.5 - Math.abs(4 * v - centre))));
+    return [ramp(3), ramp(2), ramp(1), Math.round(255 * Math.min(1, v * 1.5))];
+  }
+
+  // The face's Grad-CAM map (a grayscale PNG) as a colour canvas stretched over the crop the model saw.
+  function heatmapCanvas(explanation, W, H, mirrored) {
+    const b = explanation.box;
+    const canvas = el("canvas", mirrored ? "heatmap flipped" : "heatmap");
+    canvas.width = explanation.width;
+    canvas.height = explanation.height;
+    canvas.style.left = `${(100 * (mirrored ? W - b.x - b.width : b.x)) / W}%`;
+    canvas.style.top = `${(100 * b.y) / H}%`;
+    canvas.style.width = `${(100 * b.width) / W}%`;
+    canvas.style.height = `${(100 * b.height) / H}%`;
+    canvas.dataset.label = explanation.label;
+    canvas.title = `where the network saw “${explanation.label}”`;
+    const img = new Image();
+    img.addEventListener("load", () => {
+      const ctx = canvas.getContext("2d");
+      ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+      const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+      const data = pixels.data;
+      for (let i = 0; i < data.length; i += 4) {
+        const [r, g, bl, a] = heatColour(data[i] / 255);
+        data[i] = r; data[i + 1] = g; data[i + 2] = bl; data[i + 3] = a;
+      }
+      ctx.putImageData(pixels, 0, 0);
+      canvas.dataset.drawn = "true";
+    });
+    img.src = `data:image/png;base64,${explanation.png}`;
+    return canvas;
+  }
+
   function renderOverlay(overlay, result, mirrored) {
     overlay.replaceChildren();
     const { width: W, height: H } = result.image;
+    result.faces.forEach((face) => {  // maps first: the boxes and labels stay on top
+      if (face.explanation) overlay.append(heatmapCanvas(face.explanation, W, H, mirrored));
+    });
     result.faces.forEach((face, i) => {
       const b = face.box;
       // The mirrored video is flipped by CSS; the boxes are placed flipped here so their labels stay readable.
@@ -392,7 +430,15 @@
 
   function sendOptions() {
     const sock = live.ws;
-    if (sock && sock.readyState === WebSocket.OPEN) sock.send(JSON.stringify({ detect: ui.detect.checked }));
+    if (sock && sock.readyState === WebSocket.OPEN) {
+      sock.send(JSON.stringify({ detect: ui.detect.checked, explain: ui.explain.checked }));
+    }
+  }
+
+  // The service cannot explain (a model exported before explanations): say so and turn the toggle off.
+  function explainRefused(message) {
+    ui.explain.checked = false;
+    setMessage("explain", `Explanations are not available: ${message}`, "warn");
   }
 
   function fpsCap() {
@@ -470,6 +516,10 @@
       renderOverlay(ui.liveOverlay, msg, ui.mirror.checked);
       renderFaces(ui.liveFaces, msg);
     } else if (msg.type === "error" && (msg.seq === null || msg.seq === undefined)) {
+      if (msg.code === "explanations_unavailable" || msg.code === "invalid_parameter") {
+        explainRefused(msg.message);  // a refused options message: the connection goes on without explanations
+        return;
+      }
       live.refusal = msg;     // about the connection, not a frame: the close that follows says what to do
       return;
     } else if (msg.type === "error") {
@@ -483,9 +533,11 @@
 
   // ---- image upload ------------------------------------------------------------------------------------------
   let stillUrl = null;
+  let lastFile = null;       // uploaded again when the Explain toggle changes
 
   async function upload(file) {
     if (!file) return;
+    lastFile = file;
     setMessage("upload", null);
     if (stillUrl) URL.revokeObjectURL(stillUrl);
     stillUrl = URL.createObjectURL(file);
@@ -499,6 +551,7 @@
 
     const url = httpUrl("predict");
     url.searchParams.set("detect", ui.detect.checked ? "true" : "false");
+    if (ui.explain.checked) url.searchParams.set("explain", "true");
     const form = new FormData();
     form.append("file", file, file.name || "image");
     const started = performance.now();
@@ -514,6 +567,11 @@
     try { body = await response.json(); } catch { /* handled below */ }
     ui.stillFaces.replaceChildren();
     if (!response.ok || !body) {
+      if (body && body.error && body.error.code === "explanations_unavailable") {
+        explainRefused(body.error.message);
+        upload(file);         // once more, without explanations
+        return;
+      }
       setMessage("upload", errorText(response.status, body));
       if (response.status === 503) waitUntilReady();
       return;
@@ -550,6 +608,11 @@
     ui.liveOverlay.replaceChildren();
   });
   ui.detect.addEventListener("change", sendOptions);
+  ui.explain.addEventListener("change", () => {
+    if (ui.explain.checked) setMessage("explain", null);
+    sendOptions();
+    if (lastFile && !ui.panelUpload.hidden) upload(lastFile);  // show the uploaded image with / without maps
+  });
 
   ui.apiKey.value = localStorage.getItem(KEY_STORAGE) || "";
   ui.apiKey.addEventListener("change", () => {
