@@ -145,6 +145,16 @@ class Settings(BaseSettings):
     ws_max_frame_bytes: int = Field(
         2 * MiB, ge=1024, description="Largest WebSocket message; bigger closes the socket with 1009."
     )
+    track_max_missed_frames: int = Field(
+        5,
+        ge=0,
+        le=10_000,
+        description="A /ws/stream face track whose face is not seen keeps its id until it has been missing for more "
+        "than this many frames and more than track_max_missed_s seconds.",
+    )
+    track_max_missed_s: float = Field(
+        1.0, ge=0.0, le=3600.0, description="See track_max_missed_frames: the seconds a missing face keeps its track."
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

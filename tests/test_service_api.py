@@ -476,6 +476,8 @@ def test_stream_happy_path_options_and_bad_frames(service: RunningService, metad
             "max_faces": service.settings.max_faces,
             "explain": False,
             "explain_class": None,
+            "smoothing": 0,
+            "hysteresis": 0,
         }
         ws.send(photos.no_face_jpeg())
         reply = receive(ws)
@@ -488,6 +490,8 @@ def test_stream_happy_path_options_and_bad_frames(service: RunningService, metad
             "max_faces": 2,
             "explain": False,
             "explain_class": None,
+            "smoothing": 0,
+            "hysteresis": 0,
         }
         ws.send(photos.several_faces_jpeg())
         assert len(receive(ws)["faces"]) == 2

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from service.errors import InvalidParameterError, ServiceError, UnauthorizedError, describe_validation_errors
 from service.pipeline import Options
+from service.tracking import Observation, Tracker
 from service.web.guards import check_api_key, ready_predictor
 from service.web.schemas import Prediction
 from service.web.state import ServiceState
@@ -40,6 +42,9 @@ class StreamOptions(BaseModel):
     max_faces: int | None = Field(None, ge=1)
     explain: bool | None = None
     explain_class: str | None = Field(None, max_length=200)  # given as null: back to each face's top class
+    smoothing: float | None = Field(None, ge=0, le=600, allow_inf_nan=False)  # half-life in seconds, 0 = raw
+    hysteresis: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    frame_time: float | None = Field(None, ge=0, allow_inf_nan=False)  # seconds: the next binary frame's time
 
 
 class StreamSession:
@@ -57,6 +62,11 @@ class StreamSession:
         self.dropped = 0  # dropped since the last frame reply
         self.dropped_total = 0
         self.send_lock = asyncio.Lock()
+        # face tracks (service/tracking.py): frame times are the client's frame_time, else arrival times
+        self.tracker = Tracker(self.settings.track_max_missed_frames, self.settings.track_max_missed_s)
+        self.started = time.monotonic()
+        self.next_frame_time: float | None = None
+        self.pending_time = 0.0
 
     async def _send(self, message: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -131,6 +141,7 @@ class StreamSession:
                     self.dropped_total += 1
                     self.metrics.websocket_frames_dropped.inc()
                 self.pending = (self.seq, data)
+                self.pending_time, self.next_frame_time = self._frame_time(), None
                 self.frame_ready.set()
             elif text is not None:
                 await self._set_options(text)
@@ -146,6 +157,10 @@ class StreamSession:
             self.metrics.rejected(error.code)
             await self._send({"type": "error", "seq": None, "code": error.code, "message": error.message})
             return
+        if update.frame_time is not None:
+            self.next_frame_time = update.frame_time
+            if update.model_fields_set == {"frame_time"}:
+                return  # only the next frame's time: not an options change, no reply
         detect = self.options.detect if update.detect is None else update.detect
         max_faces = (
             self.options.max_faces if update.max_faces is None else min(update.max_faces, self.settings.max_faces)
@@ -162,6 +177,10 @@ class StreamSession:
             await self._send({"type": "error", "seq": None, "code": exc.code, "message": exc.message})
             return
         self.options = options
+        if update.smoothing is not None:
+            self.tracker.smoothing_s = update.smoothing
+        if update.hysteresis is not None:
+            self.tracker.hysteresis = update.hysteresis
         await self._send(
             {
                 "type": "options",
@@ -169,8 +188,31 @@ class StreamSession:
                 "max_faces": max_faces,
                 "explain": explain,
                 "explain_class": explain_class,
+                "smoothing": self.tracker.smoothing_s,
+                "hysteresis": self.tracker.hysteresis,
             }
         )
+
+    def _frame_time(self) -> float:
+        """The time of the frame that just arrived: the client's ``frame_time``, else seconds since the connection
+        opened (the tracker clamps a time that runs backwards)."""
+        if self.next_frame_time is not None:
+            return self.next_frame_time
+        return time.monotonic() - self.started
+
+    def _track(self, faces: list[dict[str, Any]], frame_time: float) -> None:
+        """Give every face of a result its ``track_id`` and its track's ``smoothed`` emotion (in place)."""
+        observations = [
+            Observation((f["box"]["x"], f["box"]["y"], f["box"]["width"], f["box"]["height"]), f["probabilities"])
+            for f in faces
+        ]
+        for face, tracked in zip(faces, self.tracker.update(frame_time, observations), strict=True):
+            face["track_id"] = tracked.track_id
+            face["smoothed"] = {
+                "emotion": tracked.emotion,
+                "confidence": tracked.confidence,
+                "probabilities": tracked.probabilities,
+            }
 
     async def _process(self) -> None:
         while True:
@@ -179,6 +221,7 @@ class StreamSession:
             if self.pending is None:
                 continue
             (seq, data), self.pending = self.pending, None
+            frame_time = self.pending_time
             dropped, self.dropped = self.dropped, 0
             header = {"seq": seq, "dropped": dropped, "dropped_total": self.dropped_total}
             try:
@@ -192,6 +235,8 @@ class StreamSession:
             else:
                 prediction = Prediction.from_result(self.state.model_ref, result)
                 reply = {"type": "result", **header, **prediction.model_dump(exclude_none=True)}
+                self._track(reply["faces"], frame_time)
+                reply["frame_time"] = frame_time
             try:
                 await self._send(reply)
             except (WebSocketDisconnect, RuntimeError, OSError):
