@@ -400,3 +400,45 @@ def test_explain_overlays_a_heatmap_on_each_face(service: ServiceProcess, browse
     page.wait_for_function("document.querySelectorAll('#live-overlay .heatmap').length === 0")
     page.click("#stop")
     assert page.page_errors == []
+
+
+def test_face_tracks_show_the_track_id_smoothed_label_and_a_sparkline(
+    service: ServiceProcess, browser: Any, labels: list[str]
+) -> None:
+    page = open_page(browser, service.url)
+    assert page.input_value("#smoothing") == "1"  # the page smooths (1 s half-life); the service's default is raw
+    page.click("#start")
+    page.wait_for_function("Number(document.querySelector('#frames').textContent) >= 3")
+
+    # the live box carries its track id and the track's smoothed label; one person in view: track 1 all along
+    tag = page.locator("#live-overlay .face-box .face-track").first
+    tag.wait_for()
+    match = re.fullmatch(r"#(\d+) · (\w+)", tag.text_content() or "")
+    assert match and match.group(1) == "1" and match.group(2) in labels, tag.text_content()
+    assert page.locator("#live-overlay .face-box").first.get_attribute("data-track-id") == "1"
+
+    # the track list: one row with the smoothed label and a sparkline that has something drawn on it
+    row = page.locator("#tracks .track-row[data-track-id='1']")
+    row.wait_for()
+    assert page.locator("#tracks .track-row").count() == 1 and page.is_visible("#tracks")
+    assert (row.locator(".track-label").text_content() or "").split()[0] in labels
+    page.wait_for_function(
+        """() => {
+            const c = document.querySelector("#tracks .track-row[data-track-id='1'] canvas");
+            const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            for (let i = 3; i < px.length; i += 4) if (px[i] > 0) return true;
+            return false;
+        }"""
+    )
+    legend = [item.text_content() for item in row.locator(".track-legend span").all()]
+    assert 1 <= len(legend) <= 3 and set(legend) <= set(labels)
+
+    # changing the smoothing is an options message; frames keep flowing and the id stays
+    before = frames_answered(page)
+    page.select_option("#smoothing", "0")
+    page.wait_for_function(f"Number(document.querySelector('#frames').textContent) >= {before + 2}")
+    assert page.locator("#live-overlay .face-box .face-track").first.get_attribute("data-track-id") == "1"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "webpage-tracks.png"), full_page=True)
+    page.click("#stop")
+    assert page.page_errors == []

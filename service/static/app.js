@@ -431,7 +431,7 @@
   function sendOptions() {
     const sock = live.ws;
     if (sock && sock.readyState === WebSocket.OPEN) {
-      sock.send(JSON.stringify({ detect: ui.detect.checked, explain: ui.explain.checked }));
+      sock.send(JSON.stringify({ detect: ui.detect.checked, explain: ui.explain.checked, ...trackOptions() }));
     }
   }
 
@@ -515,6 +515,7 @@
       showModel(msg);
       renderOverlay(ui.liveOverlay, msg, ui.mirror.checked);
       renderFaces(ui.liveFaces, msg);
+      renderTracks(msg);
     } else if (msg.type === "error" && (msg.seq === null || msg.seq === undefined)) {
       if (msg.code === "explanations_unavailable" || msg.code === "invalid_parameter") {
         explainRefused(msg.message);  // a refused options message: the connection goes on without explanations
@@ -530,6 +531,112 @@
     }
     scheduleSend(0);          // trySend applies the rate cap
   }
+
+  // ---- face tracks: id and smoothed label on each live box, a sparkline per track ---------------------------
+  // The service gives every stream face a track_id and its track's smoothed emotion (options smoothing/hysteresis).
+  const TRACK_WINDOW_MS = 30000;     // the sparklines show the last 30 s
+  const TRACK_TOP_LABELS = 3;        // lines per sparkline: the labels with the highest mean over the window
+  const tracks = { ws: null, byId: new Map() };  // id -> {row, canvas, text, history: [{t, p}], lastSeen}
+
+  function trackOptions() {
+    const smoothing = Number(document.getElementById("smoothing").value) || 0;
+    return { smoothing, hysteresis: smoothing > 0 ? 0.05 : 0 };
+  }
+
+  function clearTracks() {
+    tracks.byId.clear();
+    document.getElementById("track-list").replaceChildren();
+    document.getElementById("tracks").hidden = true;
+  }
+
+  function labelTracks(result) {
+    const boxes = ui.liveOverlay.querySelectorAll(".face-box");  // drawn by renderOverlay, in the faces' order
+    result.faces.forEach((face, i) => {
+      if (!boxes[i] || face.track_id === undefined) return;
+      const smoothed = face.smoothed || face;
+      const tag = el("span", "face-track", `#${face.track_id} · ${smoothed.emotion}`);
+      tag.dataset.trackId = face.track_id;
+      tag.title = `track ${face.track_id}, smoothed: ${smoothed.emotion} ${pct(smoothed.confidence)}`;
+      boxes[i].dataset.trackId = face.track_id;
+      boxes[i].append(tag);
+    });
+  }
+
+  function trackRow(id) {
+    const row = el("div", "track-row");
+    row.dataset.trackId = id;
+    const text = el("span", "track-label");
+    const canvas = el("canvas");
+    canvas.width = 240;
+    canvas.height = 48;
+    row.append(el("span", "track-name", `#${id}`), text, canvas, el("div", "track-legend muted"));
+    return { row, canvas, text, history: [], lastSeen: 0 };
+  }
+
+  function drawSparkline(track, now) {
+    const { canvas, history } = track;
+    const ctx = canvas.getContext("2d");
+    const { width: W, height: H } = canvas;
+    ctx.clearRect(0, 0, W, H);
+    if (history.length === 0) return;
+    const means = new Map();
+    for (const { p } of history) for (const [label, v] of Object.entries(p)) means.set(label, (means.get(label) || 0) + v);
+    const top = [...means.entries()].sort((a, b) => b[1] - a[1]).slice(0, TRACK_TOP_LABELS).map(([label]) => label);
+    const x = (t) => W - ((now - t) / TRACK_WINDOW_MS) * W;
+    for (const label of top) {
+      ctx.strokeStyle = colourFor(label);
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      history.forEach(({ t, p }, i) => {
+        const y = H - 2 - (p[label] || 0) * (H - 4);
+        if (i === 0) ctx.moveTo(x(t), y); else ctx.lineTo(x(t), y);
+      });
+      ctx.stroke();
+    }
+    const legend = track.row.querySelector(".track-legend");
+    legend.replaceChildren(...top.map((label) => {
+      const item = el("span", "", label);
+      item.style.color = colourFor(label);
+      return item;
+    }));
+  }
+
+  function renderTracks(result) {
+    if (tracks.ws !== live.ws) {        // a new connection numbers its tracks from 1 again
+      clearTracks();
+      tracks.ws = live.ws;
+    }
+    labelTracks(result);
+    const now = performance.now();
+    const list = document.getElementById("track-list");
+    for (const face of result.faces) {
+      if (face.track_id === undefined) continue;
+      let track = tracks.byId.get(face.track_id);
+      if (!track) {
+        track = trackRow(face.track_id);
+        tracks.byId.set(face.track_id, track);
+        list.append(track.row);
+      }
+      const smoothed = face.smoothed || face;
+      track.history.push({ t: now, p: smoothed.probabilities });
+      track.lastSeen = now;
+      track.text.textContent = `${smoothed.emotion} ${pct(smoothed.confidence)}`;
+      track.text.style.color = colourFor(smoothed.emotion);
+    }
+    for (const [id, track] of tracks.byId) {
+      while (track.history.length && now - track.history[0].t > TRACK_WINDOW_MS) track.history.shift();
+      if (track.history.length === 0) {  // not seen for 30 s: gone from the list
+        track.row.remove();
+        tracks.byId.delete(id);
+        continue;
+      }
+      track.row.classList.toggle("gone", track.lastSeen !== now);
+      drawSparkline(track, now);
+    }
+    document.getElementById("tracks").hidden = tracks.byId.size === 0;
+  }
+
+  document.getElementById("smoothing").addEventListener("change", sendOptions);
 
   // ---- image upload ------------------------------------------------------------------------------------------
   let stillUrl = null;
