@@ -7,6 +7,10 @@ dedicated thread so the event loop keeps accepting and decoding meanwhile. The q
 that would overflow it fails at once with ``OverloadedError`` instead of letting latency grow.
 
 No FastAPI here: the batcher knows numpy arrays, futures and a ``BatchObserver`` for metrics.
+
+The batch window is measured on a ``BatchClock`` (``MonotonicClock``: ``time.monotonic`` and real waiting). It is
+the one seam for tests: a test passes a clock that only moves when it says so (tests/clocks.py), so whether a batch
+closed by size or by its window never depends on how fast the machine runs the test.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -39,6 +43,32 @@ class BatchObserver(Protocol):
     def batch_done(self, crops: int, seconds: float) -> None: ...
 
 
+class BatchClock(Protocol):
+    """Where the batch window's time comes from."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic scale."""
+        ...
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait until ``event`` is set (True) or ``timeout`` seconds of this clock have passed (False)."""
+        ...
+
+
+class MonotonicClock:
+    """The real clock: ``time.monotonic`` and ``asyncio.wait_for``."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 class _NullObserver:
     def queue_depth(self, crops: int) -> None:
         pass
@@ -56,7 +86,7 @@ class _Pending:
 
     crops: np.ndarray
     future: asyncio.Future[np.ndarray]
-    enqueued: float = field(default_factory=time.monotonic)
+    enqueued: float  #: on the batcher's clock
 
     @property
     def size(self) -> int:
@@ -77,7 +107,8 @@ class MicroBatcher:
     """Gathers crops from concurrent ``submit`` calls into calls of ``fn`` (see the module docstring).
 
     ``fn`` takes ``(N, ...)`` crops and returns ``(N, ...)`` rows; it runs in a single dedicated thread, so calls
-    never overlap. A submit larger than ``max_batch_size`` is split into several consecutive batches.
+    never overlap. A submit larger than ``max_batch_size`` is split into several consecutive batches. ``clock``
+    measures the batch window (default: ``MonotonicClock``; tests pass one they control).
     """
 
     def __init__(
@@ -88,6 +119,7 @@ class MicroBatcher:
         max_wait_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        clock: BatchClock | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < max_batch_size or max_wait_s < 0:
             raise ValueError("need max_batch_size >= 1, max_queue >= max_batch_size and max_wait_s >= 0")
@@ -96,6 +128,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._observer = observer or _NullObserver()
+        self._clock: BatchClock = clock or MonotonicClock()
         self._pending: collections.deque[_Pending] = collections.deque()
         self._pending_crops = 0
         self._wakeup = asyncio.Event()
@@ -130,7 +163,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         parts = []
         for start in range(0, count, self.max_batch_size):
-            item = _Pending(crops[start : start + self.max_batch_size], loop.create_future())
+            item = _Pending(crops[start : start + self.max_batch_size], loop.create_future(), self._clock.now())
             self._pending.append(item)
             parts.append(item)
         self._pending_crops += count
@@ -178,13 +211,11 @@ class MicroBatcher:
         while not self._closing:
             if self._pending_crops >= self.max_batch_size:
                 return
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock.now()
             if remaining <= 0:
                 return
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
+            if not await self._clock.wait(self._wakeup, remaining):
                 return
             self._drop_cancelled()
             if not self._pending:
@@ -222,7 +253,7 @@ class MicroBatcher:
             self._observer.queue_depth(self._pending_crops)
             if not batch:
                 continue
-            now = time.monotonic()
+            now = self._clock.now()
             for item in batch:
                 self._observer.queue_wait(now - item.enqueued)
             crops = batch[0].crops if len(batch) == 1 else np.concatenate([item.crops for item in batch])
