@@ -627,6 +627,63 @@ def build_corpus() -> list[HostileInput]:
     return cases
 
 
+def memory_cases(side: int = 6000) -> list[HostileInput]:
+    """Small files that decode to a large canvas (``side`` x ``side``, under the default 40 MP limit) in the modes
+    whose conversion to 8-bit RGB used to need wide dtypes on the whole image (issue 13): lossless WebP with alpha,
+    RGBA PNG, 16-bit grayscale TIFF and RGBA TIFF. Each is a valid image without a face: the documented answer is
+    200 with no faces. Not part of `build_corpus` (decoding each takes seconds): tests/test_hardening.py and
+    benchmarks/memory_per_image.py use them."""
+    yy, xx = np.mgrid[0:side, 0:side]
+    gradient = ((xx + yy) * 255 // (2 * side)).astype(np.uint8)
+    alpha = np.where((xx // 500 + yy // 500) % 2 == 0, 255, 96).astype(np.uint8)
+    rgba = np.dstack([gradient, 255 - gradient, np.full_like(gradient, 128), alpha])
+    gray16 = ((xx // 250 + yy // 250) * 65535 // (2 * side // 250)).astype(np.uint16)  # blocks: compresses well
+    del xx, yy
+    cases = [
+        HostileInput(
+            f"webp-lossless-rgba-{side}.webp",
+            f"a lossless WebP with alpha, {side}x{side}",
+            "raw",
+            200,
+            None,
+            _encode(Image.new("RGBA", (side, side), (20, 40, 60, 100)), "WEBP", lossless=True),
+            "image/webp",
+            faces=0,
+        ),
+        HostileInput(
+            f"png-rgba-{side}.png",
+            f"an RGBA PNG, {side}x{side}",
+            "raw",
+            200,
+            None,
+            _encode(Image.fromarray(rgba, "RGBA"), "PNG", compress_level=9),
+            "image/png",
+            faces=0,
+        ),
+        HostileInput(
+            f"tiff-16bit-gray-{side}.tif",
+            f"a 16-bit grayscale TIFF, {side}x{side} (deflate)",
+            "raw",
+            200,
+            None,
+            _encode(Image.fromarray(gray16), "TIFF", compression="tiff_adobe_deflate"),
+            "image/tiff",
+            faces=0,
+        ),
+        HostileInput(
+            f"tiff-rgba-{side}.tif",
+            f"an RGBA TIFF, {side}x{side} (deflate)",
+            "raw",
+            200,
+            None,
+            _encode(Image.fromarray(rgba, "RGBA"), "TIFF", compression="tiff_adobe_deflate"),
+            "image/tiff",
+            faces=0,
+        ),
+    ]
+    return cases
+
+
 def write_corpus(out_dir: Path) -> list[HostileInput]:
     """Write every byte-payload case to ``out_dir`` and ``out_dir/manifest.json`` describing all of them."""
     cases = build_corpus()

@@ -6,14 +6,16 @@ registry package ships (no download at run time); docs/face-detection.md compare
 
 Detection runs on a copy downscaled so that its longest side is ``max_side`` pixels — unless that would make the
 smallest requested face (``min_face_size``) smaller than the detector can see, in which case the copy is made just
-large enough. Boxes are mapped back to, and clipped to, the full-resolution image, and crops are cut from the
-full-resolution image.
+large enough — but never larger than `MAX_SEARCH_PIXELS` (the detector's working memory grows with the pixels it
+searches: about 60 MiB per megapixel for YuNet). Boxes are mapped back to, and clipped to, the full-resolution
+image, and crops are cut from the full-resolution image.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_DETECTOR",
     "DEFAULT_THRESHOLD",
     "COLOR_MODES",
+    "MAX_SEARCH_PIXELS",
     "SMALL_IMAGE_SIDE",
     "create_detector",
     "select_faces",
@@ -84,6 +87,10 @@ class FaceDetector(Protocol):
 #: detection: detectors find a face that fills the whole frame far more reliably with some pixels to work on
 #: (YuNet: 135 → 201 of 210 FER-2013 crops, benchmarks/DETECTORS.md).
 SMALL_IMAGE_SIDE = 144
+#: Most pixels a detector searches, whatever ``min_face_size`` asks: a 12 MP phone photo is searched at 0.4x (1.9
+#: MP), a 6000x6000 canvas at 0.24x instead of 0.4x (5.8 MP: 270 MiB of YuNet feature maps). The smallest faces of
+#: such huge images (under about 16 / scale pixels) are then not found.
+MAX_SEARCH_PIXELS = 2_000_000
 _MAX_ENLARGE = 4.0
 
 
@@ -104,7 +111,8 @@ def detection_scale(
     it also never goes above ``ample_min_face / min_face_size`` (nor shrinks the copy below `SMALL_IMAGE_SIDE`):
     once the smallest wanted face is that large in the copy the detector finds it no better at a higher
     resolution, and the cost grows with the copy's pixels.
-    Images smaller than `SMALL_IMAGE_SIDE` are enlarged to it (at most 4×).
+    Images smaller than `SMALL_IMAGE_SIDE` are enlarged to it (at most 4×). The copy never has more than
+    `MAX_SEARCH_PIXELS` pixels.
     """
     longest = max(width, height)
     if longest <= 0:
@@ -115,7 +123,8 @@ def detection_scale(
     scale = max_side / longest
     if ample_min_face is not None:  # never below SMALL_IMAGE_SIDE either: a tight face crop needs its pixels
         scale = min(scale, max(floor, ample_min_face / max(min_face_size, 1), SMALL_IMAGE_SIDE / longest))
-    return min(1.0, max(scale, floor))
+    scale = min(1.0, max(scale, floor))
+    return min(scale, math.sqrt(MAX_SEARCH_PIXELS / max(width * height, 1)))  # bounded memory, whatever the floor
 
 
 def _resize_for_detection(image: np.ndarray, scale: float) -> np.ndarray:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -301,3 +303,62 @@ def test_method_and_route_labels_come_from_a_fixed_set_whatever_clients_send(ser
     assert routes <= {"/predict", "/predict/batch", "/healthz", "/readyz", "/ws/stream", "/{path}", "unmatched"}, routes
     access = label_values(after_two, "fer_http_request_duration_seconds_bucket", "method")
     assert access <= KNOWN_METHODS | {"other"}
+
+
+# --- 4. memory per image is bounded ------------------------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def _tree_kib(pid: int, field: str, reset: bool = False) -> dict[int, int]:
+    from benchmarks.harness import process_tree
+
+    sizes = {}
+    for member in process_tree(pid):
+        try:
+            if reset:
+                Path(f"/proc/{member}/clear_refs").write_text("5")  # peak RSS := current RSS
+            found = re.search(rf"{field}:\s*(\d+)", Path(f"/proc/{member}/status").read_text())
+        except OSError:
+            continue
+        if found:
+            sizes[member] = int(found.group(1))
+    return sizes
+
+
+@pytest.fixture(scope="module")
+def memory_cases() -> list[Any]:
+    from tests.hostile_client import corpus_module
+
+    return corpus_module().memory_cases(6000)
+
+
+@pytest.mark.parametrize("index", range(4), ids=["webp-lossless-rgba", "png-rgba", "tiff-16bit-gray", "tiff-rgba"])
+def test_a_small_file_declaring_a_huge_canvas_costs_at_most_three_rgb_copies(
+    service: RunningService, client: httpx.Client, face_jpeg: bytes, memory_cases: list[Any], index: int
+) -> None:
+    """The peak rise of the whole service (this process, which runs it, and its detection workers) while one such
+    image is served stays under 3x the image's 8-bit RGB size plus 64 MiB (was 0.7-1.4 GiB; benchmarks/
+    RELIABILITY.md)."""
+    case = memory_cases[index]
+    assert_serves(client, service, face_jpeg)  # workers warm, buffers at their working size
+    before = _tree_kib(os.getpid(), "VmRSS", reset=True)
+    answer = client.post(service.url + "/predict", content=case.data, headers={"Content-Type": case.content_type})
+    peaks = _tree_kib(os.getpid(), "VmHWM")
+    rise_mib = sum(max(0, peak - before.get(pid, 0)) for pid, peak in peaks.items()) / 1024
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["faces"] == [] and answer.json()["image"] == {"width": 6000, "height": 6000}
+    budget_mib = 3 * 6000 * 6000 * 3 / MiB + 64
+    assert rise_mib <= budget_mib, f"{case.name}: peak rise {rise_mib:.0f} MiB, budget {budget_mib:.0f} MiB"
+    assert_serves(client, service, face_jpeg)
+
+
+def test_detection_never_searches_more_than_a_bounded_number_of_pixels() -> None:
+    from service.faces import MAX_SEARCH_PIXELS, detection_scale
+
+    for width, height in [(6000, 6000), (6324, 6324), (40_000, 1000), (4000, 3000), (8000, 5000)]:
+        for min_face in (8, 40, 200):
+            scale = detection_scale(width, height, max_side=640, min_face_size=min_face, native_min_face=16)
+            assert width * height * scale * scale <= MAX_SEARCH_PIXELS * 1.0001
+    # a 12 MP phone photo keeps its scale: 40 px faces stay 16 px
+    assert detection_scale(4000, 3000, max_side=640, min_face_size=40, native_min_face=16) == pytest.approx(0.4)
