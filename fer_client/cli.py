@@ -158,6 +158,7 @@ class FrameSource:
     fps: float
     frames: Iterator[Frame]
     close: Any = field(default=lambda: None)
+    count: int = 0  # frames in a video file (0: unknown)
 
 
 def open_source(spec: str) -> FrameSource:
@@ -185,7 +186,8 @@ def open_source(spec: str) -> FrameSource:
     fps = fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     description = f"{path.name}: {count} frames at {fps:g} fps" if fps else path.name
-    return FrameSource("video", description, fps, _capture_frames(capture, live=False, fps=fps), capture.release)
+    frames = _capture_frames(capture, live=False, fps=fps)
+    return FrameSource("video", description, fps, frames, capture.release, max(0, count))
 
 
 def _capture_frames(capture: cv2.VideoCapture, live: bool, fps: float = 0.0) -> Iterator[Frame]:
@@ -261,6 +263,7 @@ class Stream:
         self._exit = contextlib.ExitStack()
         self.dropped_total = 0  # frames the server reported dropped, over all connections
         self._dropped_closed = 0
+        self.tracks = False  # the service numbers face tracks and takes each frame's time (frame_time)
 
     def open(self) -> None:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
@@ -308,6 +311,7 @@ class Stream:
                     f"the service rejected the options {self.options}: {reply.get('message')}", EXIT_USAGE
                 )
             raise _refusal_error(code, reply.get("message"))
+        self.tracks = "smoothing" in reply  # services before face tracks list no such option
 
     def close(self) -> None:
         self.connection = None
@@ -324,9 +328,10 @@ class Stream:
         reply: dict[str, Any] = json.loads(text)
         return reply
 
-    def analyse(self, jpeg: bytes) -> dict[str, Any]:
-        """Send one frame and return its reply (``type`` ``result`` or ``error``), reconnecting up to
-        ``retries`` times with exponential backoff if the connection drops."""
+    def analyse(self, jpeg: bytes, frame_time: float | None = None) -> dict[str, Any]:
+        """Send one frame (and its time in seconds, for the service's face tracks) and return its reply (``type``
+        ``result`` or ``error``), reconnecting up to ``retries`` times with exponential backoff if the connection
+        drops."""
         if len(jpeg) > self.max_frame_bytes:
             raise ClientError(
                 f"an encoded frame is {len(jpeg)} bytes, over --max-frame-bytes "
@@ -339,6 +344,8 @@ class Stream:
                 if self.connection is None:
                     self.open()
                 assert self.connection is not None
+                if frame_time is not None and self.tracks:
+                    self.connection.send(json.dumps({"frame_time": round(frame_time, 6)}))
                 self.connection.send(jpeg)
                 while True:
                     reply = self._recv()
@@ -637,6 +644,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries", type=int, default=3, help="reconnect this many times when the stream drops (default 3)"
     )
     parser.add_argument("--quiet", action="store_true", help="no per-frame lines (logs and video still written)")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write an interview report into DIR: frames.jsonl, per face track a CSV and an emotion timeline "
+        "chart (PNG), summary.csv/.json (share of time per smoothed emotion, moments of strongest change) and "
+        "report.html; shows a progress bar (needs matplotlib and tqdm: the client extra)",
+    )
+    parser.add_argument(
+        "--smoothing",
+        type=float,
+        help="half-life in seconds of the service's smoothing of each face track's emotions (default 0, raw; "
+        "1 with --report)",
+    )
+    parser.add_argument(
+        "--hysteresis",
+        type=float,
+        help="margin another emotion must lead the smoothed one by before the smoothed label changes "
+        "(default 0; 0.05 with --report)",
+    )
     return parser
 
 
@@ -674,6 +701,16 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"detect": not args.no_detect}
     if args.max_faces is not None:
         options["max_faces"] = args.max_faces
+    options.update(_track_options(args))
+    report = progress = None
+    if args.report:
+        from tqdm import tqdm
+
+        from fer_client.report import Report  # matplotlib only when a report is written
+
+        report = Report(args.report, Path(args.source).name if source.kind != "webcam" else source.description)
+        report.options = {k: v for k, v in options.items() if k in ("smoothing", "hysteresis")}
+        progress = tqdm(total=source.count or None, unit="frame", desc="analysing", file=sys.stderr, leave=True)
     stream = Stream(args.url, args.api_key, options, args.max_frame_bytes, args.timeout, args.retries)
     summary = Summary()
     print(f"streaming {source.description} to {stream.url}", file=sys.stderr)
@@ -686,6 +723,8 @@ def run(args: argparse.Namespace) -> int:
         for frame in source.frames:
             if args.max_frames is not None and summary.frames >= args.max_frames:
                 break
+            if progress is not None:
+                progress.update(1)
             if args.fps and source.kind == "video":
                 if frame.time_s + 1e-6 < next_media_time:
                     if annotator:
@@ -701,7 +740,7 @@ def run(args: argparse.Namespace) -> int:
                 last_sent_wall = time.monotonic()
             jpeg, scale = encode_frame(frame.image, args.max_width, args.jpeg_quality)
             sent = time.perf_counter()
-            reply = stream.analyse(jpeg)
+            reply = stream.analyse(jpeg, frame.time_s)
             rtt_ms = (time.perf_counter() - sent) * 1000
             summary.frames += 1
             faces = scale_faces(reply.get("faces", []), scale) if reply.get("type") == "result" else []
@@ -712,9 +751,16 @@ def run(args: argparse.Namespace) -> int:
                 summary.rtts_ms.append(rtt_ms)
                 held_faces = faces
             if not args.quiet:
-                print(format_line(frame, reply, rtt_ms), flush=True)
-            if log:
-                log.write(_record(frame, reply, faces, rtt_ms))
+                if progress is not None:
+                    progress.write(format_line(frame, reply, rtt_ms), file=sys.stdout)
+                else:
+                    print(format_line(frame, reply, rtt_ms), flush=True)
+            if log or report:
+                record = _record(frame, reply, faces, rtt_ms)
+                if log:
+                    log.write(record)
+                if report:
+                    report.add(record)
             if annotator:
                 annotator.write(frame.image, faces)
     except KeyboardInterrupt:
@@ -726,7 +772,14 @@ def run(args: argparse.Namespace) -> int:
             log.close()
         if annotator:
             annotator.close()
+        if progress is not None:
+            progress.close()
+        if report:
+            report.close()
     print(summary.text(stream.dropped_total, time.monotonic() - started), file=sys.stderr)
+    if report:
+        interval = 1 / args.fps if args.fps else 1 / source.fps if source.fps else 0.1
+        print(f"report: {report.write(interval)} ({len(report.tracks)} face tracks)", file=sys.stderr)
     if log:
         print(f"log: {log.path}", file=sys.stderr)
     if annotator:
@@ -734,6 +787,18 @@ def run(args: argparse.Namespace) -> int:
             f"annotated video: {annotator.path} ({annotator.frames} frames at {annotator.fps:g} fps)", file=sys.stderr
         )
     return EXIT_OK
+
+
+def _track_options(args: argparse.Namespace) -> dict[str, float]:
+    """The stream's smoothing options from the flags (a report smooths unless told otherwise)."""
+    smoothing = args.smoothing if args.smoothing is not None else (1.0 if args.report else None)
+    hysteresis = args.hysteresis if args.hysteresis is not None else (0.05 if args.report else None)
+    out = {}
+    if smoothing is not None:
+        out["smoothing"] = smoothing
+    if hysteresis is not None:
+        out["hysteresis"] = hysteresis
+    return out
 
 
 def _record(frame: Frame, reply: dict[str, Any], faces: list[dict[str, Any]], rtt_ms: float) -> dict[str, Any]:

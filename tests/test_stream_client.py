@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from fer_client.cli import EXIT_AUTH, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, colour_for, http_url, stream_url
+from sample_photos import two_people_crossing
 from tests.live_service import ROOT, TEST_API_KEY, ServiceProcess, free_port, model_labels, running_service
 from tests.photos import ASTRONAUT_FACE, astronaut, iou, no_face
 
@@ -237,3 +238,52 @@ def test_downscaled_frames_report_boxes_in_source_pixels(service: ServiceProcess
         assert record["frame_size"] == {"width": FRAME_W, "height": FRAME_H}
         box = record["faces"][0]["box"]  # mapped back to the 640×512 source
         assert iou((box["x"], box["y"], box["width"], box["height"]), face_at(i)) > 0.5
+
+
+def test_report_of_two_people_crossing_writes_every_file_and_they_parse(
+    service: ServiceProcess, labels: list[str], tmp_path: Path
+) -> None:
+    frames, fps = 20, 10.0
+    video = tmp_path / "two-people.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 360))
+    for i in range(frames):
+        writer.write(cv2.cvtColor(two_people_crossing(i, frames)[0], cv2.COLOR_RGB2BGR))
+    writer.release()
+    folder = tmp_path / "report"
+    result = run_client(service.url, video, "--api-key", TEST_API_KEY, "--report", folder)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert len(parse_lines(result.stdout)) == frames  # the per-frame lines still come, above the bar
+    assert re.search(r"analysing: 100%.*\b20/20\b.*frame/s", result.stderr), result.stderr  # tqdm's bar with the rate
+    assert f"report: {folder / 'report.html'} (2 face tracks)" in result.stderr
+
+    # the JSON-lines log: every frame, every face with its track id and smoothed emotion
+    records = [json.loads(line) for line in (folder / "frames.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(frames))
+    assert all(len(r["faces"]) == 2 for r in records)
+    assert {f["track_id"] for r in records for f in r["faces"]} == {1, 2}
+    assert all(f["smoothed"]["emotion"] in labels for r in records for f in r["faces"])
+
+    # a CSV and a chart per track; the astronaut starts on the left (track 1) and ends on the right
+    for track in (1, 2):
+        with (folder / f"track_{track}.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == frames and [float(r["time_s"]) for r in rows] == [i / fps for i in range(frames)]
+        assert {f"p_{x}" for x in labels} | {f"s_{x}" for x in labels} <= set(rows[0])
+        assert all(r["smoothed_emotion"] in labels for r in rows)
+        xs = [int(r["x"]) for r in rows]
+        assert xs == sorted(xs, reverse=track == 2) and xs[0] != xs[-1]
+        chart = cv2.imread(str(folder / f"track_{track}.png"))
+        assert chart is not None and chart.shape[0] > 100 and chart.shape[1] > 300
+
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["frames"] == frames and summary["options"] == {"smoothing": 1.0, "hysteresis": 0.05}
+    assert [t["track_id"] for t in summary["tracks"]] == [1, 2]
+    for track in summary["tracks"]:
+        assert set(track["share"]) == set(labels) and abs(sum(track["share"].values()) - 1) < 1e-3
+        assert track["seconds"] == pytest.approx(frames / fps, abs=0.01)
+        assert len(track["moments"]) <= 3 and all(m["from"] in labels and m["to"] in labels for m in track["moments"])
+    with (folder / "summary.csv").open() as f:
+        assert [row["track_id"] for row in csv.DictReader(f)] == ["1", "2"]
+    page = (folder / "report.html").read_text()
+    for name in ("track_1.png", "track_2.png", "track_1.csv", "summary.csv", 'id="track-2"', "Moments of strongest"):
+        assert name in page
