@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.batching import MicroBatcher
+from service.batching import BatchClock, MicroBatcher
 from service.config import Settings
 from service.errors import ModelLoadError
 from service.metrics import Metrics
@@ -66,7 +66,9 @@ def _load_blocking(settings: Settings) -> tuple[LoadedModel, PreparePool]:
     return model, pool
 
 
-async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) -> None:
+async def _start(
+    state: ServiceState, on_fatal: Callable[[str], None] | None, batch_clock: BatchClock | None = None
+) -> None:
     settings = state.settings
     started = time.perf_counter()
     log.info(
@@ -95,6 +97,7 @@ async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) ->
         max_wait_s=settings.max_batch_wait_s,
         max_queue=settings.max_queue,
         observer=observer.watch("predict"),
+        clock=batch_clock,
     )
     batcher.start()
     explainer = None
@@ -105,6 +108,7 @@ async def _start(state: ServiceState, on_fatal: Callable[[str], None] | None) ->
             max_wait_s=settings.max_batch_wait_s,
             max_queue=settings.max_queue,
             observer=observer.watch("explain"),
+            clock=batch_clock,
         )
         explainer.start()
     state.model, state.batcher, state.explainer = model, batcher, explainer
@@ -145,13 +149,19 @@ def _serves_docs(settings: Settings) -> bool:
     return not settings.api_keys or settings.docs_with_api_keys
 
 
-def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
-    """A new app for ``settings`` with its own metrics registry; the model loads when the app starts."""
+def create_app(
+    settings: Settings,
+    *,
+    on_fatal: Callable[[str], None] | None = None,
+    batch_clock: BatchClock | None = None,
+) -> FastAPI:
+    """A new app for ``settings`` with its own metrics registry; the model loads when the app starts.
+    ``batch_clock`` measures the batchers' windows (a seam for tests; default: the real monotonic clock)."""
     state = ServiceState(settings=settings, metrics=Metrics())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_start(state, on_fatal), name="load-model")
+        task = asyncio.create_task(_start(state, on_fatal, batch_clock), name="load-model")
         state.tasks.append(task)
         try:
             yield

@@ -21,6 +21,7 @@ import uvicorn
 
 from benchmarks.harness import metric_value  # noqa: F401 (re-exported: one /metrics parser for tests and benchmarks)
 from service.app import create_app
+from service.batching import BatchClock
 from service.config import Settings
 from service.server import uvicorn_config
 
@@ -36,6 +37,11 @@ class RunningService:
 
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=30).text
+
+    @property
+    def state(self) -> Any:
+        """The app's ``ServiceState`` (the server runs in this process): its model, batcher, predictor."""
+        return self.server.config.app.state.service
 
 
 def free_socket() -> socket.socket:
@@ -62,8 +68,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_service(model_dir: Path, *, wait_ready: bool = True, **settings: Any) -> Iterator[RunningService]:
-    """Serve ``model_dir`` with ``settings`` overrides until the ``with`` block ends."""
+def running_service(
+    model_dir: Path, *, wait_ready: bool = True, batch_clock: BatchClock | None = None, **settings: Any
+) -> Iterator[RunningService]:
+    """Serve ``model_dir`` with ``settings`` overrides until the ``with`` block ends; ``batch_clock`` (for instance a
+    ``tests.clocks.ManualClock``) measures the batch windows instead of the real clock."""
     sock = free_socket()
     port = sock.getsockname()[1]
     values = {"model_dir": model_dir, "port": port, **settings}
@@ -74,7 +83,8 @@ def running_service(model_dir: Path, *, wait_ready: bool = True, **settings: Any
     def on_fatal(message: str) -> None:
         failures.append(message)
 
-    server = uvicorn.Server(uvicorn_config(create_app(config, on_fatal=on_fatal), config, log_level="warning"))
+    app = create_app(config, on_fatal=on_fatal, batch_clock=batch_clock)
+    server = uvicorn.Server(uvicorn_config(app, config, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{port}")
     thread.start()
     url = f"http://127.0.0.1:{port}"
