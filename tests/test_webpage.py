@@ -143,8 +143,13 @@ def box_iou_in_picture(
     mirrored: bool,
 ) -> float:
     """IoU between the drawn box (on screen, mapped back to frame pixels) and where the face really is."""
-    box = page.locator(box_selector).first.bounding_box()
-    picture = page.locator(picture_selector).bounding_box()
+    for _ in range(100):  # the live overlay is redrawn on every reply: a box can be replaced while it is measured
+        box = page.locator(box_selector).first.bounding_box()
+        picture = page.locator(picture_selector).bounding_box()
+        if box is not None and picture is not None:
+            break
+        page.wait_for_timeout(20)
+    assert box is not None and picture is not None, f"{box_selector} is not on the page"
     sx, sy = frame_w / picture["width"], frame_h / picture["height"]
     x = (box["x"] - picture["x"]) * sx
     drawn = (
