@@ -567,10 +567,10 @@ def build_corpus() -> list[HostileInput]:
     )
     add(
         "batch-20000-parts.bin",
-        "/predict/batch with 20000 tiny file parts",
+        "/predict/batch with 20000 tiny file parts (the parser stops at max_batch_images + 1)",
         "batch_raw",
-        422,
-        "missing_field",
+        413,
+        "too_many_images",
         _multipart([("files", f"{i}.jpg", b"x") for i in range(20_000)]),
         batch_type,
         parts=20_000,

@@ -27,6 +27,7 @@ from service.metrics import Metrics
 from service.model import LoadedModel, load_model
 from service.pipeline import Predictor, QueueObserver, explain_rows
 from service.prepare import PreparePool, PrepareSpec
+from service.web.admission import AdmissionMiddleware, BodyAdmission
 from service.web.errors import register_error_handlers
 from service.web.observability import ObservabilityMiddleware
 from service.web.routes import router
@@ -144,6 +145,12 @@ async def _placeholder_page() -> HTMLResponse:
     return HTMLResponse(PLACEHOLDER_PAGE)
 
 
+def _body_limits(settings: Settings) -> Callable[[str], int | None]:
+    """The most bytes each route that reads a body buffers (for admission before buffering)."""
+    limits = {"/predict": settings.max_body_bytes, "/predict/batch": settings.max_batch_body_bytes}
+    return limits.get
+
+
 def _serves_docs(settings: Settings) -> bool:
     """The API docs are served without API keys, and with keys only if ``docs_with_api_keys``."""
     return not settings.api_keys or settings.docs_with_api_keys
@@ -186,7 +193,7 @@ def create_app(
         summary="Finds every face in an image and classifies its expression with the exported model.",
         lifespan=lifespan,
         openapi_url="/openapi.json" if _serves_docs(settings) else None,  # None: /docs and /redoc go too
-        responses={code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 499, 500, 503)},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 499, 500, 503, 507)},
     )
     app.state.service = state
     register_error_handlers(app, state.metrics)
@@ -203,5 +210,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
-    app.add_middleware(ObservabilityMiddleware, metrics=state.metrics)
+    admission = BodyAdmission(settings.max_bodies_in_flight, settings.max_body_bytes_in_flight, state.metrics)
+    app.add_middleware(AdmissionMiddleware, admission=admission, body_limit=_body_limits(settings))  # inside:
+    app.add_middleware(ObservabilityMiddleware, metrics=state.metrics)  # outermost: counts admission's 503s too
     return app

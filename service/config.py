@@ -22,6 +22,8 @@ ENV_PREFIX = "FER_"
 
 
 MiB = 1024 * 1024
+#: Room for the multipart framing (boundaries, part headers) on top of the file bytes a body may carry.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def _split_list(value: Any) -> Any:
@@ -122,6 +124,19 @@ class Settings(BaseSettings):
         description="Longest time to receive a request body, in seconds (408 after; stops slow uploads).",
     )
 
+    max_bodies_in_flight: int = Field(
+        64,
+        ge=1,
+        description="Most request bodies being received or served at once, counted before they are read "
+        "(503 overloaded above).",
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * MiB,
+        ge=1024,
+        description="Most bytes the request bodies in flight may hold together (declared Content-Length, or the "
+        "route's limit when undeclared), reserved before they are read (503 overloaded above).",
+    )
+
     # --- access -----------------------------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
@@ -177,9 +192,24 @@ class Settings(BaseSettings):
                 f"max_pending_images ({self.max_pending_images}) must be at least max_batch_images "
                 f"({self.max_batch_images})"
             )
+        if self.max_body_bytes_in_flight < self.max_batch_body_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) must be at least the largest "
+                f"/predict/batch body, max_upload_bytes x max_batch_images + 64 KiB ({self.max_batch_body_bytes})"
+            )
         if any(not key.get_secret_value() for key in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
         return self
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest /predict body: one upload plus its multipart framing."""
+        return self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+
+    @property
+    def max_batch_body_bytes(self) -> int:
+        """The largest /predict/batch body: ``max_batch_images`` uploads plus their multipart framing."""
+        return self.max_upload_bytes * self.max_batch_images + MULTIPART_OVERHEAD_BYTES
 
     @property
     def max_batch_wait_s(self) -> float:

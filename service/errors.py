@@ -72,6 +72,13 @@ class ImageTooLargeError(ServiceError):
     status, code = 413, "image_too_large"
 
 
+class InsufficientStorageError(ServiceError):
+    """A request could not be stored while it was parsed (an OSError: memory or disk full)."""
+
+    status, code = 507, "insufficient_storage"
+    headers = {"Retry-After": "1"}
+
+
 class TooManyImagesError(ServiceError):
     status, code = 413, "too_many_images"
 

@@ -54,6 +54,14 @@ class Metrics:
             "Stream frames replaced by a newer one before they were processed.",
             registry=r,
         )
+        self.bodies_in_flight = Gauge(
+            "fer_request_bodies_in_flight", "Request bodies admitted and not yet answered.", registry=r
+        )
+        self.body_bytes_in_flight = Gauge(
+            "fer_request_body_bytes_in_flight",
+            "Bytes reserved by the request bodies in flight (declared length, or the route's limit).",
+            registry=r,
+        )
         self.model_load_seconds = Gauge("fer_model_load_seconds", "Time to load and validate the model.", registry=r)
         self.model_info = Info("fer_model", "The model being served.", registry=r)
         self.prepare_pool_restarts = Counter(

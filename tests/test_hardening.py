@@ -362,3 +362,110 @@ def test_detection_never_searches_more_than_a_bounded_number_of_pixels() -> None
             assert width * height * scale * scale <= MAX_SEARCH_PIXELS * 1.0001
     # a 12 MP phone photo keeps its scale: 40 px faces stay 16 px
     assert detection_scale(4000, 3000, max_side=640, min_face_size=40, native_min_face=16) == pytest.approx(0.4)
+
+
+# --- 5. admission before buffering, no spill to disk ------------------------------------------------------------
+
+ADMIT_UPLOAD = 100_000  # max_upload_bytes of the admission service; its batch body limit is 2 x that + 64 KiB
+
+
+@pytest.fixture(scope="module")
+def admitting(exported_model: Path) -> Iterator[RunningService]:
+    with running_service(
+        exported_model,
+        max_upload_bytes=ADMIT_UPLOAD,
+        max_batch_images=2,
+        max_bodies_in_flight=2,
+        max_body_bytes_in_flight=2 * ADMIT_UPLOAD + 64 * 1024 + 50_000,
+        max_batch_wait_ms=5,
+    ) as running:
+        yield running
+
+
+def start_upload(service: RunningService, path: str, declared: int, content_type: str = "image/jpeg") -> socket.socket:
+    """Headers and the first bytes of an upload that is then held open (the body never completes)."""
+    sock = raw_connection(service)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n".encode()
+        + f"Content-Length: {declared}\r\n\r\n".encode()
+        + bytes(100)
+    )
+    return sock
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
+    from tests.hostile_client import _read_response
+
+    answer = _read_response(sock)
+    return answer.status, answer.headers, answer.json()
+
+
+def test_bodies_in_flight_are_bounded_in_count_before_they_are_read(
+    admitting: RunningService, client: httpx.Client, face_jpeg: bytes
+) -> None:
+    held = [start_upload(admitting, "/predict", 50_000) for _ in range(2)]
+    try:
+        assert wait_until(lambda: counter(admitting, "fer_request_bodies_in_flight") == 2)
+        third = start_upload(admitting, "/predict", 1000)
+        with third:
+            status, headers, body = read_answer(third)  # answered at once, its body never read
+        assert status == 503 and body["error"]["code"] == "overloaded" and headers["retry-after"] == "1"
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_until(lambda: counter(admitting, "fer_request_bodies_in_flight") == 0)
+    assert counter(admitting, "fer_request_body_bytes_in_flight") == 0
+    assert_serves(client, admitting, face_jpeg)
+
+
+def test_bodies_in_flight_are_bounded_in_bytes_and_undeclared_lengths_reserve_the_route_limit(
+    admitting: RunningService, client: httpx.Client, face_jpeg: bytes
+) -> None:
+    batch_limit = 2 * ADMIT_UPLOAD + 64 * 1024
+    sock = raw_connection(admitting)
+    sock.sendall(
+        b"POST /predict/batch HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\n--b\r\n\r\n"
+    )
+    try:
+        assert wait_until(lambda: counter(admitting, "fer_request_body_bytes_in_flight") == batch_limit)
+        small = client.post(admitting.url + "/predict", content=bytes(49_000), headers={"Content-Type": "image/jpeg"})
+        assert small.status_code == 400  # 49,000 more bytes fit: admitted (and refused as no image)
+        big = client.post(admitting.url + "/predict", content=bytes(60_000), headers={"Content-Type": "image/jpeg"})
+        assert big.status_code == 503 and big.json()["error"]["code"] == "overloaded"
+        assert big.headers["retry-after"] == "1"
+    finally:
+        sock.close()
+    assert wait_until(lambda: counter(admitting, "fer_request_body_bytes_in_flight") == 0)
+    assert_serves(client, admitting, face_jpeg)
+
+
+def test_multipart_parts_never_spill_to_disk_and_an_oserror_is_a_507(
+    service: RunningService, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import tempfile
+
+    from starlette.formparsers import MultiPartParser
+
+    def disk_full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # parts over Starlette's 1 MiB spool size: before, they went to a temporary file
+    photo = photos.encode(photos.astronaut().image, quality=100)
+    padded = photo + bytes(1_500_000 - len(photo))  # JPEG with trailing bytes: still one image
+    files = [("files", (f"{i}.jpg", padded, "image/jpeg")) for i in range(2)]
+    monkeypatch.setattr(tempfile, "TemporaryFile", disk_full)
+    answer = client.post(service.url + "/predict/batch", files=files)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["results"]) == 2
+    # and if parsing fails with an OSError anyway (memory), it is a 507 with a code, not a 500
+    monkeypatch.setattr(MultiPartParser, "parse", disk_full)
+    full = client.post(service.url + "/predict/batch", files=files)
+    assert full.status_code == 507 and full.json()["error"]["code"] == "insufficient_storage", full.text
+
+
+def test_the_batch_parser_stops_at_max_batch_images_plus_one(service: RunningService, client: httpx.Client) -> None:
+    files = [("files", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(5000)]
+    answer = client.post(service.url + "/predict/batch", files=files)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "too_many_images"

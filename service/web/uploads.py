@@ -11,16 +11,18 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from service.config import MULTIPART_OVERHEAD_BYTES
 from service.errors import (
     ClientClosedError,
+    InsufficientStorageError,
     MissingFieldError,
     PayloadTooLargeError,
     RequestTimeoutError,
+    TooManyImagesError,
     UnsupportedMediaTypeError,
 )
 
-#: Room for the multipart framing (boundaries, part headers) on top of the file bytes a body may carry.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
+__all__ = ["MULTIPART_OVERHEAD_BYTES", "media_type", "read_body", "read_files", "read_image"]
 
 
 def media_type(request: Request) -> str:
@@ -53,19 +55,32 @@ async def _single(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 
-async def _parse_multipart(request: Request, body: bytes, *, max_files: int, max_fields: int) -> FormData:
+async def _parse_multipart(
+    request: Request, body: bytes, *, max_files: int, max_fields: int, file_limit: int
+) -> FormData:
+    """Parse a multipart body that is already in memory. Its parts stay in memory too: a part may hold up to
+    ``file_limit`` bytes before Starlette would spill it to a temporary file, and the body was refused above
+    ``file_limit`` x ``max_files``, so nothing is ever written to disk (a 64 MiB /tmp could not hold a batch of
+    phone photos). An OSError anyway (memory or disk) is a 507 with a code, never a 500."""
     parser = MultiPartParser(request.headers, _single(body), max_files=max_files, max_fields=max_fields)
+    parser.spool_max_size = file_limit + 1  # an instance attribute: Starlette's class default (1 MiB) is unchanged
     try:
         return await parser.parse()
     except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise TooManyImagesError(f"more than {max_files} files in one request; the limit is {max_files}") from None
         raise MissingFieldError(f"the multipart body cannot be parsed: {exc.message}") from None
+    except OSError as exc:
+        raise InsufficientStorageError(
+            f"the multipart body could not be stored ({type(exc).__name__}); retry shortly"
+        ) from None
 
 
 async def read_files(request: Request, *, file_limit: int, max_files: int, timeout_s: float) -> list[tuple[str, bytes]]:
     """``(filename, bytes)`` of every file part of a multipart body, in order. The body may hold ``max_files``
     files of ``file_limit`` bytes plus their framing; the caller checks how many files there were."""
     body = await read_body(request, file_limit * max_files + MULTIPART_OVERHEAD_BYTES, timeout_s)
-    form = await _parse_multipart(request, body, max_files=10_000, max_fields=1000)
+    form = await _parse_multipart(request, body, max_files=max_files, max_fields=1000, file_limit=file_limit)
     files = []
     try:
         for _, value in form.multi_items():
@@ -88,7 +103,7 @@ async def read_image(request: Request, limit: int, timeout_s: float) -> bytes:
         return await read_body(request, limit, timeout_s)
     if kind == "multipart/form-data":
         body = await read_body(request, limit + MULTIPART_OVERHEAD_BYTES, timeout_s)
-        form = await _parse_multipart(request, body, max_files=16, max_fields=16)
+        form = await _parse_multipart(request, body, max_files=16, max_fields=16, file_limit=limit)
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
