@@ -103,3 +103,29 @@ def test_missing_or_unreadable_files(exported_model: Path, tmp_path: Path) -> No
     (corrupt / "saved_model.pb").write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match="cannot load the SavedModel"):
         load_model(corrupt)
+
+
+def _cpu_runs_onednn_bf16() -> bool:
+    """TensorFlow's oneDNN bfloat16 rewrite needs AVX-512 (or AVX-NE-CONVERT); elsewhere bf16 leaves the model as is."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512f" in flags or "avx_ne_convert" in flags
+
+
+def test_bf16_precision_really_computes_in_bfloat16_and_stays_close_to_fp32(exported_model: Path) -> None:
+    """What only bf16 does: the probabilities differ from fp32's by bfloat16 rounding (an fp32 run would match
+    exactly), and no more than that. (The precision switch is process-wide in TensorFlow and applies to functions
+    optimised after it is set, so each model is called right after it is loaded; loading resets the switch.)"""
+    if not _cpu_runs_onednn_bf16():
+        pytest.skip("this CPU has no AVX-512: TensorFlow does not rewrite the model to bfloat16 here")
+    meta = load_model(exported_model).metadata.input
+    crops = np.random.default_rng(2).integers(0, 256, (8, meta.height, meta.width, meta.channels), dtype=np.uint8)
+    bf16 = load_model(exported_model, precision="bf16").predict(crops)
+    fp32 = load_model(exported_model, precision="fp32").predict(crops)
+    again = load_model(exported_model, precision="fp32").predict(crops)
+    assert np.max(np.abs(again - fp32)) < 1e-6  # fp32 is reproducible to float noise
+    difference = np.max(np.abs(bf16 - fp32))
+    assert 1e-5 < difference < 0.05, difference
+    assert np.allclose(bf16.sum(axis=1), 1.0, atol=1e-2)

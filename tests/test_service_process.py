@@ -1,5 +1,9 @@
 """``python -m service`` as a real process: flags and environment variables, readiness while the model loads,
-refusing to start on a broken model, bf16 precision, structured logs and graceful shutdown on SIGTERM."""
+refusing to start on a broken model, structured logs and graceful shutdown on SIGTERM. (bf16 precision is tested
+on the model itself, in test_service_model.py.)
+
+The lifecycle test runs the service through ``tests.gated_service`` (the same ``main`` with a gate in front of the
+model), so "the model is still loading" and "a request is in flight" are states the test holds, not races."""
 
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ import numpy as np
 import pytest
 
 from service.config import Settings
-from tests import photos
-from tests.servers import free_port, metric_value, service_env
+from tests import gated_service, photos
+from tests.servers import free_port, service_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,14 +112,13 @@ def test_broken_model_refuses_to_start_with_one_clear_message(exported_model: Pa
 def process(exported_model: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
+        gated_service.command(),
         cwd=ROOT,
         text=True,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=service_env(
-            FER_MODEL_DIR=str(exported_model), FER_PORT=str(port), FER_PRECISION="bf16", FER_MAX_BATCH_WAIT_MS="3000"
-        ),
+        env=service_env(FER_MODEL_DIR=str(exported_model), FER_PORT=str(port)),
     )
     try:
         yield proc, f"http://127.0.0.1:{port}"
@@ -125,43 +128,60 @@ def process(exported_model: Path) -> Iterator[tuple[subprocess.Popen[str], str]]
             proc.wait(30)
 
 
-def test_lifecycle_readiness_bf16_logs_and_graceful_shutdown(
+def healthz_refused(url: str) -> bool:
+    try:
+        httpx.get(url + "/healthz", timeout=5)
+    except httpx.TransportError:
+        return True
+    return False
+
+
+def test_lifecycle_readiness_logs_and_graceful_shutdown(
     process: tuple[subprocess.Popen[str], str], exported_model: Path
 ) -> None:
     proc, url = process
+    gate = gated_service.GateControl(proc)  # closed: the model's warm-up cannot finish until the test opens it
     jpeg = photos.encode(photos.astronaut().image[100:148, 180:228])
-    deadline = time.monotonic() + 120
-    while True:  # /healthz answers as soon as the port is open, long before the model is ready
+    deadline = time.monotonic() + 180  # bounds a hang only
+    while True:  # /healthz answers as soon as the port is open, before the model is ready
         assert proc.poll() is None and time.monotonic() < deadline
         try:
             if httpx.get(url + "/healthz", timeout=5).status_code == 200:
                 break
         except httpx.TransportError:
             time.sleep(0.02)
+    gate.wait_held(1)  # the warm-up's first model call waits at the gate: the model is provably still loading
     not_ready = httpx.get(url + "/readyz", timeout=5)
     assert not_ready.status_code == 503
     assert not_ready.json() == {"error": {"code": "not_ready", "message": "the model is still loading"}}
     early = httpx.post(url + "/predict", content=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=30)
     assert early.status_code == 503 and early.json()["error"]["code"] == "not_ready"
+    gate.open()
     while httpx.get(url + "/readyz", timeout=5).status_code != 200:
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
 
+    gate.close()
+    warm_up_calls = gate.call_count()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # detect=false: the whole 48x48 image is the crop; it waits in the 3 s batch window while SIGTERM arrives
+        # detect=false: the whole 48x48 image is the crop; its model call waits at the gate while SIGTERM arrives
         in_flight = pool.submit(
-            httpx.post, url + "/predict?detect=false", content=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60
+            httpx.post, url + "/predict?detect=false", content=jpeg, headers={"Content-Type": "image/jpeg"}, timeout=120
         )
-        while metric_value(httpx.get(url + "/metrics", timeout=5).text, "fer_queue_depth") < 1:
-            assert not in_flight.done() and time.monotonic() < deadline
+        gate.wait_held(1)
+        assert gate.calls[warm_up_calls:] == [1] and not in_flight.done()
         proc.send_signal(signal.SIGTERM)
-        response = in_flight.result(timeout=60)
+        while not healthz_refused(url):  # the server has stopped accepting connections: it is shutting down
+            assert not in_flight.done() and time.monotonic() < deadline
+            time.sleep(0.02)
+        gate.open()
+        response = in_flight.result(timeout=120)
     assert response.status_code == 200  # finished, not dropped
     # uvicorn re-raises the signal it handled once it has shut down cleanly, so the exit status says "SIGTERM"
     assert proc.wait(60) in (0, -signal.SIGTERM)
     stderr = proc.stderr.read()
 
-    # bf16 execution stays close to fp32 on the same crop
+    # the answer is the model's own on that crop
     from service import faces
     from service.images import decode_image
     from service.model import load_model
@@ -179,7 +199,7 @@ def test_lifecycle_readiness_bf16_logs_and_graceful_shutdown(
     )
     expected = model.predict(crop)[0]
     got = np.array(list(response.json()["faces"][0]["probabilities"].values()))
-    assert np.max(np.abs(got - expected)) < 0.05
+    assert np.max(np.abs(got - expected)) < 1e-4
 
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     access = [
