@@ -27,7 +27,7 @@ from service.metrics import Metrics
 from service.model import LoadedModel, load_model
 from service.pipeline import Predictor, QueueObserver, explain_rows
 from service.prepare import PreparePool, PrepareSpec
-from service.web.admission import AdmissionMiddleware, BodyAdmission
+from service.web.admission import AdmissionMiddleware, BodyAdmission, DeadlineMiddleware
 from service.web.errors import register_error_handlers
 from service.web.observability import ObservabilityMiddleware
 from service.web.routes import router
@@ -193,7 +193,7 @@ def create_app(
         summary="Finds every face in an image and classifies its expression with the exported model.",
         lifespan=lifespan,
         openapi_url="/openapi.json" if _serves_docs(settings) else None,  # None: /docs and /redoc go too
-        responses={code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 499, 500, 503, 507)},
+        responses={code: {"model": ErrorBody} for code in (400, 401, 408, 413, 415, 422, 499, 500, 503, 504, 507)},
     )
     app.state.service = state
     register_error_handlers(app, state.metrics)
@@ -212,5 +212,6 @@ def create_app(
         )
     admission = BodyAdmission(settings.max_bodies_in_flight, settings.max_body_bytes_in_flight, state.metrics)
     app.add_middleware(AdmissionMiddleware, admission=admission, body_limit=_body_limits(settings))  # inside:
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_deadline_s, metrics=state.metrics)
     app.add_middleware(ObservabilityMiddleware, metrics=state.metrics)  # outermost: counts admission's 503s too
     return app

@@ -171,6 +171,25 @@ class Settings(BaseSettings):
         1.0, ge=0.0, le=3600.0, description="See track_max_missed_frames: the seconds a missing face keeps its track."
     )
 
+    ws_first_frame_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Longest wait for a stream's first frame; then it is closed (1008)."
+    )
+    ws_idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Longest time a stream may send nothing after its first frame; then it is closed (1008).",
+    )
+
+    # --- deadlines --------------------------------------------------------------------------------------------
+    request_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Longest time an HTTP request may take from its headers to its answer "
+        "(504 deadline_exceeded after; its work is cancelled).",
+    )
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests import photos
@@ -469,3 +470,54 @@ def test_the_batch_parser_stops_at_max_batch_images_plus_one(service: RunningSer
     files = [("files", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(5000)]
     answer = client.post(service.url + "/predict/batch", files=files)
     assert answer.status_code == 413 and answer.json()["error"]["code"] == "too_many_images"
+
+
+# --- 6. time limits ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def impatient(exported_model: Path) -> Iterator[RunningService]:
+    """Short stream timeouts and a request deadline shorter than the body timeout."""
+    with running_service(
+        exported_model,
+        ws_first_frame_timeout_s=0.5,
+        ws_idle_timeout_s=1.0,
+        request_deadline_s=1.0,
+        body_timeout_s=600,
+        max_batch_wait_ms=5,
+    ) as running:
+        yield running
+
+
+def test_a_stream_that_sends_no_first_frame_is_closed(impatient: RunningService) -> None:
+    with connect(impatient.ws_url + "/ws/stream", open_timeout=60) as ws:
+        message = json.loads(ws.recv(timeout=60))  # the server speaks first: its timeout, then the close
+        assert message["type"] == "error" and message["code"] == "first_frame_timeout"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=60)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert closed.value.rcvd.reason == "first_frame_timeout"
+
+
+def test_an_idle_stream_is_closed_and_its_slot_freed(impatient: RunningService, face_jpeg: bytes) -> None:
+    with connect(impatient.ws_url + "/ws/stream", open_timeout=60) as ws:
+        ws.send(face_jpeg)
+        assert json.loads(ws.recv(timeout=120))["type"] == "result"
+        message = json.loads(ws.recv(timeout=60))  # then nothing is sent: the idle timeout
+        assert message["code"] == "idle_timeout"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=60)
+    assert closed.value.rcvd is not None and closed.value.rcvd.reason == "idle_timeout"
+    assert wait_until(lambda: counter(impatient, "fer_websocket_connections") == 0)
+
+
+def test_a_request_past_its_deadline_is_a_504_and_the_service_serves_on(
+    impatient: RunningService, client: httpx.Client, face_jpeg: bytes
+) -> None:
+    sock = start_upload(impatient, "/predict", 50_000)  # a body that never completes (body timeout 600 s)
+    with sock:
+        status, headers, body = read_answer(sock)
+    assert status == 504 and body["error"]["code"] == "deadline_exceeded"
+    assert counter(impatient, "fer_http_requests_total", route="/predict", status="504") >= 1
+    assert wait_until(lambda: counter(impatient, "fer_request_bodies_in_flight") == 0)
+    assert_serves(client, impatient, face_jpeg)

@@ -8,10 +8,11 @@ The reservation lasts until the response is sent, because the body stays in memo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
 
@@ -76,22 +77,56 @@ class AdmissionMiddleware:
             self.admission.release(size)
 
 
+class DeadlineMiddleware:
+    """An end-to-end deadline for every HTTP request: after ``seconds`` its handling is cancelled (its queued work
+    with it) and, when no response has started yet, the answer is 504 ``deadline_exceeded``."""
+
+    def __init__(self, app: ASGIApp, seconds: float, metrics: Metrics) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, receive, send_wrapper)
+        except TimeoutError:
+            if started:  # the answer is on its way: nothing better to send than the part already sent
+                return
+            self.metrics.rejected("deadline_exceeded")
+            message = f"the request did not complete within {self.seconds:g} s"
+            await _error(send, 504, "deadline_exceeded", message, [(b"connection", b"close")])
+
+
+async def _error(send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _overloaded(send: Send, admission: BodyAdmission) -> None:
     message = (
         f"the service is receiving too many request bodies ({admission.bodies} of {admission.max_bodies}, "
         f"{admission.bytes} of {admission.max_bytes} bytes); retry shortly"
     )
-    body = json.dumps({"error": {"code": "overloaded", "message": message}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _error(send, 503, "overloaded", message, [(b"retry-after", b"1"), (b"connection", b"close")])

@@ -121,8 +121,16 @@ class StreamSession:
     async def _receive(self) -> None:
         limit = self.settings.ws_max_frame_bytes
         while True:
+            # The first frame must come within ws_first_frame_timeout_s, and then some message every
+            # ws_idle_timeout_s: an idle socket must not keep one of the ws_max_connections slots forever.
+            first = self.seq == 0
+            wait_s = self.settings.ws_first_frame_timeout_s if first else self.settings.ws_idle_timeout_s
             try:
-                message = await self.ws.receive()
+                async with asyncio.timeout(wait_s):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                await self._time_out("first_frame_timeout" if first else "idle_timeout", wait_s)
+                return
             except (WebSocketDisconnect, RuntimeError):
                 return
             if message["type"] == "websocket.disconnect":
@@ -145,6 +153,16 @@ class StreamSession:
                 self.frame_ready.set()
             elif text is not None:
                 await self._set_options(text)
+
+    async def _time_out(self, code: str, seconds: float) -> None:
+        """Say why, then close with 1008 and the code as the reason (``first_frame_timeout``, ``idle_timeout``)."""
+        self.metrics.rejected(code)
+        what = "no frame" if code == "first_frame_timeout" else "no message"
+        message = f"{what} within {seconds:g} s; the connection is closed"
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await self._send({"type": "error", "seq": None, "code": code, "message": message})
+            async with self.send_lock:
+                await self.ws.close(CLOSE_POLICY_VIOLATION, reason=code)
 
     async def _set_options(self, text: str) -> None:
         try:
