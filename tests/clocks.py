@@ -52,9 +52,9 @@ class ManualClock:
                 return False
             entry = (self._now + timeout, loop, timer)
             self._timers.append(entry)
-        waiter = loop.create_task(event.wait())
+        waiter: asyncio.Future[Any] = loop.create_task(event.wait())
         try:
-            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([waiter, timer], return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             with self._lock:

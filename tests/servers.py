@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from benchmarks.harness import metric_value  # noqa: F401 (re-exported: one /metrics parser for tests and benchmarks)
 from service.app import create_app
@@ -41,7 +42,9 @@ class RunningService:
     @property
     def state(self) -> Any:
         """The app's ``ServiceState`` (the server runs in this process): its model, batcher, predictor."""
-        return self.server.config.app.state.service
+        app = self.server.config.app
+        assert isinstance(app, FastAPI)
+        return app.state.service
 
 
 def free_socket() -> socket.socket:
