@@ -521,3 +521,16 @@ def test_a_request_past_its_deadline_is_a_504_and_the_service_serves_on(
     assert counter(impatient, "fer_http_requests_total", route="/predict", status="504") >= 1
     assert wait_until(lambda: counter(impatient, "fer_request_bodies_in_flight") == 0)
     assert_serves(client, impatient, face_jpeg)
+
+
+# --- 7. deployment --------------------------------------------------------------------------------------------
+
+
+def test_grafana_needs_a_password_you_set_and_has_no_anonymous_access() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    env = compose["services"]["grafana"]["environment"]
+    assert str(env["GF_AUTH_ANONYMOUS_ENABLED"]).lower() == "false"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?"), "no default password"
+    assert "admin}" not in env["GF_SECURITY_ADMIN_PASSWORD"]
