@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fer_client.cli import colour_for
+from fer_client.colours import colour_for
 
 #: "Strongest change": how far apart (seconds) the two smoothed distributions compared at each moment are.
 CHANGE_WINDOW_S = 1.0
