@@ -408,6 +408,11 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
         strict=True,
     ):
         np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=0, atol=1e-6)
+    # the best checkpoint is the same epoch's: a resumed run does not forget the best epoch before its stop
+    best_whole = keras.saving.load_model(tmp_path / "whole" / "checkpoint.keras").get_weights()
+    best_parts = keras.saving.load_model(tmp_path / "parts" / "checkpoint.keras").get_weights()
+    for x, y in zip(best_whole, best_parts, strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     with open(tmp_path / "whole" / "history.csv") as w, open(tmp_path / "parts" / "history.csv") as p:
         assert len(w.readlines()) == len(p.readlines()) == 4
 

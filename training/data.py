@@ -88,7 +88,7 @@ def read_folder(root: Path | str, split: str) -> Split:
         files.extend((f, label) for f in sorted(entry.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES)
     images = np.zeros((len(files), IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8)
     labels = np.zeros(len(files), dtype=np.int32)
-    for i, (path, label) in enumerate(tqdm(files, desc=f"decode {split}", unit="img", leave=False)):
+    for i, (path, label) in enumerate(tqdm(files, desc=f"decode {split}", unit="img", leave=False, disable=None)):
         try:
             with Image.open(path) as img:
                 pixels = np.asarray(img.convert("L"))
@@ -122,7 +122,7 @@ def read_csv(path: Path | str, split: str) -> Split:
         missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(str(path), [f"missing column(s): {', '.join(sorted(missing))}"])
-        for row in tqdm(reader, desc=f"parse {split}", unit="row", leave=False):
+        for row in tqdm(reader, desc=f"parse {split}", unit="row", leave=False, disable=None):
             line = reader.line_num
             if row["Usage"] != usage:
                 continue
@@ -158,7 +158,7 @@ def _decode_blob(blob: np.ndarray, offsets: np.ndarray, split: str) -> np.ndarra
     from PIL import Image
 
     images = np.zeros((len(offsets) - 1, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8)
-    for i in tqdm(range(len(images)), desc=f"decode {split}", unit="img", leave=False):
+    for i in tqdm(range(len(images)), desc=f"decode {split}", unit="img", leave=False, disable=None):
         with Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())) as img:
             images[i, :, :, 0] = np.asarray(img.convert("L"))
     return images

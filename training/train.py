@@ -7,6 +7,7 @@ model, written at the end) and ``run.json`` (data fingerprints, timings, hardwar
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -142,11 +143,26 @@ def _read_state(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _best_so_far(run_dir: Path) -> float | None:
+    """The best val accuracy in the run's ``history.csv`` (None before the first epoch)."""
+    history = run_dir / "history.csv"
+    if not history.is_file():
+        return None
+    with open(history, newline="") as handle:
+        values = [float(row["val_accuracy"]) for row in csv.DictReader(handle) if row.get("val_accuracy")]
+    return max(values, default=None)
+
+
 def _callbacks(run_dir: Path, config: TrainConfig, seconds_before: float) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.ModelCheckpoint(
-            str(run_dir / BEST_CHECKPOINT), monitor="val_accuracy", mode="max", save_best_only=True
+            str(run_dir / BEST_CHECKPOINT),
+            monitor="val_accuracy",
+            mode="max",
+            save_best_only=True,
+            # a resumed run must beat the best epoch before the stop, not overwrite it with its first epoch
+            initial_value_threshold=_best_so_far(run_dir),
         ),
         _ResumePoint(run_dir, seconds_before),
     ]
@@ -357,6 +373,7 @@ def _run(
             epochs=end,
             initial_epoch=done,
             steps_per_epoch=per_epoch,
+            shuffle=False,  # the stream is already in its (seeded) order
             validation_data=(val_split.images, val_targets),
             callbacks=_callbacks(run_dir, config, float(state["seconds"]) + time.time() - started),
             verbose=verbose,
