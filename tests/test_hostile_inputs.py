@@ -35,7 +35,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests import photos
+from tests import gated_service, photos
+from tests.clocks import ManualClock, gated_model
 from tests.hostile_client import Answer, corpus_module, send_case, send_slowly, wait_until
 from tests.servers import RunningService, free_port, metric_value, running_service, service_env
 
@@ -476,20 +477,24 @@ def test_broken_model_directories_refuse_to_start_and_never_become_ready(exporte
 def test_sigterm_lets_every_request_in_flight_finish(exported_model: Path, face_jpeg: bytes) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # python -m service's main with a gate in front of the model (tests/gated_service.py): while the gate is
+    # closed no request can finish, so all of them are provably in flight when SIGTERM arrives
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
+        gated_service.command(),
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-        env=service_env(
-            FER_MODEL_DIR=str(exported_model), FER_PORT=str(port), FER_MAX_BATCH_WAIT_MS="3000", FER_MAX_BATCH_SIZE="64"
-        ),
+        env=service_env(FER_MODEL_DIR=str(exported_model), FER_PORT=str(port), FER_MAX_BATCH_SIZE="64"),
     )
+    gate = gated_service.GateControl(proc)
     in_flight = 12
     try:
+        gate.open()  # for the warm-up
         assert wait_until(lambda: proc.poll() is not None or readyz(url) == 200, timeout=240, interval=0.2)
         assert proc.poll() is None
+        gate.close()
         small = photos.encode(photos.astronaut().image[100:148, 180:228])
 
         def post(_: int) -> int:
@@ -498,14 +503,25 @@ def test_sigterm_lets_every_request_in_flight_finish(exported_model: Path, face_
                     url + "/predict?detect=false", content=small, headers={"Content-Type": "image/jpeg"}
                 ).status_code
 
+        def crops_in_flight() -> float:
+            held = gate.held  # read first: a crop moves from the queue to the gate, never back
+            return held + metric_value(httpx.get(url + "/metrics", timeout=5).text, "fer_queue_depth")
+
         with concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
-            # every crop waits in the 3 s batch window, so all of them are in flight when SIGTERM arrives
             futures = [pool.submit(post, i) for i in range(in_flight)]
-            assert wait_until(
-                lambda: metric_value(httpx.get(url + "/metrics", timeout=5).text, "fer_queue_depth") >= in_flight,
-                timeout=60,
-            )
+            # every crop waits at the gate or queued behind it (the timeout only bounds a hang)
+            assert wait_until(lambda: crops_in_flight() == in_flight, timeout=120)
+            assert not any(f.done() for f in futures)
             proc.send_signal(signal.SIGTERM)
+            while True:  # the server stops accepting connections: it is shutting down, the requests still held
+                try:
+                    httpx.get(url + "/healthz", timeout=5)
+                except httpx.TransportError:
+                    break
+                assert proc.poll() is None
+                time.sleep(0.02)
+            assert not any(f.done() for f in futures)
+            gate.open()
             statuses = [f.result(timeout=120) for f in futures]
         assert statuses == [200] * in_flight  # all finished, nothing dropped
         assert proc.wait(60) in (0, -signal.SIGTERM)
@@ -555,9 +571,12 @@ def test_a_crash_inside_inference_fails_only_that_batch(exported_model: Path, tm
     model_dir = poisoned_model(exported_model, tmp_path)
     black = photos.encode(np.zeros((48, 48, 3), dtype=np.uint8), "PNG")
     face = photos.encode(photos.astronaut().image[100:148, 180:228], "PNG")
-    # batches of exactly two crops: the pair sent together shares one model call
+    # batches of exactly two crops: the pair sent together shares one model call (the batch window runs on a clock
+    # that never moves, so only the size rule closes a batch, however far apart the two requests arrive)
     with (
-        running_service(model_dir, max_batch_size=2, max_queue=8, max_batch_wait_ms=10_000) as running,
+        running_service(
+            model_dir, max_batch_size=2, max_queue=8, max_batch_wait_ms=10_000, batch_clock=ManualClock()
+        ) as running,
         httpx.Client(timeout=120) as http,
         concurrent.futures.ThreadPoolExecutor(2) as pool,
     ):
@@ -586,7 +605,8 @@ def test_a_crash_inside_inference_fails_only_that_batch(exported_model: Path, tm
 def test_images_in_progress_are_bounded_not_only_crops_waiting_for_the_model(exported_model: Path) -> None:
     """Decoding and detection queue for worker threads before any crop reaches the batcher's bounded queue; without
     a bound on images in progress, an overload made that queue (and latency) grow without limit. Here the batcher
-    has room for 8 crops, but only 2 images may be in progress: the third is refused at once with 503."""
+    has room for 8 crops, but only 2 images may be in progress: the third is refused at once with 503. (The model
+    is held at a gate, so the first two are provably still in progress while the third arrives.)"""
     small = photos.encode(photos.astronaut().image[100:148, 180:228])
     with (
         running_service(
@@ -595,10 +615,10 @@ def test_images_in_progress_are_bounded_not_only_crops_waiting_for_the_model(exp
             max_batch_images=1,
             max_batch_size=4,
             max_queue=8,
-            max_batch_wait_ms=3000,
         ) as running,
         httpx.Client(timeout=60) as http,
         concurrent.futures.ThreadPoolExecutor(2) as pool,
+        gated_model(running.state.model) as gate,
     ):
 
         def post(_: int) -> httpx.Response:
@@ -606,8 +626,13 @@ def test_images_in_progress_are_bounded_not_only_crops_waiting_for_the_model(exp
                 running.url + "/predict?detect=false", content=small, headers={"Content-Type": "image/jpeg"}
             )
 
-        waiting = [pool.submit(post, i) for i in range(2)]  # both wait in the 3 s batch window
-        assert wait_until(lambda: metric_value(running.metrics(), "fer_queue_depth") == 2)
+        waiting = [pool.submit(post, i) for i in range(2)]  # both wait at the gate, or queued behind it
+
+        def crops_in_flight() -> float:
+            held = gate.held  # read first: a crop moves from the queue to the gate, never back
+            return held + metric_value(running.metrics(), "fer_queue_depth")
+
+        assert wait_until(lambda: crops_in_flight() == 2, timeout=120)  # the timeout only bounds a hang
         refused = post(3)
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
         assert refused.json()["error"]["code"] == "overloaded"
@@ -615,5 +640,7 @@ def test_images_in_progress_are_bounded_not_only_crops_waiting_for_the_model(exp
             ws.send(small)
             reply = receive(ws)
             assert reply["type"] == "error" and reply["code"] == "overloaded"
+        assert not any(f.done() for f in waiting)
+        gate.open()
         assert [f.result(timeout=60).status_code for f in waiting] == [200, 200]
         assert post(4).status_code == 200  # admitted again as soon as the load is gone
