@@ -72,12 +72,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--target-ms", type=float, default=10.0, help="the budget of CPU per face (issue 11)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "MODEL_COST.md"))
+    parser.add_argument("--machine-state", default="idle (training paused)", help="what else ran, for the record")
     args = parser.parse_args()
     rows = [measure(d, batch=args.batch, seconds=args.seconds) for d in (args.model_dir or ["models/fer-cnn-48"])]
     lines = [
         "# CPU cost of the served model per face",
         "",
-        f"Measured {dt.date.today().isoformat()} on {machine()}, idle (training paused), by",
+        f"Measured {dt.date.today().isoformat()} on {machine()}, {args.machine_state}, by",
         f"`{' '.join(['.venv/bin/python', 'benchmarks/model_cost.py', *sys.argv[1:]])}`:",
         f"TensorFlow fp32, the whole exported graph, batch {args.batch}, {args.seconds:.0f} s per model. "
         "CPU ms per face = process CPU time (all threads) / faces.",
