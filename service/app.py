@@ -1,9 +1,11 @@
 """The application factory: ``create_app(settings)`` builds the app from the web layer and gives it its lifespan.
 
 Start-up (the lifespan) begins serving at once — ``/healthz`` answers while the model loads — and loads, validates
-and warms up the model and the face detector in a background thread; ``/readyz`` turns 200 only after that. A
-model that violates the contract is fatal: the error is logged as one line naming the problem and ``on_fatal`` is
-called (``python -m service`` then stops the server and exits with status 2).
+and warms up the model versions (``service.registry``: the version policy) and the face detector in a background
+thread; ``/readyz`` turns 200 only after that. Then the model folder is scanned every ``model_poll_interval_s`` and
+on SIGHUP: new versions load beside the serving ones, removed ones drain and unload. Start-up with no version that
+loads is fatal: the error is logged as one line naming the problem and ``on_fatal`` is called (``python -m service``
+then stops the server and exits with status 2).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -27,6 +31,7 @@ from service.metrics import Metrics
 from service.model import LoadedModel, load_model
 from service.pipeline import Predictor, QueueObserver, explain_rows
 from service.prepare import PreparePool, PrepareSpec
+from service.registry import ModelRegistry, VersionPolicy
 from service.web.admission import AdmissionMiddleware, BodyAdmission, DeadlineMiddleware
 from service.web.errors import register_error_handlers
 from service.web.observability import ObservabilityMiddleware
@@ -44,27 +49,100 @@ PLACEHOLDER_PAGE = (
 )
 
 
-def _load_blocking(settings: Settings) -> tuple[LoadedModel, PreparePool]:
-    """Load + validate + warm up the model, then start and warm up the face detection workers (slow: runs in a
-    thread)."""
-    model = load_model(settings.model_dir, precision=settings.precision)
-    warm_sizes = (1, settings.max_batch_size) if settings.max_batch_size > 1 else (1,)
-    model.warm_up(warm_sizes)
-    meta = model.metadata.input
-    spec = PrepareSpec(
-        detector=settings.detector,
-        min_face_size=settings.min_face_size,
-        threshold=settings.detection_threshold,
-        max_side=settings.detection_max_side,
-        max_pixels=settings.max_image_pixels,
-        margin=settings.face_margin,
-        height=meta.height,
-        width=meta.width,
-        color_mode=meta.color_mode,
-    )
-    pool = PreparePool(spec, processes=settings.prepare_processes, recycle_after=settings.prepare_recycle_after)
-    pool.start()  # raises ModelLoadError naming the detector when it cannot be built
-    return model, pool
+@dataclass
+class ServedVersion:
+    """One ready model version's queues and predictor (``service.registry.Serving``); the face detection workers are
+    shared by every version."""
+
+    version: str
+    predictor: Predictor
+    batchers: list[MicroBatcher]
+    observer: QueueObserver
+
+    async def close(self) -> None:
+        for batcher, name in zip(self.batchers, ("predict", "explain"), strict=False):
+            await batcher.stop()
+            self.observer.forget(name, self.version)
+
+
+def _loader(state: ServiceState) -> Callable[[Path], LoadedModel]:
+    """Load + validate + warm up one version; the first one also starts and warms up the face detection workers
+    (slow: the registry runs it in a thread). A version whose input differs from the workers' crops is refused."""
+    settings = state.settings
+
+    def load(path: Path) -> LoadedModel:
+        model = load_model(path, precision=settings.precision)
+        warm_sizes = (1, settings.max_batch_size) if settings.max_batch_size > 1 else (1,)
+        model.warm_up(warm_sizes)
+        meta = model.metadata.input
+        spec = PrepareSpec(
+            detector=settings.detector,
+            min_face_size=settings.min_face_size,
+            threshold=settings.detection_threshold,
+            max_side=settings.detection_max_side,
+            max_pixels=settings.max_image_pixels,
+            margin=settings.face_margin,
+            height=meta.height,
+            width=meta.width,
+            color_mode=meta.color_mode,
+        )
+        if state.preparer is None:
+            pool = PreparePool(spec, processes=settings.prepare_processes, recycle_after=settings.prepare_recycle_after)
+            pool.start()  # raises ModelLoadError naming the detector when it cannot be built
+            state.preparer = pool
+        elif state.preparer.spec != spec:
+            raise ModelLoadError(
+                f"{path}: input {meta.height}x{meta.width} {meta.color_mode} differs from the versions being served "
+                f"({state.preparer.spec.height}x{state.preparer.spec.width} {state.preparer.spec.color_mode}); "
+                "serve it from new pods (docs/deployment.md)"
+            )
+        return model
+
+    return load
+
+
+def _builder(
+    state: ServiceState, observer: QueueObserver, batch_clock: BatchClock | None
+) -> Callable[[str, LoadedModel], ServedVersion]:
+    """Start a loaded version's queues (its own micro-batchers) and its predictor."""
+    settings = state.settings
+
+    def build(version: str, model: LoadedModel) -> ServedVersion:
+        assert state.preparer is not None
+        batcher = MicroBatcher(
+            model.predict,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_s,
+            max_queue=settings.max_queue,
+            observer=observer.watch("predict", version),
+            clock=batch_clock,
+        )
+        batcher.start()
+        batchers = [batcher]
+        explainer = None
+        if model.can_explain:  # the explain queue: same bounds, its own model calls (service/pipeline.py)
+            explainer = MicroBatcher(
+                explain_rows(model),
+                max_batch_size=settings.max_batch_size,
+                max_wait_s=settings.max_batch_wait_s,
+                max_queue=settings.max_queue,
+                observer=observer.watch("explain", version),
+                clock=batch_clock,
+            )
+            explainer.start()
+            batchers.append(explainer)
+        predictor = Predictor(
+            model,
+            state.preparer,
+            batcher,
+            state.metrics,
+            max_pending_images=settings.max_pending_images,
+            explainer=explainer,
+            explain_max_faces=settings.explain_max_faces,
+        )
+        return ServedVersion(version, predictor, batchers, observer)
+
+    return build
 
 
 async def _start(
@@ -76,8 +154,20 @@ async def _start(
         "loading model",
         extra={"model_dir": str(settings.model_dir), "precision": settings.precision, "detector": settings.detector},
     )
+    registry = ModelRegistry(
+        settings.model_dir,
+        VersionPolicy.parse(settings.model_version_policy),
+        load=_loader(state),
+        build=_builder(state, QueueObserver(state.metrics), batch_clock),
+        observer=state.metrics,
+        drain_timeout_s=settings.request_deadline_s,  # no request runs longer
+    )
+    state.registry = registry
     try:
-        model, preparer = await asyncio.to_thread(_load_blocking, settings)
+        await registry.poll()
+        if registry.default is None:
+            failed = sorted(registry.versions.values(), key=lambda v: v.sort_key, reverse=True)
+            raise ModelLoadError(failed[0].reason if failed and failed[0].reason else "no model version loaded")
     except ModelLoadError as exc:
         state.load_error = str(exc)
         log.error("cannot start: %s", exc)
@@ -91,46 +181,18 @@ async def _start(
             on_fatal(state.load_error)
         return
     seconds = time.perf_counter() - started
-    observer = QueueObserver(state.metrics)
-    batcher = MicroBatcher(
-        model.predict,
-        max_batch_size=settings.max_batch_size,
-        max_wait_s=settings.max_batch_wait_s,
-        max_queue=settings.max_queue,
-        observer=observer.watch("predict"),
-        clock=batch_clock,
-    )
-    batcher.start()
-    explainer = None
-    if model.can_explain:  # the explain queue: same bounds, its own model calls (service/pipeline.py)
-        explainer = MicroBatcher(
-            explain_rows(model),
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_batch_wait_s,
-            max_queue=settings.max_queue,
-            observer=observer.watch("explain"),
-            clock=batch_clock,
-        )
-        explainer.start()
-    state.model, state.batcher, state.explainer = model, batcher, explainer
-    preparer.on_restart = state.metrics.prepare_pool_restarted
-    state.preparer = preparer
-    state.predictor = Predictor(
-        model,
-        preparer,
-        batcher,
-        state.metrics,
-        max_pending_images=settings.max_pending_images,
-        explainer=explainer,
-        explain_max_faces=settings.explain_max_faces,
-    )
-    state.metrics.model_loaded(model.metadata.name, model.metadata.version, seconds)
+    model = registry.default.model
+    assert model is not None and state.preparer is not None
+    state.preparer.on_restart = state.metrics.prepare_pool_restarted
+    state.metrics.model_loaded(model.metadata.name, registry.default.version, seconds)
     state.ready = True
     log.info(
         "ready",
         extra={
             "model": model.metadata.name,
-            "version": model.metadata.version,
+            "version": registry.default.version,
+            "versions": [v.version for v in registry.ready_versions()],
+            "version_policy": str(registry.policy),
             "path": str(model.path),
             "load_seconds": round(seconds, 3),
             "labels": model.labels,
@@ -139,6 +201,32 @@ async def _start(
             "explanations": model.can_explain,
         },
     )
+    if not registry.fixed:
+        await _watch(state, registry)
+
+
+async def _watch(state: ServiceState, registry: ModelRegistry) -> None:
+    """Scan the model folder every ``model_poll_interval_s`` (0: never) and on SIGHUP, until the app stops."""
+    interval = state.settings.model_poll_interval_s
+    wake = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, wake.set)
+        hangup = True
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):  # not the main thread, or no SIGHUP
+        hangup = False
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval if interval > 0 else None)
+            wake.clear()
+            try:
+                await registry.poll()
+            except Exception:  # a scan must never stop the watching (the versions being served are untouched)
+                log.exception("scanning the model folder failed")
+    finally:
+        if hangup:
+            loop.remove_signal_handler(signal.SIGHUP)
 
 
 async def _placeholder_page() -> HTMLResponse:
@@ -179,10 +267,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if state.batcher is not None:
-                await state.batcher.stop()
-            if state.explainer is not None:
-                await state.explainer.stop()
+            if state.registry is not None:
+                await state.registry.close()
             if state.preparer is not None:
                 await state.preparer.aclose()
             log.info("stopped")

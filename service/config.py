@@ -57,6 +57,18 @@ class Settings(BaseSettings):
         description="fp32, or bf16 via TensorFlow's oneDNN auto-mixed-precision rewrite "
         "(fast only on CPUs with AVX512_BF16/AMX).",
     )
+    model_version_policy: str = Field(
+        "latest",
+        description="Versions of a model name folder to serve: latest (the highest), latest:N (the N highest) or "
+        "specific:V1,V2; requests name one with ?version=, else the highest ready one answers.",
+    )
+    model_poll_interval_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=86400,
+        description="Seconds between scans of the model name folder for new or removed versions, loaded or unloaded "
+        "without a restart (0: off; SIGHUP also scans).",
+    )
 
     # --- faces ------------------------------------------------------------------------------------------------
     detector: str = Field(DEFAULT_DETECTOR, description=f"Face detector: {', '.join(DETECTORS)}.")
@@ -194,6 +206,13 @@ class Settings(BaseSettings):
     @classmethod
     def _split(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("model_version_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        from service.registry import VersionPolicy  # (registry imports the model: keep config light to import)
+
+        return str(VersionPolicy.parse(value))
 
     @field_validator("detector")
     @classmethod

@@ -94,6 +94,18 @@ class ExplanationsUnavailableError(ServiceError):
     status, code = 409, "explanations_unavailable"
 
 
+class VersionNotFoundError(ServiceError):
+    """``?version=`` names a model version that is not loaded (see ``GET /v1/models``)."""
+
+    status, code = 404, "version_not_found"
+
+
+class VersionNotReadyError(ServiceError):
+    """``?version=`` names a model version that is loading, unloading or failed to load."""
+
+    status, code = 409, "version_not_ready"
+
+
 class UnauthorizedError(ServiceError):
     status, code = 401, "unauthorized"
     headers = {"WWW-Authenticate": "Bearer"}

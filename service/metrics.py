@@ -6,6 +6,8 @@ Naming follows Prometheus conventions: one ``fer_`` prefix, base units (seconds)
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -33,9 +35,19 @@ class Metrics:
             registry=r,
         )
         self.inference_duration = Histogram(
-            "fer_inference_duration_seconds", "Duration of one model call.", buckets=_LATENCY_BUCKETS, registry=r
+            "fer_inference_duration_seconds",
+            "Duration of one model call, by model version.",
+            ["version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
-        self.batch_size = Histogram("fer_batch_size", "Face crops per model call.", buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "fer_batch_size",
+            "Face crops per model call, by model version.",
+            ["version"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_depth_gauge = Gauge("fer_queue_depth", "Face crops waiting for the model.", registry=r)
         self.queue_wait_seconds = Histogram(
             "fer_queue_wait_seconds",
@@ -63,7 +75,13 @@ class Metrics:
             registry=r,
         )
         self.model_load_seconds = Gauge("fer_model_load_seconds", "Time to load and validate the model.", registry=r)
-        self.model_info = Info("fer_model", "The model being served.", registry=r)
+        self.model_info = Info("fer_model", "The model being served (its default version).", registry=r)
+        self.model_loads = Counter(
+            "fer_model_loads", "Model version loads, by result (loaded, failed).", ["result"], registry=r
+        )
+        self.model_version_ready = Gauge(
+            "fer_model_version_ready", "1 for each model version loaded and ready.", ["version"], registry=r
+        )
         self.prepare_pool_restarts = Counter(
             "fer_prepare_pool_restarts",
             "Replacements of the face detection worker pool, by reason (recycled, crashed).",
@@ -79,9 +97,9 @@ class Metrics:
     def queue_wait(self, seconds: float) -> None:
         self.queue_wait_seconds.observe(seconds)
 
-    def batch_done(self, crops: int, seconds: float) -> None:
-        self.batch_size.observe(crops)
-        self.inference_duration.observe(seconds)
+    def batch_done(self, crops: int, seconds: float, version: str = "") -> None:
+        self.batch_size.labels(version=version).observe(crops)
+        self.inference_duration.labels(version=version).observe(seconds)
 
     def rejected(self, reason: str) -> None:
         self.rejected_total.labels(reason=reason).inc()
@@ -99,6 +117,23 @@ class Metrics:
 
     def model_loaded(self, name: str, version: str, seconds: float) -> None:
         self.model_load_seconds.set(seconds)
+        self.model_info.info({"name": name, "version": version})
+
+    # --- RegistryObserver (service/registry.py) -------------------------------------------------------------------
+
+    def version_loaded(self, name: str, version: str, seconds: float) -> None:
+        self.model_loads.labels(result="loaded").inc()
+        self.model_load_seconds.set(seconds)
+        self.model_version_ready.labels(version=version).set(1)
+
+    def version_load_failed(self, version: str) -> None:
+        self.model_loads.labels(result="failed").inc()
+
+    def version_unloaded(self, version: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.model_version_ready.remove(version)
+
+    def default_version(self, name: str, version: str) -> None:
         self.model_info.info({"name": name, "version": version})
 
     def prepare_pool_restarted(self, reason: str) -> None:

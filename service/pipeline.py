@@ -99,8 +99,14 @@ class QueueObserver:
         self.metrics = metrics
         self._depths: dict[str, int] = {}
 
-    def watch(self, name: str) -> BatchObserver:
-        return _WatchedQueue(self, name)
+    def watch(self, name: str, version: str = "") -> BatchObserver:
+        """The observer of queue ``name`` of model version ``version`` (the model-call histograms' label)."""
+        return _WatchedQueue(self, name, version)
+
+    def forget(self, name: str, version: str = "") -> None:
+        """A stopped queue (an unloaded version's) no longer counts towards ``fer_queue_depth``."""
+        self._depth(f"{name}@{version}", 0)
+        del self._depths[f"{name}@{version}"]
 
     def _depth(self, name: str, crops: int) -> None:
         self._depths[name] = crops
@@ -108,8 +114,8 @@ class QueueObserver:
 
 
 class _WatchedQueue:
-    def __init__(self, parent: QueueObserver, name: str) -> None:
-        self._parent, self._name = parent, name
+    def __init__(self, parent: QueueObserver, name: str, version: str) -> None:
+        self._parent, self._name, self._version = parent, f"{name}@{version}", version
 
     def queue_depth(self, crops: int) -> None:
         self._parent._depth(self._name, crops)
@@ -118,7 +124,7 @@ class _WatchedQueue:
         self._parent.metrics.queue_wait(seconds)
 
     def batch_done(self, crops: int, seconds: float) -> None:
-        self._parent.metrics.batch_done(crops, seconds)
+        self._parent.metrics.batch_done(crops, seconds, self._version)
 
 
 def explain_input_dtype(model: LoadedModel) -> np.dtype:

@@ -7,12 +7,28 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import Response
 
-from service.errors import BatchImageError, MissingFieldError, TooManyImagesError, UnsupportedMediaTypeError
+from service.errors import (
+    BatchImageError,
+    MissingFieldError,
+    NotReadyError,
+    TooManyImagesError,
+    UnsupportedMediaTypeError,
+)
 from service.metrics import CONTENT_TYPE_LATEST
 from service.pipeline import Options
-from service.web.guards import check_api_key, ready_predictor
-from service.web.schemas import BatchPrediction, ErrorBody, Health, Prediction, Readiness
-from service.web.state import ServiceState, StateDep
+from service.registry import ModelVersion
+from service.web.guards import check_api_key, ready_predictor, serving
+from service.web.schemas import (
+    BatchPrediction,
+    ErrorBody,
+    Health,
+    InputInfo,
+    ModelList,
+    Prediction,
+    Readiness,
+    VersionInfo,
+)
+from service.web.state import ServiceState, StateDep, version_ref
 from service.web.stream import StreamSession
 from service.web.uploads import media_type, read_files, read_image
 
@@ -88,9 +104,24 @@ ExplainClassQuery = Annotated[
         "face's most probable label.",
     ),
 ]
+VersionQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=100,
+        description="The model version to answer (one that GET /v1/models lists as ready); default: the highest "
+        "ready version. 404 version_not_found when it is not loaded, 409 version_not_ready when it is loading, "
+        "unloading or failed.",
+    ),
+]
 #: The answers only the predict routes give.
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    409: {"model": ErrorBody, "description": "explanations_unavailable: explain=true, but the model cannot explain"}
+    404: {"model": ErrorBody, "description": "version_not_found: ?version= names a version that is not loaded"},
+    409: {
+        "model": ErrorBody,
+        "description": "explanations_unavailable: explain=true, but the model cannot explain; version_not_ready: "
+        "?version= names a version that is loading, unloading or failed",
+    },
 }
 
 
@@ -122,14 +153,16 @@ async def predict(
     max_faces: MaxFacesQuery = None,
     explain: ExplainQuery = False,
     explain_class: ExplainClassQuery = None,
+    version: VersionQuery = None,
 ) -> Prediction:
-    predictor = ready_predictor(state)
+    predictor = ready_predictor(state, version)
     options = _options(state, detect, max_faces, explain, explain_class)
     predictor.check_options(options)  # before reading the body
     data = await read_image(request, state.settings.max_upload_bytes, state.settings.body_timeout_s)
-    result = await predictor.predict(data, options)
+    with serving(state, version) as entry:  # held until answered: the version does not unload meanwhile
+        result = await entry.predictor.predict(data, options)
     request.scope["fer.faces"] = len(result.faces)
-    return Prediction.from_result(state.model_ref, result)
+    return Prediction.from_result(version_ref(entry), result)
 
 
 @router.post(
@@ -148,8 +181,9 @@ async def predict_batch(
     max_faces: MaxFacesQuery = None,
     explain: ExplainQuery = False,
     explain_class: ExplainClassQuery = None,
+    version: VersionQuery = None,
 ) -> BatchPrediction:
-    predictor = ready_predictor(state)
+    predictor = ready_predictor(state, version)
     options = _options(state, detect, max_faces, explain, explain_class)
     predictor.check_options(options)  # before reading the body
     settings = state.settings
@@ -166,11 +200,13 @@ async def predict_batch(
     if len(files) > settings.max_batch_images:
         raise TooManyImagesError(f"{len(files)} images in one request; the limit is {settings.max_batch_images}")
     try:
-        results = await predictor.predict_many([data for _, data in files], options)
+        with serving(state, version) as entry:  # held until answered: the version does not unload meanwhile
+            results = await entry.predictor.predict_many([data for _, data in files], options)
     except BatchImageError as exc:  # same status and code as the image's own error; the message names the file
         raise exc.named(files[exc.index][0]) from None
     request.scope["fer.faces"] = sum(len(r.faces) for r in results)
-    return BatchPrediction(results=[Prediction.from_result(state.model_ref, r) for r in results])
+    ref = version_ref(entry)
+    return BatchPrediction(results=[Prediction.from_result(ref, r) for r in results])
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive (never touches the model)")
@@ -187,6 +223,59 @@ async def healthz() -> Health:
 async def readyz(state: StateDep) -> Readiness:
     ready_predictor(state)
     return Readiness(status="ready", model=state.model_ref)
+
+
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    dependencies=[AuthDep],
+    summary="The model versions: loaded and ready, loading, unloading (draining) or failed, with their metadata",
+    responses={503: {"model": ErrorBody}},
+)
+async def models(state: StateDep) -> ModelList:
+    registry = state.registry
+    if registry is None:
+        raise NotReadyError("the model is still loading")
+    default = registry.default
+    entries = sorted(registry.versions.values(), key=lambda v: v.sort_key, reverse=True)
+    return ModelList(
+        name=registry.name,
+        version_policy=str(registry.policy),
+        default_version=default.version if default is not None else None,
+        versions=[_version_info(entry, entry is default, state.settings.precision) for entry in entries],
+    )
+
+
+def _version_info(entry: ModelVersion, default: bool, precision: str) -> VersionInfo:
+    info = VersionInfo(
+        version=entry.version,
+        state=entry.state.value,
+        default=default,
+        reason=entry.reason,
+        load_seconds=None if entry.load_seconds is None else round(entry.load_seconds, 3),
+        in_flight=entry.in_flight,
+    )
+    model = entry.model
+    if model is None:
+        return info
+    meta = model.metadata
+    evaluation = (meta.model_extra or {}).get("evaluation")
+    return info.model_copy(
+        update={
+            "labels": list(meta.labels),
+            "input": InputInfo(
+                height=meta.input.height,
+                width=meta.input.width,
+                channels=meta.input.channels,
+                color_mode=meta.input.color_mode,
+            ),
+            "evaluation": evaluation if isinstance(evaluation, dict) else None,
+            "runtime": getattr(model.runtime, "name", None),
+            "precision": precision,
+            "explanations": model.can_explain,
+            "metadata_version": meta.version,
+        }
+    )
 
 
 @router.get(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
@@ -182,3 +183,39 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(examples=["ready"])
     model: ModelRef
+
+
+class InputInfo(BaseModel):
+    height: int = Field(examples=[48])
+    width: int = Field(examples=[48])
+    channels: int = Field(examples=[1])
+    color_mode: str = Field(examples=["grayscale"])
+
+
+class VersionInfo(BaseModel):
+    """One model version the service knows: loaded and ready, loading, unloading (draining) or failed."""
+
+    version: str = Field(description="The version folder's name (what responses name, and `?version=` selects).")
+    state: Literal["loading", "ready", "unloading", "failed"]
+    default: bool = Field(description="Whether requests that name no version get this one (the highest ready).")
+    reason: str | None = Field(default=None, description="Why the version failed to load (state `failed` only).")
+    labels: list[str] | None = None
+    input: InputInfo | None = None
+    evaluation: dict[str, Any] | None = Field(
+        default=None, description="The `evaluation` section of the version's metadata.json (accuracy, macro F1, ...)."
+    )
+    runtime: str | None = Field(default=None, examples=["tensorflow"])
+    precision: str | None = Field(default=None, examples=["fp32"])
+    explanations: bool | None = Field(default=None, description="Whether the export has the explain signature.")
+    metadata_version: str | None = Field(default=None, description="The `version` field of its metadata.json.")
+    load_seconds: float | None = Field(default=None, description="Time to load, validate and warm it up.")
+    in_flight: int = Field(description="Requests using it now.")
+
+
+class ModelList(BaseModel):
+    """What `GET /v1/models` answers."""
+
+    name: str = Field(examples=["fer-cnn-48"])
+    version_policy: str = Field(examples=["latest"])
+    default_version: str | None = Field(examples=["3"])
+    versions: list[VersionInfo] = Field(description="Highest version first.")
