@@ -46,16 +46,16 @@ def _install_gate() -> None:
                 say("closed")
 
     threading.Thread(target=commands, daemon=True, name="gate-commands").start()
-    predict = model.TensorFlowRuntime.predict
+    predict = model.LoadedModel.predict  # what the warm-up and the batcher call, whatever the runtime
 
-    def gated_predict(self: model.TensorFlowRuntime, batch: np.ndarray) -> np.ndarray:
-        say(f"entered {len(batch)}")
+    def gated_predict(self: model.LoadedModel, crops: np.ndarray) -> np.ndarray:
+        say(f"entered {len(crops)}")
         if not gate.wait(TIMEOUT_S):
             raise RuntimeError("the test never opened the model gate")
-        say(f"passed {len(batch)}")
-        return predict(self, batch)
+        say(f"passed {len(crops)}")
+        return predict(self, crops)
 
-    model.TensorFlowRuntime.predict = gated_predict  # type: ignore[method-assign]
+    model.LoadedModel.predict = gated_predict  # type: ignore[method-assign]
 
 
 class GateControl:
