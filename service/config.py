@@ -52,10 +52,15 @@ class Settings(BaseSettings):
         description="Model name folder (the highest numeric version inside is served) "
         "or one version folder; see docs/model-contract.md.",
     )
-    precision: Literal["fp32", "bf16"] = Field(
+    runtime: Literal["tensorflow", "openvino"] = Field(
+        "tensorflow",
+        description="What runs the model: tensorflow (the SavedModel) or openvino (the IR python -m training "
+        "compile derived and checked, else the SavedModel converted at start-up); see docs/model-contract.md.",
+    )
+    precision: Literal["fp32", "bf16", "int8"] = Field(
         "fp32",
-        description="fp32, or bf16 via TensorFlow's oneDNN auto-mixed-precision rewrite "
-        "(fast only on CPUs with AVX512_BF16/AMX).",
+        description="fp32; bf16 (TensorFlow's oneDNN auto-mixed-precision rewrite, or OpenVINO's bf16 hint; fast "
+        "only on CPUs with AVX512_BF16/AMX); int8 (openvino only: the NNCF-quantized IR from compile).",
     )
     model_version_policy: str = Field(
         "latest",
@@ -237,6 +242,8 @@ class Settings(BaseSettings):
             )
         if any(not key.get_secret_value() for key in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
+        if self.precision == "int8" and self.runtime != "openvino":
+            raise ValueError("precision int8 needs runtime openvino")
         return self
 
     @property

@@ -12,13 +12,19 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.errors import ExplanationsUnavailableError, ModelLoadError, describe_validation_errors
 from service.faces import COLOR_MODES
+from service.runtimes import EXPLANATIONS_UNAVAILABLE as EXPLANATIONS_UNAVAILABLE
+from service.runtimes import PRECISIONS, OpenVINORuntime, select_openvino_source
+from service.runtimes import Explained as Explained
+from service.runtimes import ExplainingRuntime as ExplainingRuntime
+from service.runtimes import Runtime as Runtime
+from service.runtimes import TensorFlowRuntime as TensorFlowRuntime
 
 log = logging.getLogger(__name__)
 
@@ -140,156 +146,6 @@ def resolve_model_dir(path: str | Path) -> Path:
     return max(versions, key=lambda child: int(child.name))
 
 
-# --- runtimes ---------------------------------------------------------------------------------------------------
-
-
-class Runtime(Protocol):
-    """Runs the exported network: float32 crops ``(N, H, W, C)`` in 0..255 -> probabilities ``(N, labels)``."""
-
-    name: str
-
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class Explained:
-    """What the ``explain`` signature returns for ``N`` crops."""
-
-    probabilities: np.ndarray  # (N, labels) float32, as ``predict`` returns
-    classes: np.ndarray  # (N,) int: the class each map explains
-    heatmaps: np.ndarray  # (N, height, width) float32 in 0..1, in the crop's coordinates
-
-
-@runtime_checkable
-class ExplainingRuntime(Protocol):
-    """A runtime that may also run the export's ``explain`` signature (``can_explain`` says whether it has one)."""
-
-    can_explain: bool
-
-    def explain(self, batch: np.ndarray, classes: np.ndarray) -> Explained: ...
-
-
-class TensorFlowRuntime:
-    """The SavedModel's serving signature, called directly (never ``model.predict`` per request).
-
-    ``precision="bf16"`` turns on TensorFlow's oneDNN auto-mixed-precision graph rewrite, which runs the
-    matrix maths in bfloat16 (fast on CPUs with AVX512_BF16/AMX). The switch is process-wide in TensorFlow; it
-    takes effect for functions optimised after it is set, i.e. for models loaded afterwards.
-    """
-
-    name = "tensorflow"
-
-    def __init__(
-        self,
-        saved_model_dir: Path,
-        signature: SignatureSpec,
-        *,
-        precision: str = "fp32",
-        explain: ExplainSpec | None = None,
-    ) -> None:
-        import tensorflow as tf
-
-        self._tf = tf
-        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": precision == "bf16"})
-        if precision == "bf16" and not _cpu_has_bf16():
-            log.warning("precision=bf16 requested but this CPU does not report avx512_bf16/amx: expect it slower")
-        try:
-            self._loaded = tf.saved_model.load(str(saved_model_dir))
-        except Exception as exc:  # TF raises a zoo of types (OSError, ValueError, ...) for unreadable models
-            raise ModelLoadError(
-                f"cannot load the SavedModel in {saved_model_dir}: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from None
-        signatures = dict(self._loaded.signatures)
-        if signature.key not in signatures:
-            raise ModelLoadError(
-                f"the SavedModel in {saved_model_dir} has no signature '{signature.key}' "
-                f"(it has: {sorted(signatures) or 'none'})"
-            )
-        self._fn = signatures[signature.key]
-        _, inputs = self._fn.structured_input_signature
-        if set(inputs) != {signature.input}:
-            raise ModelLoadError(
-                f"signature '{signature.key}' takes inputs {sorted(inputs)}, metadata names '{signature.input}'"
-            )
-        outputs = self._fn.structured_outputs
-        if signature.output not in outputs:
-            raise ModelLoadError(
-                f"signature '{signature.key}' returns {sorted(outputs)}, metadata names '{signature.output}'"
-            )
-        self.input_shape: tuple[int | None, ...] = tuple(inputs[signature.input].shape.as_list() or ())
-        self.input_dtype: str = inputs[signature.input].dtype.name
-        self.output_shape: tuple[int | None, ...] = tuple(outputs[signature.output].shape.as_list() or ())
-        self._input_name = signature.input
-        self._output_name = signature.output
-        self._explain = explain or DEFAULT_EXPLAIN
-        self._explain_fn = self._explain_signature(signatures, signature, explain, saved_model_dir)
-        self.can_explain = self._explain_fn is not None
-
-    def _explain_signature(
-        self, signatures: dict[str, Any], serving: SignatureSpec, declared: ExplainSpec | None, where: Path
-    ) -> Any:
-        """The ``explain`` signature, checked against the contract, or None when the export has none (an export
-        from before explanations: it is served, and explanations are answered ``explanations_unavailable``)."""
-        spec = self._explain
-        fn = signatures.get(spec.signature)
-        if fn is None:
-            if declared is not None:
-                log.warning(
-                    "metadata.json names an explain signature '%s' the SavedModel in %s lacks: explanations are "
-                    "unavailable for this model",
-                    spec.signature,
-                    where,
-                )
-            return None
-        _, inputs = fn.structured_input_signature
-        if set(inputs) != {serving.input, spec.class_input}:
-            raise ModelLoadError(
-                f"signature '{spec.signature}' takes inputs {sorted(inputs)}, the contract needs "
-                f"'{serving.input}' and '{spec.class_input}'"
-            )
-        missing = {serving.output, spec.class_input, spec.heatmap_output} - set(fn.structured_outputs)
-        if missing:
-            raise ModelLoadError(
-                f"signature '{spec.signature}' returns {sorted(fn.structured_outputs)}, the contract also needs "
-                f"{sorted(missing)}"
-            )
-        return fn
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        tensor = self._tf.constant(batch, dtype=self._tf.float32)
-        return np.asarray(self._fn(**{self._input_name: tensor})[self._output_name].numpy())
-
-    def explain(self, batch: np.ndarray, classes: np.ndarray) -> Explained:
-        """Probabilities, explained classes and Grad-CAM maps for ``batch`` (``classes``: index per crop, -1 = top)."""
-        if self._explain_fn is None:
-            raise ExplanationsUnavailableError(EXPLANATIONS_UNAVAILABLE)
-        tf, spec = self._tf, self._explain
-        out = self._explain_fn(
-            **{self._input_name: tf.constant(batch, dtype=tf.float32), spec.class_input: tf.constant(classes, tf.int32)}
-        )
-        return Explained(
-            probabilities=np.asarray(out[self._output_name].numpy()),
-            classes=np.asarray(out[spec.class_input].numpy()),
-            heatmaps=np.asarray(out[spec.heatmap_output].numpy()),
-        )
-
-
-#: The message of ``explanations_unavailable`` for a model without the ``explain`` signature.
-EXPLANATIONS_UNAVAILABLE = (
-    "explanations unavailable for this model (its export has no 'explain' signature: export it again with the "
-    "current training package)"
-)
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 # --- the loaded model -------------------------------------------------------------------------------------------
 
 
@@ -381,7 +237,9 @@ class LoadedModel:
                     raise ModelLoadError("the explain signature's heatmaps are not in 0..1 as the contract says")
 
 
-def _check_against_signature(metadata: ModelMetadata, runtime: TensorFlowRuntime, where: Path) -> None:
+def _check_against_signature(
+    metadata: ModelMetadata, runtime: TensorFlowRuntime | OpenVINORuntime, where: Path
+) -> None:
     shape = runtime.input_shape
     if len(shape) != 4:
         raise ModelLoadError(
@@ -408,12 +266,35 @@ def _check_against_signature(metadata: ModelMetadata, runtime: TensorFlowRuntime
         )
 
 
-def load_model(model_dir: str | Path, *, precision: str = "fp32") -> LoadedModel:
-    """Resolve, read, load and validate a model (no warm-up); raises ``ModelLoadError`` naming the problem."""
+def load_model(
+    model_dir: str | Path, *, precision: str = "fp32", runtime: Literal["tensorflow", "openvino"] | str = "tensorflow"
+) -> LoadedModel:
+    """Resolve, read, load and validate a model (no warm-up); raises ``ModelLoadError`` naming the problem.
+
+    ``runtime="openvino"`` runs the IR ``python -m training compile`` derived and checked (or, for fp32/bf16
+    without one, the SavedModel converted at start-up; see ``service.runtimes.select_openvino_source``);
+    explanations then still come from TensorFlow (fp32), which OpenVINO cannot replace for Grad-CAM."""
     version_dir = resolve_model_dir(model_dir)
     metadata = read_metadata(version_dir)
     if not (version_dir / "saved_model.pb").is_file():
         raise ModelLoadError(f"{version_dir} has no saved_model.pb (see docs/model-contract.md)")
-    runtime = TensorFlowRuntime(version_dir, metadata.signature, precision=precision, explain=metadata.explain)
-    _check_against_signature(metadata, runtime, version_dir)
-    return LoadedModel(metadata=metadata, path=version_dir, runtime=runtime)
+    if runtime not in PRECISIONS:
+        raise ModelLoadError(f"unknown runtime {runtime!r} (choose one of {', '.join(PRECISIONS)})")
+    if precision not in PRECISIONS[runtime]:
+        raise ModelLoadError(
+            f"the {runtime} runtime serves precisions {', '.join(PRECISIONS[runtime])}, not {precision!r}"
+            + (" (int8 needs --runtime openvino)" if precision == "int8" else "")
+        )
+    loaded: TensorFlowRuntime | OpenVINORuntime
+    if runtime == "openvino":
+        source = select_openvino_source(version_dir, precision, (metadata.model_extra or {}).get("openvino"))
+        explainer = (
+            TensorFlowRuntime(version_dir, metadata.signature, precision="fp32", explain=metadata.explain)
+            if metadata.explain is not None
+            else None
+        )
+        loaded = OpenVINORuntime(source, metadata.signature, precision=precision, explainer=explainer)
+    else:
+        loaded = TensorFlowRuntime(version_dir, metadata.signature, precision=precision, explain=metadata.explain)
+    _check_against_signature(metadata, loaded, version_dir)
+    return LoadedModel(metadata=metadata, path=version_dir, runtime=loaded)

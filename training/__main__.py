@@ -166,6 +166,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=1e-5, help="max allowed |Keras - SavedModel| probability")
     p.add_argument("--force", action="store_true", help="replace an existing version folder")
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="then write and check the OpenVINO IR (fp32, bf16, int8) as `compile` does, calibrating int8 on "
+        f"--data's train split (default {DEFAULT_DATA})",
+    )
+    p.add_argument(
         "--test-time-flip",
         action="store_true",
         help="export the graph that averages each crop's answer with its mirror image's (evaluate the "
@@ -201,7 +207,49 @@ def _export(args: argparse.Namespace) -> int:
         test_time_flip=args.test_time_flip,
     )
     print(f"exported {out}")
+    if args.compile:
+        return _compile_and_report(out, data=args.data or DEFAULT_DATA)
     return 0
+
+
+def _add_compile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compile",
+        help="derive the OpenVINO IR (fp32, bf16, int8) from an export and check it against the SavedModel",
+        description="Writes <version>/openvino/ (fp32 IR; bf16 = the fp32 IR under OpenVINO's bf16 hint; int8 "
+        "quantized with NNCF on FER-2013 train crops), checks each against the SavedModel and records the figures "
+        "in metadata.json's openvino section (training/compile.py).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="an export: models/<name>/<version> (or <name>: its highest)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="FER-2013: train crops calibrate int8, val ones check")
+    p.add_argument("--precisions", default="fp32,bf16,int8", help="comma-separated subset of fp32,bf16,int8")
+    p.add_argument("--calibration-images", type=int, default=300, help="train crops NNCF calibrates int8 on")
+    p.add_argument("--check-images", type=int, default=500, help="val crops each precision is checked on")
+    p.add_argument("--seed", type=int, default=0, help="seed of both draws")
+    p.add_argument("--check-only", action="store_true", help="check the IR files present again; write none")
+    p.set_defaults(func=_compile)
+
+
+def _compile(args: argparse.Namespace) -> int:
+    return _compile_and_report(
+        args.model,
+        data=args.data,
+        precisions=tuple(args.precisions.split(",")),
+        calibration_images=args.calibration_images,
+        check_images=args.check_images,
+        seed=args.seed,
+        check_only=args.check_only,
+    )
+
+
+def _compile_and_report(model, **options) -> int:
+    from training.compile import compile_export, describe
+
+    version_dir, section = compile_export(model, **options)
+    print(f"compiled {version_dir / 'openvino'}")
+    print("\n".join(describe(section)))
+    return 0 if all(entry["passed"] for entry in section["precisions"].values()) else 1
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -296,7 +344,7 @@ def _finalize(args: argparse.Namespace) -> int:
 
 
 #: Every command, in the order ``--help`` lists them.
-COMMANDS = [_add_pack, _add_train, _add_evaluate, _add_export, _add_finalize]
+COMMANDS = [_add_pack, _add_train, _add_evaluate, _add_export, _add_compile, _add_finalize]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,311 @@
+"""Compile: an export's SavedModel -> OpenVINO IR beside it (``models/<name>/<version>/openvino/``), checked.
+
+``python -m training compile --model models/<name>/<version>`` (or ``export --compile``) writes
+
+- ``openvino/fp32/model.xml|.bin``: ``ov.convert_model(<version folder>)`` (the ``serving_default`` signature),
+  saved uncompressed (``ov.save_model`` would store fp16 weights by default);
+- bf16: no file of its own. It is the fp32 IR run with OpenVINO's ``INFERENCE_PRECISION_HINT=bf16``, which the
+  CPU plugin honours only on CPUs with native bf16 (AVX512_BF16/AMX); elsewhere it runs fp32. Its check is made
+  on this machine, so ``native_bf16`` is recorded beside it;
+- ``openvino/int8/model.xml|.bin``: NNCF post-training quantization (``nncf.quantize``) of the fp32 IR, calibrated
+  on ``calibration_images`` FER-2013 **train** crops drawn with ``seed``.
+
+Each precision is then checked against the SavedModel (TensorFlow, fp32) on a sample: FER-2013 val images when
+the data is there (``check_images`` drawn with ``seed``), else random crops. The figures (top-1 agreement, largest
+and mean probability difference), the thresholds below, ``passed`` and the failure's reason go into metadata.json's
+``openvino`` section with each file's sha256. The service serves an IR only when its check passed and its files
+still have those hashes, and refuses a precision whose check failed (service/runtimes.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PRECISIONS = ("fp32", "bf16", "int8")
+#: OpenVINO's inference precision hint per precision (the service uses the same, service/runtimes.py).
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: A precision passes when, against the SavedModel on the check sample, the top-1 class agrees on at least
+#: ``min_top1_agreement`` of the crops and no probability differs by more than ``max_prob_diff``. fp32 must
+#: reproduce TensorFlow up to float rounding; bf16 keeps 8 bits of mantissa (differences of a few hundredths);
+#: int8 is the issue's bar (>= 98 % agreement) with a loose bound on any single probability (the shipped
+#: fer-cnn-48 v3 reached 0.35 on one of 500 val crops at 98.2 % agreement; a broken IR is far off on many).
+THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"min_top1_agreement": 0.99, "max_prob_diff": 1e-3},
+    "bf16": {"min_top1_agreement": 0.98, "max_prob_diff": 0.10},
+    "int8": {"min_top1_agreement": 0.98, "max_prob_diff": 0.50},
+}
+OUT_DIR = "openvino"
+FILES = {"fp32": "fp32/model", "bf16": "fp32/model", "int8": "int8/model"}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_version_dir(path: str | Path) -> Path:
+    """A version folder as is, or a name folder's highest numeric version."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = [c for c in path.iterdir() if c.is_dir() and c.name.isdigit()] if path.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(f"{path} is neither an exported model version (no saved_model.pb) nor a name folder")
+    return max(versions, key=lambda c: int(c.name))
+
+
+def model_input(metadata: dict[str, Any], images: np.ndarray) -> np.ndarray:
+    """FER-2013 pixels ``(n, 48, 48, 1)`` -> float32 crops the export takes (its size and colour mode)."""
+    from training.config import ArchConfig
+    from training.inference import fer_pixels_to_model_input
+
+    spec = metadata["input"]
+    arch = ArchConfig(input_size=int(spec["height"]), color_mode=spec["color_mode"])
+    return np.asarray(fer_pixels_to_model_input(arch, images.astype(np.float32)), dtype=np.float32)
+
+
+def _draw(images: np.ndarray, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(images), size=min(count, len(images)), replace=False))
+    return images[picked]
+
+
+def calibration_crops(data: str | Path, metadata: dict[str, Any], count: int, seed: int) -> np.ndarray:
+    """``count`` FER-2013 train crops (seeded) in the model's input form: the int8 calibration set."""
+    from training.data import read_split
+
+    return model_input(metadata, _draw(read_split(data, "train").images, count, seed))
+
+
+def check_sample(data: str | Path | None, metadata: dict[str, Any], count: int, seed: int) -> tuple[np.ndarray, str]:
+    """The crops the derived forms are checked on, and what they are: val images if ``data`` has them."""
+    from training.data import DataError, read_split
+
+    if data is not None:
+        try:
+            val = read_split(data, "val").images
+        except (DataError, OSError):
+            pass
+        else:
+            picked = _draw(val, count, seed)
+            return model_input(metadata, picked), f"FER-2013 val ({len(picked)} images, seed {seed}) from {data}"
+    spec = metadata["input"]
+    shape = (count, int(spec["height"]), int(spec["width"]), int(spec["channels"]))
+    crops = np.random.default_rng(seed).integers(0, 256, shape).astype(np.float32)
+    return crops, f"random uint8 crops ({count}, seed {seed}; no val data at {data})"
+
+
+def _batched(run: Any, sample: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([run(sample[i : i + batch]) for i in range(0, len(sample), batch)])
+
+
+def savedmodel_outputs(version_dir: Path, metadata: dict[str, Any], sample: np.ndarray) -> np.ndarray:
+    """The reference: the SavedModel's serving signature in TensorFlow fp32."""
+    import tensorflow as tf
+
+    signature = metadata["signature"]
+    fn = tf.saved_model.load(str(version_dir)).signatures[signature["key"]]
+    return _batched(lambda x: fn(**{signature["input"]: tf.constant(x)})[signature["output"]].numpy(), sample)
+
+
+def ir_outputs(xml: Path, precision: str, metadata: dict[str, Any], sample: np.ndarray) -> np.ndarray:
+    """The IR's outputs as the service runs it (same precision hint, CPU plugin)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": HINTS[precision]})
+    request = compiled.create_infer_request()
+    port = compiled.output(metadata["signature"]["output"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer({compiled.input(metadata["signature"]["input"]): np.ascontiguousarray(x)})
+        return np.array(request.get_tensor(port).data, copy=True)
+
+    return _batched(run, sample)
+
+
+def compare(reference: np.ndarray, outputs: np.ndarray, thresholds: dict[str, float]) -> dict[str, Any]:
+    """Check figures of ``outputs`` against ``reference`` and whether they are within ``thresholds``."""
+    if outputs.shape != reference.shape:
+        return {"passed": False, "reason": f"output shape {outputs.shape} != SavedModel's {reference.shape}"}
+    finite = bool(np.all(np.isfinite(outputs)))
+    diff = np.abs(outputs.astype(np.float64) - reference) if finite else np.full(reference.shape, np.inf)
+    agreement = float(np.mean(outputs.argmax(1) == reference.argmax(1)))
+    max_diff = float(diff.max())
+    reasons = []
+    if not finite:
+        reasons.append("non-finite outputs")
+    if agreement < thresholds["min_top1_agreement"]:
+        reasons.append(f"top-1 agreement with the SavedModel {agreement:.2%} < {thresholds['min_top1_agreement']:.0%}")
+    if max_diff > thresholds["max_prob_diff"]:
+        reasons.append(f"largest probability difference {max_diff:.4g} > {thresholds['max_prob_diff']:.4g}")
+    return {
+        "top1_agreement": round(agreement, 6),
+        "max_prob_diff": round(max_diff, 6) if finite else None,
+        "mean_prob_diff": round(float(diff.mean()), 7) if finite else None,
+        "thresholds": thresholds,
+        "passed": not reasons,
+        "reason": "; ".join(reasons) or None,
+    }
+
+
+def _read_metadata(version_dir: Path) -> dict[str, Any]:
+    path = version_dir / "metadata.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: compile needs an export (python -m training export)")
+    metadata: dict[str, Any] = json.loads(path.read_text())
+    return metadata
+
+
+def _write_section(version_dir: Path, section: dict[str, Any]) -> None:
+    path = version_dir / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["openvino"] = section
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def _files(version_dir: Path, precision: str) -> list[Path]:
+    stem = version_dir / OUT_DIR / FILES[precision]
+    return [stem.with_suffix(".xml"), stem.with_suffix(".bin")]
+
+
+def check_precisions(
+    version_dir: Path,
+    precisions: tuple[str, ...],
+    *,
+    data: str | Path | None,
+    check_images: int,
+    seed: int,
+    thresholds: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """Check the IR files present for ``precisions`` against the SavedModel; returns the metadata section (without
+    writing it). A precision whose files are missing is reported failed."""
+    import openvino as ov
+
+    metadata = _read_metadata(version_dir)
+    sample, described = check_sample(data, metadata, check_images, seed)
+    reference = savedmodel_outputs(version_dir, metadata, sample)
+    entries: dict[str, Any] = {}
+    for precision in precisions:
+        files = _files(version_dir, precision)
+        names = [str(f.relative_to(version_dir)) for f in files]
+        entry: dict[str, Any] = {"files": names, "inference_precision_hint": HINTS[precision]}
+        if precision == "bf16":
+            entry["native_bf16"] = native_bf16()
+            entry["note"] = "the fp32 IR run with the bf16 hint; on a CPU without native bf16 it runs fp32"
+        if not all(f.is_file() for f in files):
+            entry.update(sha256={}, passed=False, reason="IR files missing")
+        else:
+            try:
+                outputs = ir_outputs(files[0], precision, metadata, sample)
+            except Exception as exc:  # an unreadable IR fails its check (the service must refuse it)
+                entry.update(passed=False, reason=f"OpenVINO cannot run it: {type(exc).__name__}: {exc}"[:300])
+            else:
+                entry.update(compare(reference, outputs, thresholds[precision]))
+            entry["sha256"] = {name: _sha256(f) for name, f in zip(names, files, strict=True)}
+        entries[precision] = entry
+    return {
+        "format": 1,
+        "openvino_version": ov.get_version(),
+        "checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "check": {
+            "sample": described,
+            "images": int(len(sample)),
+            "reference": "the SavedModel's serving signature in TensorFlow fp32",
+        },
+        "precisions": entries,
+    }
+
+
+def compile_export(
+    model: str | Path,
+    *,
+    data: str | Path | None,
+    precisions: tuple[str, ...] = PRECISIONS,
+    calibration_images: int = 300,
+    check_images: int = 500,
+    seed: int = 0,
+    thresholds: dict[str, dict[str, float]] | None = None,
+    check_only: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """Write (unless ``check_only``) and check the IR of ``precisions`` for the export ``model`` (a version folder,
+    or a name folder: its highest version); record the ``openvino`` section in metadata.json and return both.
+    A precision that fails its check is recorded as failed (the service refuses it), not raised."""
+    import openvino as ov
+
+    unknown = set(precisions) - set(PRECISIONS)
+    if unknown:
+        raise ValueError(f"unknown precisions {sorted(unknown)} (choose from {', '.join(PRECISIONS)})")
+    version_dir = resolve_version_dir(model)
+    metadata = _read_metadata(version_dir)
+    limits = {**THRESHOLDS, **(thresholds or {})}
+    extra: dict[str, Any] = {}
+    if not check_only:
+        if "int8" in precisions and data is None:
+            raise ValueError("int8 needs FER-2013 train crops to calibrate on: pass --data")
+        fp32 = ov.convert_model(str(version_dir))
+        fp32_xml = _files(version_dir, "fp32")[0]
+        fp32_xml.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(fp32, str(fp32_xml), compress_to_fp16=False)
+        if "int8" in precisions:
+            import nncf
+
+            assert data is not None
+            calibration = calibration_crops(data, metadata, calibration_images, seed)
+            items = [calibration[i : i + 1] for i in range(len(calibration))]
+            quantized = nncf.quantize(ov.Core().read_model(str(fp32_xml)), nncf.Dataset(items), subset_size=len(items))
+            int8_xml = _files(version_dir, "int8")[0]
+            int8_xml.parent.mkdir(parents=True, exist_ok=True)
+            ov.save_model(quantized, str(int8_xml), compress_to_fp16=False)
+            extra["int8"] = {
+                "calibration": {
+                    "split": "train",
+                    "images": len(items),
+                    "seed": seed,
+                    "data": str(data),
+                    "method": "nncf.quantize (post-training, default preset)",
+                    "nncf_version": nncf.__version__,
+                }
+            }
+    section = check_precisions(
+        version_dir, tuple(precisions), data=data, check_images=check_images, seed=seed, thresholds=limits
+    )
+    for precision, more in extra.items():
+        section["precisions"][precision].update(more)
+    if check_only:  # keep what the files were made from
+        previous = (metadata.get("openvino") or {}).get("precisions") or {}
+        for precision, entry in section["precisions"].items():
+            if "calibration" in previous.get(precision, {}):
+                entry["calibration"] = previous[precision]["calibration"]
+    _write_section(version_dir, section)
+    return version_dir, section
+
+
+def describe(section: dict[str, Any]) -> list[str]:
+    """One line per precision: its check figures and verdict."""
+    lines = [f"checked on {section['check']['sample']}"]
+    for precision, entry in section["precisions"].items():
+        figures = (
+            f"top-1 agreement {entry['top1_agreement']:.2%}, largest probability difference {entry['max_prob_diff']}"
+            if entry.get("top1_agreement") is not None and entry.get("max_prob_diff") is not None
+            else "no figures"
+        )
+        verdict = "passed" if entry["passed"] else f"FAILED ({entry['reason']})"
+        lines.append(f"  {precision:<5} {', '.join(entry['files'])}: {figures}: {verdict}")
+    return lines
