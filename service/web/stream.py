@@ -21,9 +21,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from service.errors import InvalidParameterError, ServiceError, UnauthorizedError, describe_validation_errors
 from service.pipeline import Options
 from service.tracking import Observation, Tracker
-from service.web.guards import check_api_key, ready_predictor
+from service.web.guards import check_api_key, ready_predictor, serving
 from service.web.schemas import Prediction
-from service.web.state import ServiceState
+from service.web.state import ServiceState, version_ref
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class StreamSession:
         self.metrics = state.metrics
         self.options = Options(detect=True, max_faces=self.settings.max_faces)
         self.seq = 0  # frames received on this connection; the first frame is 1
+        self.version: str | None = None  # ?version= of the connection (None: the default version of each frame)
         self.pending: tuple[int, bytes] | None = None
         self.frame_ready = asyncio.Event()
         self.dropped = 0  # dropped since the last frame reply
@@ -88,8 +89,9 @@ class StreamSession:
         except UnauthorizedError as exc:
             await self._refuse(exc.code, exc.message, CLOSE_POLICY_VIOLATION)
             return
+        self.version = self.ws.query_params.get("version") or None  # None: the default version, frame by frame
         try:
-            ready_predictor(self.state)
+            ready_predictor(self.state, self.version)
         except ServiceError as exc:
             await self._refuse(exc.code, exc.message, CLOSE_TRY_AGAIN_LATER)
             return
@@ -189,7 +191,7 @@ class StreamSession:
         )
         options = Options(detect=detect, max_faces=max_faces, explain=explain, explain_class=explain_class)
         try:  # explanations_unavailable, an unknown explain_class: the options stay as they were
-            ready_predictor(self.state).check_options(options)
+            ready_predictor(self.state, self.version).check_options(options)
         except ServiceError as exc:
             self.metrics.rejected(exc.code)
             await self._send({"type": "error", "seq": None, "code": exc.code, "message": exc.message})
@@ -243,7 +245,8 @@ class StreamSession:
             dropped, self.dropped = self.dropped, 0
             header = {"seq": seq, "dropped": dropped, "dropped_total": self.dropped_total}
             try:
-                result = await ready_predictor(self.state).predict(data, self.options)
+                with serving(self.state, self.version) as entry:  # the version does not unload meanwhile
+                    result = await entry.predictor.predict(data, self.options)
             except ServiceError as exc:
                 self.metrics.rejected(exc.code)
                 reply: dict[str, Any] = {"type": "error", **header, "code": exc.code, "message": exc.message}
@@ -251,7 +254,7 @@ class StreamSession:
                 log.exception("stream frame %d failed", seq)
                 reply = {"type": "error", **header, "code": "internal_error", "message": "internal server error"}
             else:
-                prediction = Prediction.from_result(self.state.model_ref, result)
+                prediction = Prediction.from_result(version_ref(entry), result)
                 reply = {"type": "result", **header, **prediction.model_dump(exclude_none=True)}
                 self._track(reply["faces"], frame_time)
                 reply["frame_time"] = frame_time
