@@ -177,7 +177,11 @@ def main() -> int:
             f"{rate['bf16']['32'] / rate['fp32']['32']:.2f}x at batch 32.",
         ]
     lines.append("")
-    Path(args.out).write_text("\n".join(lines))
+    out = Path(args.out)
+    kept = out.read_text() if out.is_file() else ""
+    if "<!-- runtimes.py: begin -->" in kept:  # benchmarks/runtimes.py's section stays
+        lines += [kept[kept.index("<!-- runtimes.py: begin -->") :].rstrip("\n"), ""]
+    out.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 

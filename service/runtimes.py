@@ -292,7 +292,12 @@ class OpenVINORuntime:
         precision: str = "fp32",
         explainer: ExplainingRuntime | None = None,
     ) -> None:
-        import openvino as ov
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ModelLoadError(
+                "the openvino runtime needs the 'openvino' package: pip install 'fer-service[openvino]'"
+            ) from None
 
         if precision not in OPENVINO_HINTS:
             raise ModelLoadError(f"the openvino runtime serves {', '.join(OPENVINO_HINTS)}, not {precision!r}")
