@@ -218,7 +218,8 @@ def main() -> int:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     out.write_text(text)
     print(section)
-    print(json.dumps({"choice": best, **{f"{k[0]}-{k[1]}": v for k, v in figures.items()}}, default=str))
+    summary = {f"{k[0]}-{k[1]}": {n: v for n, v in f.items() if n != "labels"} for k, f in figures.items()}
+    print(json.dumps({"choice": best, **summary}, default=str))
     return 0
 
 

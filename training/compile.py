@@ -215,7 +215,8 @@ def check_precisions(
             try:
                 outputs = ir_outputs(files[0], precision, metadata, sample)
             except Exception as exc:  # an unreadable IR fails its check (the service must refuse it)
-                entry.update(passed=False, reason=f"OpenVINO cannot run it: {type(exc).__name__}: {exc}"[:300])
+                message = " ".join(str(exc).split())  # OpenVINO's messages run over several lines
+                entry.update(passed=False, reason=f"OpenVINO cannot run it: {type(exc).__name__}: {message}"[:300])
             else:
                 entry.update(compare(reference, outputs, thresholds[precision]))
             entry["sha256"] = {name: _sha256(f) for name, f in zip(names, files, strict=True)}
@@ -288,11 +289,13 @@ def compile_export(
     )
     for precision, more in extra.items():
         section["precisions"][precision].update(more)
+    previous = (metadata.get("openvino") or {}).get("precisions") or {}
     if check_only:  # keep what the files were made from
-        previous = (metadata.get("openvino") or {}).get("precisions") or {}
         for precision, entry in section["precisions"].items():
             if "calibration" in previous.get(precision, {}):
                 entry["calibration"] = previous[precision]["calibration"]
+    for precision, entry in previous.items():  # precisions not handled in this call keep their record
+        section["precisions"].setdefault(precision, entry)
     _write_section(version_dir, section)
     return version_dir, section
 
