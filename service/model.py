@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
+from service.contract import DEFAULT_EXPLAIN as DEFAULT_EXPLAIN
+from service.contract import MAX_INPUT_SIDE as MAX_INPUT_SIDE
+from service.contract import METADATA_FILE as METADATA_FILE
+from service.contract import SUPPORTED_SCHEMA_VERSIONS as SUPPORTED_SCHEMA_VERSIONS
+from service.contract import ExplainSpec as ExplainSpec
+from service.contract import InputSpec as InputSpec
+from service.contract import ModelMetadata as ModelMetadata
+from service.contract import SignatureSpec as SignatureSpec
 from service.errors import ExplanationsUnavailableError, ModelLoadError, describe_validation_errors
-from service.faces import COLOR_MODES
 from service.runtimes import EXPLANATIONS_UNAVAILABLE as EXPLANATIONS_UNAVAILABLE
 from service.runtimes import PRECISIONS, OpenVINORuntime, select_openvino_source
 from service.runtimes import Explained as Explained
@@ -27,87 +34,6 @@ from service.runtimes import Runtime as Runtime
 from service.runtimes import TensorFlowRuntime as TensorFlowRuntime
 
 log = logging.getLogger(__name__)
-
-METADATA_FILE = "metadata.json"
-SUPPORTED_SCHEMA_VERSIONS = (1,)
-#: Largest input side the service accepts from a model's metadata (sanity bound, not a model choice).
-MAX_INPUT_SIDE = 1024
-
-
-# --- metadata -------------------------------------------------------------------------------------------------
-
-
-class InputSpec(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    height: int = Field(ge=8, le=MAX_INPUT_SIDE)
-    width: int = Field(ge=8, le=MAX_INPUT_SIDE)
-    channels: Literal[1, 3]
-    color_mode: Literal["grayscale", "rgb"]
-    dtype: Literal["float32"] = "float32"
-
-
-class SignatureSpec(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    key: str = Field(min_length=1)
-    input: str = Field(min_length=1)
-    output: str = Field(min_length=1)
-
-
-class ExplainSpec(BaseModel):
-    """The metadata's optional ``explain`` section (docs/model-contract.md); only the names are interpreted."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    signature: str = Field(default="explain", min_length=1)
-    class_input: str = Field(default="class_index", min_length=1)
-    heatmap_output: str = Field(default="heatmap", min_length=1)
-
-
-#: The signature an export without an ``explain`` section in its metadata is looked up under (the contract's key).
-DEFAULT_EXPLAIN = ExplainSpec()
-
-
-class ModelMetadata(BaseModel):
-    """The fields of ``metadata.json`` the service relies on (others are kept but not interpreted)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    schema_version: int
-    name: str = Field(min_length=1)
-    version: str = Field(min_length=1)
-    labels: list[str] = Field(min_length=2)
-    input: InputSpec
-    signature: SignatureSpec
-    explain: ExplainSpec | None = None
-
-    @field_validator("schema_version")
-    @classmethod
-    def _known_schema(cls, value: int) -> int:
-        if value not in SUPPORTED_SCHEMA_VERSIONS:
-            raise ValueError(f"schema_version {value} is not supported (supported: {SUPPORTED_SCHEMA_VERSIONS})")
-        return value
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version_as_text(cls, value: object) -> object:
-        return str(value) if isinstance(value, int) else value
-
-    @field_validator("labels")
-    @classmethod
-    def _unique_labels(cls, labels: list[str]) -> list[str]:
-        if len(set(labels)) != len(labels) or any(not label for label in labels):
-            raise ValueError("labels must be non-empty and unique")
-        return labels
-
-    def check_consistent(self) -> None:
-        """Cross-field checks pydantic's per-field validation cannot express."""
-        expected = COLOR_MODES[self.input.color_mode]
-        if self.input.channels != expected:
-            raise ValueError(
-                f"input.channels is {self.input.channels} but color_mode '{self.input.color_mode}' needs {expected}"
-            )
 
 
 def read_metadata(version_dir: Path) -> ModelMetadata:

@@ -15,15 +15,13 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.contract import DEFAULT_EXPLAIN, ExplainSpec, SignatureSpec
 from service.errors import ExplanationsUnavailableError, ModelLoadError, describe_validation_errors
-
-if TYPE_CHECKING:
-    from service.model import ExplainSpec, SignatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +34,6 @@ OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def _default_explain() -> ExplainSpec:
-    from service.model import DEFAULT_EXPLAIN  # service.model imports this module: look it up when first needed
-
     return DEFAULT_EXPLAIN
 
 
