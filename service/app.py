@@ -24,7 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.batching import BatchClock, MicroBatcher
+from service.batching import BatchClock, BatchFn, MicroBatcher
 from service.config import Settings
 from service.errors import ModelLoadError
 from service.metrics import Metrics
@@ -107,30 +107,25 @@ def _builder(
     """Start a loaded version's queues (its own micro-batchers) and its predictor."""
     settings = state.settings
 
-    def build(version: str, model: LoadedModel) -> ServedVersion:
-        assert state.preparer is not None
+    def started(fn: BatchFn, kind: str, version: str) -> MicroBatcher:
+        """A running micro-batcher for one of a version's queues; every queue has the same bounds."""
         batcher = MicroBatcher(
-            model.predict,
+            fn,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_batch_wait_s,
             max_queue=settings.max_queue,
-            observer=observer.watch("predict", version),
+            observer=observer.watch(kind, version),
             clock=batch_clock,
         )
         batcher.start()
-        batchers = [batcher]
-        explainer = None
-        if model.can_explain:  # the explain queue: same bounds, its own model calls (service/pipeline.py)
-            explainer = MicroBatcher(
-                explain_rows(model),
-                max_batch_size=settings.max_batch_size,
-                max_wait_s=settings.max_batch_wait_s,
-                max_queue=settings.max_queue,
-                observer=observer.watch("explain", version),
-                clock=batch_clock,
-            )
-            explainer.start()
-            batchers.append(explainer)
+        return batcher
+
+    def build(version: str, model: LoadedModel) -> ServedVersion:
+        assert state.preparer is not None
+        batcher = started(model.predict, "predict", version)
+        # the explain queue: its own model calls (service/pipeline.py)
+        explainer = started(explain_rows(model), "explain", version) if model.can_explain else None
+        batchers = [batcher] if explainer is None else [batcher, explainer]
         predictor = Predictor(
             model,
             state.preparer,

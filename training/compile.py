@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from training.hardware import native_bf16
+
 PRECISIONS = ("fp32", "bf16", "int8")
 #: OpenVINO's inference precision hint per precision (the service uses the same, service/runtimes.py).
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -50,14 +52,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_version_dir(path: str | Path) -> Path:

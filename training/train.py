@@ -22,6 +22,7 @@ import numpy as np
 from training.batches import Augmentation, steps_per_epoch, training_batches
 from training.config import TrainConfig
 from training.data import Split, class_weights, read_split
+from training.hardware import native_bf16
 from training.inference import fer_pixels_to_model_input, keras_predictor, predict_split
 from training.labels import IMAGE_SIZE, LABELS
 from training.model import BACKBONE_NAME, INFERENCE_MODEL_NAME, build_inference_model, load_inference_model
@@ -58,17 +59,9 @@ def mixed_precision_policy(setting: str) -> str | None:
         gpu = bool(tf.config.list_physical_devices("GPU"))
     if gpu:
         return "mixed_float16"
-    if setting == "on" or _cpu_has_native_bf16():
+    if setting == "on" or native_bf16():
         return "mixed_bfloat16"
     return None
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _hardware() -> str:
