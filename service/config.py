@@ -10,7 +10,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,6 +34,22 @@ def _split_list(value: Any) -> Any:
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
+
+
+class Conflict(NamedTuple):
+    """Settings that cannot all hold: ``names`` of the settings involved, ``message`` says why (with the values)."""
+
+    names: tuple[str, ...]
+    message: str
+
+
+class ImpossibleSettingsError(ValueError):
+    """Settings under which some valid request could never succeed (raised inside ``Settings`` validation, so
+    callers see a pydantic ``ValidationError`` whose error context holds this; ``conflicts`` names the settings)."""
+
+    def __init__(self, conflicts: Sequence[Conflict]) -> None:
+        self.conflicts = tuple(conflicts)
+        super().__init__("settings that can never work: " + "; ".join(c.message for c in self.conflicts))
 
 
 class Settings(BaseSettings):
@@ -228,23 +244,52 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.max_queue < self.max_batch_size:
-            raise ValueError(f"max_queue ({self.max_queue}) must be at least max_batch_size ({self.max_batch_size})")
-        if self.max_pending_images < self.max_batch_images:
-            raise ValueError(
-                f"max_pending_images ({self.max_pending_images}) must be at least max_batch_images "
-                f"({self.max_batch_images})"
-            )
-        if self.max_body_bytes_in_flight < self.max_batch_body_bytes:
-            raise ValueError(
-                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) must be at least the largest "
-                f"/predict/batch body, max_upload_bytes x max_batch_images + 64 KiB ({self.max_batch_body_bytes})"
-            )
+        conflicts = self.conflicts()
+        if conflicts:
+            raise ImpossibleSettingsError(conflicts)
         if any(not key.get_secret_value() for key in self.api_keys):
             raise ValueError("api_keys must not contain empty keys")
         if self.precision == "int8" and self.runtime != "openvino":
             raise ValueError("precision int8 needs runtime openvino")
         return self
+
+    def conflicts(self) -> list[Conflict]:
+        """Combinations of settings under which some valid request could never succeed, however idle the service."""
+        found = []
+        if self.max_queue < self.max_batch_size:
+            found.append(
+                Conflict(
+                    ("max_queue", "max_batch_size"),
+                    f"max_queue ({self.max_queue}) must be at least max_batch_size ({self.max_batch_size})",
+                )
+            )
+        if self.max_queue < self.max_batch_images * self.max_faces:
+            # /predict/batch submits all of its crops at once: more than the queue holds is refused even when idle
+            found.append(
+                Conflict(
+                    ("max_queue", "max_batch_images", "max_faces"),
+                    f"max_queue ({self.max_queue}) must be at least max_batch_images x max_faces "
+                    f"({self.max_batch_images} x {self.max_faces} = {self.max_batch_images * self.max_faces}): "
+                    "a full /predict/batch would be refused even by an idle service",
+                )
+            )
+        if self.max_pending_images < self.max_batch_images:
+            found.append(
+                Conflict(
+                    ("max_pending_images", "max_batch_images"),
+                    f"max_pending_images ({self.max_pending_images}) must be at least max_batch_images "
+                    f"({self.max_batch_images})",
+                )
+            )
+        if self.max_body_bytes_in_flight < self.max_batch_body_bytes:
+            found.append(
+                Conflict(
+                    ("max_body_bytes_in_flight", "max_upload_bytes", "max_batch_images"),
+                    f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) must be at least the largest "
+                    f"/predict/batch body, max_upload_bytes x max_batch_images + 64 KiB ({self.max_batch_body_bytes})",
+                )
+            )
+        return found
 
     @property
     def max_body_bytes(self) -> int:

@@ -577,7 +577,13 @@ def test_a_crash_inside_inference_fails_only_that_batch(exported_model: Path, tm
     # that never moves, so only the size rule closes a batch, however far apart the two requests arrive)
     with (
         running_service(
-            model_dir, max_batch_size=2, max_queue=8, max_batch_wait_ms=10_000, batch_clock=ManualClock()
+            model_dir,
+            max_batch_size=2,
+            max_queue=8,
+            max_batch_images=8,
+            max_faces=1,  # (a queue smaller than a full /predict/batch is refused at start-up)
+            max_batch_wait_ms=10_000,
+            batch_clock=ManualClock(),
         ) as running,
         httpx.Client(timeout=120) as http,
         concurrent.futures.ThreadPoolExecutor(2) as pool,
@@ -615,6 +621,7 @@ def test_images_in_progress_are_bounded_not_only_crops_waiting_for_the_model(exp
             exported_model,
             max_pending_images=2,
             max_batch_images=1,
+            max_faces=8,  # (a queue smaller than a full /predict/batch is refused at start-up)
             max_batch_size=4,
             max_queue=8,
         ) as running,

@@ -59,10 +59,17 @@ def strict(exported_model: Path) -> Iterator[RunningService]:
 
 @pytest.fixture(scope="module")
 def slow_batches(exported_model: Path) -> Iterator[RunningService]:
-    """Batches of two crops that wait up to 10 s for company, and room for only two crops in the queue. The batch
-    window runs on a clock that never moves: a lone crop waits for company however slow the machine is."""
+    """Batches of two crops that wait up to 10 s for company, and room for only two crops in the queue (so at most
+    two images of one face each per request: a queue smaller than a full /predict/batch is refused at start-up). The
+    batch window runs on a clock that never moves: a lone crop waits for company however slow the machine is."""
     with running_service(
-        exported_model, max_batch_size=2, max_queue=2, max_batch_wait_ms=10_000, batch_clock=ManualClock()
+        exported_model,
+        max_batch_size=2,
+        max_queue=2,
+        max_batch_images=2,
+        max_faces=1,
+        max_batch_wait_ms=10_000,
+        batch_clock=ManualClock(),
     ) as running:
         yield running
 
