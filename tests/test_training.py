@@ -547,3 +547,76 @@ def test_evaluate_draws_an_explanation_sheet_and_says_when_an_export_cannot(
     write_saved_model(load_inference_model(str(trained_run / "model.keras")), old)
     with pytest.raises(ValueError, match="no 'explain' signature"):
         evaluate(old, tiny_folder_dataset, tmp_path / "old-report", explain=1)
+
+
+# --- ensembles and recovered runs -----------------------------------------------------------------------------------
+
+
+def test_an_ensemble_of_two_runs_serves_the_mean_of_their_answers_with_one_temperature_and_grad_cam(
+    trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    import tensorflow as tf
+
+    from training.config import PRESETS
+    from training.ensemble import EnsembleError, combine
+    from training.evaluate import evaluate, load_predictor
+    from training.export import export_model
+    from training.train import train
+
+    smoke = PRESETS["smoke"]
+    # Another seed, the same held-out images: the ensemble's temperature is fitted on what neither member saw.
+    second = train(
+        dataclasses.replace(smoke, seed=7, holdout_seed=smoke.seed), tiny_folder_dataset, tmp_path / "b", verbose=0
+    )
+    ensemble = combine([trained_run, second.run_dir], tmp_path / "ens")
+    assert json.loads((tmp_path / "ens" / "config.json").read_text())["arch"]["ensemble"] == 2
+
+    report = tmp_path / "report"
+    m = evaluate(ensemble, tiny_folder_dataset, report, calibrate=True, test_time_flip=True)
+    assert "held out" in m["calibration"]["fitted_on"]
+    out = export_model(ensemble, tmp_path / "models", name="ens", version="1", report_dir=report, test_time_flip=True)
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["architecture"]["ensemble"] == 2 and len(metadata["training"]["ensemble_of"]) == 2
+
+    crops = np.random.default_rng(5).integers(0, 256, (4, 24, 24, 1)).astype(np.float32)
+    crops[:, :, :12] = 0
+    members = [load_predictor(run / "model.keras")[0] for run in (trained_run, second.run_dir)]
+    mean = sum((p(crops) + p(crops[:, :, ::-1].copy())) / 2 for p in members) / 2
+    from training import calibration
+
+    expected = calibration.scale(mean, m["temperature"])
+    loaded = tf.saved_model.load(str(out))
+    served = loaded.signatures["serving_default"](images=tf.constant(crops))["probabilities"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert not np.allclose(members[0](crops), members[1](crops), atol=1e-3)  # two different networks
+
+    maps = loaded.signatures["explain"](images=tf.constant(crops), class_index=tf.constant([-1] * 4, tf.int32))
+    heat = maps["heatmap"].numpy()
+    assert heat.shape == (4, 24, 24) and 0.0 <= heat.min() and heat.max() <= 1.0 and heat.max() > 0.5
+    np.testing.assert_allclose(maps["probabilities"].numpy(), served, atol=1e-6)
+
+    # A member that trained on the images the temperature is fitted on is refused, with the reason.
+    other = train(dataclasses.replace(smoke, seed=7, epochs=1), tiny_folder_dataset, tmp_path / "c", verbose=0)
+    with pytest.raises(EnsembleError, match="holdout-seed"):
+        combine([trained_run, other.run_dir], tmp_path / "refused")
+    with pytest.raises(EnsembleError, match="at least two"):
+        combine([trained_run], tmp_path / "alone")
+
+
+def test_recover_rebuilds_a_run_folder_from_an_export_that_serves_the_same_answers(
+    exported_model: Path, tmp_path: Path
+) -> None:
+    from training.ensemble import recover
+    from training.evaluate import load_predictor
+    from training.inference import saved_model_predictor
+
+    model = recover(exported_model, tmp_path / "run")
+    assert {"model.keras", "config.json", "run.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["recovered_from"] == "tiny/1"
+    crops = np.random.default_rng(9).integers(0, 256, (6, 24, 24, 1)).astype(np.float32)
+    exported, _, _ = saved_model_predictor(exported_model)
+    np.testing.assert_allclose(load_predictor(model)[0](crops), exported(crops), atol=1e-5)
+    with pytest.raises(FileExistsError):
+        recover(exported_model, tmp_path / "run")

@@ -1,4 +1,5 @@
-"""``python -m training <command>``: pack, train, evaluate, export. Every command has ``--help``."""
+"""``python -m training <command>``: pack, train, evaluate, export, compile, finalize, ensemble, recover. Every
+command has ``--help``."""
 
 from __future__ import annotations
 
@@ -73,6 +74,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mixed-precision", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--holdout-seed",
+        type=int,
+        help="seed of the calibration hold-out if not --seed (ensemble members share one hold-out)",
+    )
     p.add_argument("--limit-per-class", type=int, help="use at most N training images per class (0 = all)")
     p.add_argument(
         "--init-from",
@@ -343,8 +349,49 @@ def _finalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="average several finished runs (one architecture, different seeds) into one model",
+        description="Write RUN_DIR/model.keras, config.json and run.json: one network whose probabilities are the "
+        "mean of the members'. Evaluate and export it like any run. The members must share their calibration "
+        "hold-out (train them with the same --holdout-seed).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("members", nargs="+", help="run folders (model.keras, config.json, run.json)")
+    p.add_argument("--run-dir", required=True, help="output folder of the ensemble")
+    p.set_defaults(func=_ensemble)
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from training.ensemble import combine
+
+    print(f"ensemble of {len(args.members)} runs: {combine(args.members, args.run_dir)}")
+    return 0
+
+
+def _add_recover(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "recover",
+        help="rebuild the run folder of an exported version (its weights, config and run record)",
+        description="For when a run folder is gone: model.keras is rebuilt from the export's architecture and "
+        "SavedModel variables and checked against the export; config.json and run.json come from its metadata.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("export", help="an exported version folder, e.g. models/fer-cnn-48/5")
+    p.add_argument("--run-dir", required=True, help="output folder")
+    p.set_defaults(func=_recover)
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from training.ensemble import recover
+
+    print(f"recovered: {recover(args.export, args.run_dir)}")
+    return 0
+
+
 #: Every command, in the order ``--help`` lists them.
-COMMANDS = [_add_pack, _add_train, _add_evaluate, _add_export, _add_compile, _add_finalize]
+COMMANDS = [_add_pack, _add_train, _add_evaluate, _add_export, _add_compile, _add_finalize, _add_ensemble, _add_recover]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,9 @@ class ArchConfig:
     #: Inference only (set at export from the evaluation report): probabilities are ``softmax(log p / T)``, T fitted
     #: on held-out training images so that confidence matches accuracy. 1 = uncalibrated.
     temperature: float = 1.0
+    #: Members of an ensemble: networks of this same architecture trained with different seeds, whose probabilities
+    #: the inference model averages (``python -m training ensemble`` sets it; ``train`` trains one network).
+    ensemble: int = 1
 
     @property
     def channels(self) -> int:
@@ -70,6 +73,10 @@ class TrainConfig:
     #: ``on`` forces the device's mixed policy, ``off`` trains in float32.
     mixed_precision: str = "auto"
     seed: int = 1337
+    #: Seed of the calibration hold-out (and the per-class limit) when it must differ from ``seed``: members of an
+    #: ensemble train with different seeds but share one hold-out, so the ensemble's temperature is fitted on
+    #: images none of them saw. ``None`` = ``seed``.
+    holdout_seed: int | None = None
     #: Use at most this many training images per class (0 = all); the smoke setting uses it to stay fast.
     limit_per_class: int = 0
     #: Start from the weights of this ``.keras`` model (an earlier run's, same architecture) instead of from the
@@ -79,6 +86,11 @@ class TrainConfig:
     @property
     def trains_from_scratch(self) -> bool:
         return self.arch.weights == "none"
+
+    @property
+    def split_seed(self) -> int:
+        """The seed that decides which train images are held out (``holdout_seed``, else ``seed``)."""
+        return self.seed if self.holdout_seed is None else self.holdout_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

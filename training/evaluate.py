@@ -220,7 +220,7 @@ def _held_out(config_path: Path, data: str | Path) -> tuple[Any, str]:
         )
     return held, (
         f"{len(held)} train images held out before training ({config.calibration_fraction:.0%} of each "
-        f"class, seed {config.seed}; never trained on, not the reported split)"
+        f"class, seed {config.split_seed}; never trained on, not the reported split)"
     )
 
 

@@ -41,13 +41,19 @@ def explain_function(
 
     def cam(images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            activations, logits = explain_model(images, training=False)
+            outputs = explain_model(images, training=False)
+            activations, logits = outputs[0::2], outputs[1::2]
             tape.watch(activations)
-            scores = tf.gather(logits, classes, batch_dims=1)
-        # Crops are independent in inference mode, so the gradient of the sum is each crop's own gradient.
+            scores = tf.add_n([tf.gather(z, classes, batch_dims=1) for z in logits])
+        # Crops (and an ensemble's members) are independent in inference mode, so the gradient of the sum is each
+        # crop's own gradient with respect to each member's own activations.
         gradients = tape.gradient(scores, activations)
-        weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
-        maps = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1, keepdims=True))
+        maps = tf.add_n(
+            [
+                tf.nn.relu(tf.reduce_sum(tf.reduce_mean(g, axis=[1, 2], keepdims=True) * a, axis=-1, keepdims=True))
+                for g, a in zip(gradients, activations, strict=True)
+            ]
+        ) / len(activations)  # an ensemble's map: the mean of its members' maps
         return tf.image.resize(tf.cast(maps, tf.float32), [height, width], method="bilinear")[..., 0]
 
     @tf.function(

@@ -13,6 +13,7 @@ Only built-in Keras layers are used, so a ``.keras`` file loads anywhere Keras 3
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from training.labels import LABELS
 
 INFERENCE_MODEL_NAME = "fer_model"
 BACKBONE_NAME = "backbone"
+#: Name prefix of the networks inside an ensemble's inference model (``member1``, ``member2``, ...).
+MEMBER_PREFIX = "member"
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -110,8 +113,14 @@ def build_inference_model(arch: ArchConfig, num_classes: int = len(LABELS), *, p
     """The exported network: 0-255 crops in the metadata's colour mode -> class probabilities.
 
     ``pretrained=False`` builds the same architecture with random weights (used to rebuild a trained model
-    under float32 before export, where the weights are copied over anyway).
+    under float32 before export, where the weights are copied over anyway). ``arch.ensemble > 1`` builds that many
+    networks side by side (:func:`ensemble_of`).
     """
+    if arch.ensemble > 1:
+        single = dataclasses.replace(arch, ensemble=1)
+        return ensemble_of(
+            [build_inference_model(single, num_classes, pretrained=pretrained) for _ in range(arch.ensemble)]
+        )
     if arch.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone '{arch.backbone}' (known: {', '.join(sorted(BACKBONES))})")
     if arch.color_mode not in ("grayscale", "rgb"):
@@ -140,6 +149,27 @@ def build_inference_model(arch: ArchConfig, num_classes: int = len(LABELS), *, p
     return keras.Model(inputs, outputs, name=INFERENCE_MODEL_NAME)
 
 
+def ensemble_of(members: list[keras.Model]) -> keras.Model:
+    """One inference model whose probabilities are the mean of ``members``' (inference models of one architecture,
+    renamed ``member1``, ``member2``, ...). Averaging probabilities of independently trained networks is the
+    classic ensemble: their errors are partly independent, so the mean is right more often than each member."""
+    images = keras.Input(members[0].input_shape[1:], name="images")
+    for number, member in enumerate(members, 1):
+        member.name = f"{MEMBER_PREFIX}{number}"
+    outputs = layers.Average(name="probabilities")([member(images) for member in members])
+    return keras.Model(images, outputs, name=INFERENCE_MODEL_NAME)
+
+
+def ensemble_members(inference_model: keras.Model) -> list[keras.Model]:
+    """The single networks of an inference model: an ensemble's members, or the model itself."""
+    members = [
+        layer
+        for layer in inference_model.layers
+        if isinstance(layer, keras.Model) and layer.name.startswith(MEMBER_PREFIX)
+    ]
+    return members or [inference_model]
+
+
 def explain_layer(arch: ArchConfig) -> str:
     """The backbone layer whose activations Grad-CAM weighs: the last convolutional block, before any pooling
     (``fer_cnn``: its last block's second ReLU; the keras.applications backbones: their output)."""
@@ -149,26 +179,38 @@ def explain_layer(arch: ArchConfig) -> str:
 
 
 def build_explain_model(inference_model: keras.Model, arch: ArchConfig) -> keras.Model:
-    """``images -> [activations of explain_layer(arch), class logits]``, sharing ``inference_model``'s layers.
+    """``images -> [activations of explain_layer(arch), class logits]`` per network (``[a1, z1, a2, z2, ...]`` for
+    an ensemble's members, in order), sharing ``inference_model``'s layers.
 
     The logits are the classifier's input times its kernel plus bias (the softmax's argument): Grad-CAM weighs the
     activations by the gradient of the class *score*, not of its probability.
     """
-    backbone = inference_model.get_layer(BACKBONE_NAME)
+    networks = ensemble_members(inference_model)
+    if len(networks) == 1:
+        return _network_explain_model(networks[0], arch, "fer_explain")
+    images = keras.Input(inference_model.input_shape[1:], name="images")
+    outputs = []
+    for network in networks:  # each member's part is a model of its own: the members' layer names repeat
+        outputs.extend(_network_explain_model(network, arch, f"{network.name}_explain")(images))
+    return keras.Model(images, outputs, name="fer_explain")
+
+
+def _network_explain_model(network: keras.Model, arch: ArchConfig, name: str) -> keras.Model:
+    backbone = network.get_layer(BACKBONE_NAME)
     split = keras.Model(
         backbone.inputs, [backbone.get_layer(explain_layer(arch)).output, backbone.output], name="backbone_split"
     )
-    images = keras.Input(inference_model.input_shape[1:], name="images")
-    names = {layer.name for layer in inference_model.layers}
+    images = keras.Input(network.input_shape[1:], name="images")
+    names = {layer.name for layer in network.layers}
     x = gray_to_rgb(images, name="gray_to_rgb") if "gray_to_rgb" in names else images
     if "rescale" in names:
-        x = inference_model.get_layer("rescale")(x)
+        x = network.get_layer("rescale")(x)
     activations, x = split(x)
-    for name in ("pool", "head_dense", "head_bn", "head_relu", "head_dropout"):
-        x = inference_model.get_layer(name)(x)
-    classifier = inference_model.get_layer("probabilities")
+    for layer_name in ("pool", "head_dense", "head_bn", "head_relu", "head_dropout"):
+        x = network.get_layer(layer_name)(x)
+    classifier = network.get_layer("probabilities")
     logits = keras.ops.matmul(x, classifier.kernel) + classifier.bias
-    return keras.Model(images, [activations, logits], name="fer_explain")
+    return keras.Model(images, [activations, logits], name=name)
 
 
 def with_test_time_flip(model: keras.Model) -> keras.Model:

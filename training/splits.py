@@ -44,5 +44,5 @@ def calibration_split(split: Split, fraction: float, seed: int) -> tuple[Split, 
 
 def training_splits(config: TrainConfig, data: str | Path) -> tuple[Split, Split]:
     """``(images trained on, images held out for the temperature)`` of ``data``'s train split for ``config``."""
-    everything = limit_per_class(read_split(data, "train"), config.limit_per_class, config.seed)
-    return calibration_split(everything, config.calibration_fraction, config.seed)
+    everything = limit_per_class(read_split(data, "train"), config.limit_per_class, config.split_seed)
+    return calibration_split(everything, config.calibration_fraction, config.split_seed)

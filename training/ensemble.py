@@ -1,0 +1,132 @@
+"""Ensembles of trained runs, and a run folder recovered from an export.
+
+* :func:`combine` — several run folders (networks of one architecture trained with different seeds) -> one run
+  folder whose ``model.keras`` averages their probabilities (:func:`training.model.ensemble_of`). ``evaluate``,
+  ``export`` and ``compile`` then treat it as any other run: test-time flip, the temperature and Grad-CAM apply to
+  the ensemble as a whole.
+* :func:`recover` — an exported version -> the run folder it came from (``model.keras``, ``config.json``,
+  ``run.json``), for when the run folder is gone (runs live outside the work tree; what ships is committed). The
+  weights are read from the SavedModel and checked against it.
+
+The members must share their calibration hold-out (``train --holdout-seed``): the ensemble's temperature is fitted
+on those images, so no member may have trained on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import TrainConfig
+from training.inference import rebuild_float32, saved_model_predictor, served_graph
+from training.model import build_inference_model, ensemble_of, load_inference_model
+
+#: Largest |recovered - exported| probability allowed when recovering a run from an export.
+RECOVER_TOLERANCE = 1e-5
+
+
+class EnsembleError(ValueError):
+    """The runs cannot form one ensemble (different architectures or different held-out images)."""
+
+
+def _read_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    config_path = run_dir / "config.json"
+    if not (run_dir / "model.keras").is_file() or not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a finished run (model.keras and config.json expected)")
+    run_path = run_dir / "run.json"
+    return TrainConfig.load(config_path), json.loads(run_path.read_text()) if run_path.is_file() else {}
+
+
+def combine(members: list[str | Path], run_dir: str | Path) -> Path:
+    """Write the ensemble of the finished runs ``members`` to ``run_dir`` and return its ``model.keras``.
+
+    Raises:
+        EnsembleError: fewer than two members, or members of different architectures, hold-outs or data.
+        FileExistsError: ``run_dir`` already holds a model.
+    """
+    if len(members) < 2:
+        raise EnsembleError("an ensemble needs at least two runs")
+    runs = [(Path(m), *_read_run(Path(m))) for m in members]
+    first_dir, first, _ = runs[0]
+    for path, config, record in runs[1:]:
+        if dataclasses.replace(config.arch, test_time_flip=False, temperature=1.0) != dataclasses.replace(
+            first.arch, test_time_flip=False, temperature=1.0
+        ):
+            raise EnsembleError(f"{path} has another architecture than {first_dir}")
+        held = (config.split_seed, config.calibration_fraction, config.limit_per_class)
+        if held != (first.split_seed, first.calibration_fraction, first.limit_per_class):
+            raise EnsembleError(
+                f"{path} held out other training images than {first_dir} (hold-out seed, fraction, limit "
+                f"{held} vs {(first.split_seed, first.calibration_fraction, first.limit_per_class)}): the "
+                "ensemble's temperature would be fitted on images a member trained on; train members with the "
+                "same --holdout-seed"
+            )
+        fingerprints = {r.get("train_fingerprint") for _, _, r in (runs[0], (path, config, record))}
+        if len(fingerprints) > 1 and None not in fingerprints:
+            raise EnsembleError(f"{path} was trained on other images than {first_dir}")
+    out = Path(run_dir)
+    if (out / "model.keras").exists():
+        raise FileExistsError(f"{out / 'model.keras'} already exists")
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = ensemble_of([rebuild_float32(load_inference_model(str(p / "model.keras")), c.arch) for p, c, _ in runs])
+    model.save(out / "model.keras")
+    arch = dataclasses.replace(first.arch, ensemble=len(runs), test_time_flip=False, temperature=1.0)
+    dataclasses.replace(first, arch=arch, holdout_seed=first.split_seed).save(out / "config.json")
+    records = [r for _, _, r in runs]
+    record = {
+        "ensemble_of": [{"run_dir": str(p), **r} for p, _, r in runs],
+        "seconds": round(sum(float(r.get("seconds", 0)) for r in records), 1),
+        **{k: records[0][k] for k in ("train_images", "calibration_images", "train_fingerprint") if k in records[0]},
+        "member_val_accuracy": [r.get("val_accuracy") for r in records],
+    }
+    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out / "model.keras"
+
+
+def recover(export_dir: str | Path, run_dir: str | Path) -> Path:
+    """Rebuild the run folder of the exported version ``export_dir`` in ``run_dir``; returns its ``model.keras``.
+
+    The network is rebuilt from the metadata's architecture, its weights are the SavedModel's variables (written in
+    the network's own order by :func:`training.export.write_saved_model`), and the rebuilt graph must reproduce the
+    export's probabilities within :data:`RECOVER_TOLERANCE` on a random batch.
+
+    Raises:
+        ValueError: the export has no training record, or the rebuilt network does not match it.
+        FileExistsError: ``run_dir`` already holds a model.
+    """
+    import tensorflow as tf
+
+    export_dir = Path(export_dir)
+    predict, served_arch, metadata = saved_model_predictor(export_dir)
+    training = metadata.get("training") or {}
+    if "config" not in training:
+        raise ValueError(f"{export_dir} has no training config in its metadata: nothing to rebuild from")
+    trained_arch = dataclasses.replace(served_arch, test_time_flip=False, temperature=1.0)
+    model = build_inference_model(trained_arch, num_classes=len(metadata["labels"]), pretrained=False)
+    variables = tf.saved_model.load(str(export_dir)).weights
+    if len(variables) != len(model.weights):
+        raise ValueError(f"{export_dir} holds {len(variables)} variables, its architecture has {len(model.weights)}")
+    model.set_weights([v.numpy() for v in variables])
+
+    shape = (8, served_arch.input_size, served_arch.input_size, served_arch.channels)
+    sample = np.random.default_rng(0).integers(0, 256, shape).astype(np.float32)
+    diff = float(np.max(np.abs(np.asarray(served_graph(model, served_arch)(sample)) - predict(sample))))
+    if not diff <= RECOVER_TOLERANCE:
+        raise ValueError(f"the network rebuilt from {export_dir} differs from it by {diff:.3g}")
+
+    out = Path(run_dir)
+    if (out / "model.keras").exists():
+        raise FileExistsError(f"{out / 'model.keras'} already exists")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.keras")
+    config = TrainConfig.from_dict(training["config"])
+    dataclasses.replace(config, arch=trained_arch).save(out / "config.json")
+    record = {k: v for k, v in training.items() if k != "config"}
+    record["recovered_from"] = f"{metadata['name']}/{metadata['version']}"
+    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out / "model.keras"
