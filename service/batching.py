@@ -4,7 +4,8 @@
 it waits for the first pending request, then keeps collecting (strictly FIFO) until the batch holds
 ``max_batch_size`` crops or ``max_wait_s`` has passed since that first request arrived, and runs the model in a
 dedicated thread so the event loop keeps accepting and decoding meanwhile. The queue is bounded in crops: a submit
-that would overflow it fails at once with ``OverloadedError`` instead of letting latency grow.
+that would overflow it fails at once with ``OverloadedError`` instead of letting latency grow. A cancelled submit
+(its request timed out or its client went away) takes its crops out of the queue and the bound at once.
 
 No FastAPI here: the batcher knows numpy arrays, futures and a ``BatchObserver`` for metrics.
 
@@ -80,7 +81,7 @@ class _NullObserver:
         pass
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (the queue removes a withdrawn one)
 class _Pending:
     """One submit's crops waiting for the model."""
 
@@ -172,11 +173,25 @@ class MicroBatcher:
         try:
             results = [await item.future for item in parts]
         except asyncio.CancelledError:
-            # The caller went away: cancel what has not run yet so the worker skips it.
-            for item in parts:
-                item.future.cancel()
+            # The caller went away (cancelled, timed out, client gone): what has not run yet leaves the queue and its
+            # accounting now, not when the worker next looks at it (it may be blocked in a long model call).
+            self._withdraw(parts)
             raise
         return results[0] if len(results) == 1 else np.concatenate(results)
+
+    def _withdraw(self, parts: list[_Pending]) -> None:
+        withdrawn = 0
+        for item in parts:
+            item.future.cancel()
+            try:
+                self._pending.remove(item)  # (at most max_queue items: cheap, and only on cancellation)
+            except ValueError:  # already taken into a batch (or failed by stop): no longer counted
+                continue
+            withdrawn += item.size
+        if withdrawn:
+            self._pending_crops -= withdrawn
+            self._observer.queue_depth(self._pending_crops)
+            self._wakeup.set()  # the worker may be waiting for the head of the queue that just left
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Refuse new work, let the worker finish what is queued (up to ``timeout_s``), then fail the rest."""

