@@ -84,6 +84,8 @@ step "docker-compose config -q (default and monitoring profile)"
 # Grafana's admin password has no default (compose refuses to start without it): a placeholder for the check.
 GRAFANA_ADMIN_PASSWORD=static-check "${COMPOSE[@]}" config -q
 GRAFANA_ADMIN_PASSWORD=static-check "${COMPOSE[@]}" --profile monitoring config -q
+# the hot-reload variant: the model folder mounted from the host (docker-compose.models.yml)
+GRAFANA_ADMIN_PASSWORD=static-check "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.models.yml config -q
 echo "valid"
 
 step "promtool: Prometheus configuration, alert rules and their unit tests"
@@ -143,8 +145,28 @@ grep -q '^kind: ServiceMonitor' "$WORK/overlay.yaml" || fail "no ServiceMonitor 
 "$TOOLS/bin/kubernetes-validate" --strict --quiet --no-warn "$WORK/overlay.yaml"
 echo "ServiceMonitor present; built-in resources valid"
 
+step "model-volume component (hot reload from a volume) renders on top of the base and validates"
+mkdir -p "$WORK/volume"
+cat > "$WORK/volume/kustomization.yaml" <<YAML
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $rel
+components:
+  - $rel/components/model-volume
+YAML
+kubectl kustomize "$WORK/volume" > "$WORK/volume.yaml"
+grep -q '^kind: PersistentVolumeClaim' "$WORK/volume.yaml" || fail "no PersistentVolumeClaim in the rendered overlay"
+grep -q 'FER_MODEL_DIR: /models/' "$WORK/volume.yaml" || fail "FER_MODEL_DIR does not point into the volume"
+for version in 1.27.0 1.37.0; do
+    "$TOOLS/bin/kubernetes-validate" --strict --quiet --kubernetes-version "$version" "$WORK/volume.yaml"
+done
+echo "claim, read-only mount and FER_MODEL_DIR present; valid"
+
 step "checkov: rendered Kubernetes manifests (skipped: $CHECKOV_K8S_SKIPS, reasons above)"
 "$TOOLS/bin/checkov" --skip-download --quiet --compact --framework kubernetes \
     --skip-check "$CHECKOV_K8S_SKIPS" -f "$WORK/overlay.yaml"
+"$TOOLS/bin/checkov" --skip-download --quiet --compact --framework kubernetes \
+    --skip-check "$CHECKOV_K8S_SKIPS" -f "$WORK/volume.yaml"
 
 printf '\nstatic checks passed\n'

@@ -79,6 +79,8 @@ class Metrics:
         self.model_loads = Counter(
             "fer_model_loads", "Model version loads, by result (loaded, failed).", ["result"], registry=r
         )
+        for result in ("loaded", "failed"):  # exported at 0 from the start: increase() then sees the first failure
+            self.model_loads.labels(result=result)
         self.model_version_ready = Gauge(
             "fer_model_version_ready", "1 for each model version loaded and ready.", ["version"], registry=r
         )
