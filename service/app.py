@@ -31,7 +31,7 @@ from service.metrics import Metrics
 from service.model import LoadedModel, load_model
 from service.pipeline import Predictor, QueueObserver, explain_rows
 from service.prepare import PreparePool, PrepareSpec
-from service.registry import ModelRegistry, VersionPolicy
+from service.registry import ModelRegistry, VersionPolicy, freeze_long_lived_objects, reclaim_memory
 from service.web.admission import AdmissionMiddleware, BodyAdmission, DeadlineMiddleware
 from service.web.errors import register_error_handlers
 from service.web.observability import ObservabilityMiddleware
@@ -156,9 +156,13 @@ async def _start(
         build=_builder(state, QueueObserver(state.metrics), batch_clock),
         observer=state.metrics,
         drain_timeout_s=settings.request_deadline_s,  # no request runs longer
+        reclaim=reclaim_memory,
     )
     state.registry = registry
     try:
+        # the libraries' objects out of the cycle collector's way before any version loads (reclaim_memory is cheap)
+        runtime_modules = ("tensorflow", "openvino") if settings.runtime == "openvino" else ("tensorflow",)
+        await asyncio.to_thread(freeze_long_lived_objects, *runtime_modules)
         await registry.poll()
         if registry.default is None:
             failed = sorted(registry.versions.values(), key=lambda v: v.sort_key, reverse=True)
@@ -175,7 +179,17 @@ async def _start(
         if on_fatal is not None:
             on_fatal(state.load_error)
         return
-    seconds = time.perf_counter() - started
+    _announce_ready(state, registry, time.perf_counter() - started)
+    if not registry.fixed:
+        # no local of this coroutine may refer to a version: it waits here for as long as the app runs, and would keep
+        # an unloaded version's model alive (tests/test_model_versions.py checks that none stays)
+        await _watch(state, registry)
+
+
+def _announce_ready(state: ServiceState, registry: ModelRegistry, seconds: float) -> None:
+    """Start-up is done: mark the service ready, record the load in the metrics and log it."""
+    settings = state.settings
+    assert registry.default is not None
     model = registry.default.model
     assert model is not None and state.preparer is not None
     state.preparer.on_restart = state.metrics.prepare_pool_restarted
@@ -196,8 +210,6 @@ async def _start(
             "explanations": model.can_explain,
         },
     )
-    if not registry.fixed:
-        await _watch(state, registry)
 
 
 async def _watch(state: ServiceState, registry: ModelRegistry) -> None:

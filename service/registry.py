@@ -4,8 +4,9 @@
 versions the ``VersionPolicy`` wants, loads and warms up the new ones beside the serving ones (``load``: blocking,
 run in a thread), makes each one servable (``build``), switches the default version atomically to the highest
 ready one, and unloads versions that are gone or no longer wanted once their in-flight requests finished
-(``lease`` counts them). A version that fails to load is kept as ``failed`` with the reason, never takes traffic,
-and is retried when its folder changes (its fingerprint: names, sizes and mtimes of its files).
+(``lease`` counts them), then hands their memory back (``reclaim``: the app passes ``reclaim_memory``). A version
+that fails to load is kept as ``failed`` with the reason, never takes traffic, and is retried when its folder
+changes (its fingerprint: names, sizes and mtimes of its files).
 
 A folder counts as a version when its name is numeric and it holds ``metadata.json`` (after start-up); a
 half-written one fails to load and is retried on a later poll once its files changed. Copy a new version under a
@@ -21,6 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -100,6 +104,38 @@ class RegistryObserver(Protocol):
     def default_version(self, name: str, version: str) -> None: ...
 
 
+_frozen = False
+
+
+def freeze_long_lived_objects(*modules: str) -> None:
+    """Import ``modules`` (the runtime's libraries; one that is missing is skipped: loading reports it), then move
+    every object alive now into the cycle collector's permanent generation (``gc.freeze``), once per process. Call
+    it before the first version loads: TensorFlow alone is ~380,000 objects that live as long as the process, and a
+    full collection (``reclaim_memory``, after each unload) would walk them all, holding the GIL for seconds on a
+    busy machine (4 s measured; 0.7 s with them frozen). The versions loaded afterwards stay collectable."""
+    global _frozen
+    for name in modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    if not _frozen:
+        gc.collect()  # garbage is never frozen
+        gc.freeze()
+        _frozen = True
+
+
+def reclaim_memory() -> dict[str, object]:
+    """Hand an unloaded version's memory back: collect the reference cycles a loaded SavedModel is made of (its
+    objects, functions and the function definitions TensorFlow's eager context keeps for them are freed only by the
+    cycle collector, not when the last reference goes), then ask glibc to return freed heap pages to the system
+    (``malloc_trim``; without it the process keeps them and RSS stays at the peak). What it did, for the log."""
+    started = time.perf_counter()
+    collected = gc.collect()
+    trimmed = False
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): the collection alone
+        trimmed = bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    return {"objects": collected, "malloc_trim": trimmed, "seconds": round(time.perf_counter() - started, 3)}
+
+
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
@@ -157,6 +193,7 @@ class ModelRegistry:
         observer: RegistryObserver | None = None,
         drain_timeout_s: float = 60.0,
         to_thread: Callable[[LoadFn, Path], Awaitable[LoadedModel]] | None = None,
+        reclaim: Callable[[], object] | None = None,
     ) -> None:
         self.root = Path(root)
         self.policy = policy
@@ -165,6 +202,7 @@ class ModelRegistry:
         self._observer = observer
         self.drain_timeout_s = drain_timeout_s
         self._to_thread = to_thread or asyncio.to_thread
+        self._reclaim = reclaim  # called once an unloaded version's objects are dropped
         self.versions: dict[str, ModelVersion] = {}
         self.default: ModelVersion | None = None
         self._lock = asyncio.Lock()
@@ -320,11 +358,13 @@ class ModelRegistry:
         if entry.serving is not None:
             await entry.serving.close()
         entry.serving, entry.model = None, None
+        # still listed as unloading while its memory is handed back: gone from /v1/models means released
+        reclaimed = self._reclaim() if self._reclaim is not None else None  # on the loop: finalizers run here
         if self.versions.get(entry.version) is entry:
             del self.versions[entry.version]
         if self._observer is not None:
             self._observer.version_unloaded(entry.version)
-        log.info("model version unloaded", extra={"version": entry.version})
+        log.info("model version unloaded", extra={"version": entry.version, "reclaimed": reclaimed})
 
     async def close(self) -> None:
         """Stop every version (shutdown): the drains under way finish, the rest stop now."""

@@ -2,18 +2,21 @@
 
 The registry tests use a fake loader (no TensorFlow): what they check is the bookkeeping. The last test runs the real
 service as a subprocess (``python -m service``) with the tiny export, drops version 2 in and removes version 1 while
-clients keep sending requests over real HTTP; every step waits on ``GET /v1/models``, never on a sleep.
+clients keep sending requests over real HTTP; every step waits on ``GET /v1/models``, never on a sleep. The one
+before it runs the app in this process to see that an unloaded version's objects are really released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ import pytest
 from service.errors import ModelLoadError, NotReadyError, VersionNotFoundError, VersionNotReadyError
 from service.model import LoadedModel
 from service.registry import ModelRegistry, VersionPolicy, VersionState
-from tests.servers import free_port, service_env
+from tests.servers import free_port, running_service, service_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -306,3 +309,79 @@ def test_hot_reload_under_load_answers_every_request_from_a_ready_version(export
     assert 'fer_model_version_ready{version="2"} 1.0' in metrics
     assert 'fer_model_version_ready{version="1"}' not in metrics
     assert 'fer_batch_size_count{version="2"}' in metrics
+
+
+def drop_version(source: Path, root: Path, version: str) -> None:
+    """Copy an export under a hidden name, set its metadata's version, rename it into place (docs/deployment.md)."""
+    staging = root / f".incoming-{version}"
+    shutil.copytree(source, staging)
+    metadata = json.loads((staging / "metadata.json").read_text())
+    (staging / "metadata.json").write_text(json.dumps({**metadata, "version": version}))
+    staging.rename(root / version)
+
+
+def version_objects(state: Any, version: str) -> dict[str, weakref.ref[Any]]:
+    """Weak references to what a loaded version is made of: its model, runtime and the TensorFlow objects the
+    runtime holds (the loaded SavedModel, its functions), what serves it (predictor, micro-batchers) and its
+    registry entry. Built in a function so that no local of the test refers to them."""
+    entry = state.registry.versions[version]
+    model, serving = entry.model, entry.serving
+    objects: dict[str, Any] = {
+        "registry entry": entry,
+        "LoadedModel": model,
+        "runtime": model.runtime,
+        "ServedVersion": serving,
+        "Predictor": serving.predictor,
+    }
+    objects.update({f"batcher {i}": batcher for i, batcher in enumerate(serving.batchers)})
+    held = {
+        name: value
+        for name, value in vars(model.runtime).items()
+        if type(value).__module__.startswith(("tensorflow", "openvino"))
+    }
+    assert held, "the runtime holds no TensorFlow or OpenVINO object"
+    objects.update({f"runtime.{name}": value for name, value in held.items()})
+    return {name: weakref.ref(value) for name, value in objects.items()}
+
+
+def tf_function_count() -> int:
+    """Functions registered in TensorFlow's eager context (each loaded SavedModel adds its own)."""
+    from tensorflow.python.eager import context
+
+    return len(context.context().list_function_names())
+
+
+def test_an_unloaded_version_is_released_not_kept_by_the_app(exported_model: Path, tmp_path: Path) -> None:
+    """Version 1 serves predictions and explanations (its batchers, explain function and TensorFlow functions are
+    all used), version 2 is dropped in and version 1 removed; once /v1/models no longer lists it, nothing of version
+    1 is alive and TensorFlow's eager context holds only version 2's functions. The automatic garbage collection is
+    off meanwhile and the test never collects: the unload's own collection must free the version
+    (service.registry.reclaim_memory), whenever the collector would have run."""
+    root = tmp_path / "tiny"
+    shutil.copytree(exported_model, root / "1")
+    image = png_face()
+    headers = {"content-type": "image/png"}
+    # TensorFlow: a loaded SavedModel is the object graph with reference cycles (whatever the default runtime is)
+    settings = {"runtime": "tensorflow", "precision": "fp32", "model_poll_interval_s": 0.1, "prepare_processes": 0}
+    with running_service(root, **settings) as service, httpx.Client() as http:
+        for query in ("detect=false", "detect=false&explain=true", "detect=false&version=1"):
+            response = http.post(f"{service.url}/predict?{query}", content=image, headers=headers, timeout=60)
+            assert response.status_code == 200 and response.json()["model"]["version"] == "1", response.text
+        refs = version_objects(service.state, "1")
+        assert len(refs) >= 8  # two batchers (predict, explain) and the runtime's TensorFlow objects among them
+        functions = tf_function_count()  # version 1's functions in TensorFlow's eager context
+        gc.disable()  # a loaded SavedModel is reference cycles: freed by the unload's own collection, not by chance
+        try:
+            drop_version(exported_model, root, "2")
+            wait_for(service.url, lambda b: b["default_version"] == "2", "version 2 to take traffic")
+            shutil.rmtree(root / "1")
+            wait_for(service.url, lambda b: [v["version"] for v in b["versions"]] == ["2"], "version 1 to unload")
+            alive = sorted(name for name, ref in refs.items() if ref() is not None)
+        finally:
+            gc.enable()
+        assert alive == [], f"still alive after version 1 unloaded: {alive}"
+        # the function definitions TensorFlow keeps for a loaded SavedModel go only when its cycles are collected
+        assert tf_function_count() == functions, "TensorFlow still holds version 1's functions"
+        response = http.post(f"{service.url}/predict?detect=false", content=image, headers=headers, timeout=60)
+        assert response.status_code == 200 and response.json()["model"]["version"] == "2"
+        assert "@1" not in " ".join(service.state.registry.default.serving.observer._depths)  # queue depths forgotten
