@@ -29,7 +29,7 @@ from service.config import Settings
 from service.errors import ModelLoadError
 from service.metrics import Metrics
 from service.model import LoadedModel, load_model
-from service.pipeline import Predictor, QueueObserver, explain_rows
+from service.pipeline import PixelBudget, Predictor, QueueObserver, explain_rows
 from service.prepare import PreparePool, PrepareSpec
 from service.registry import ModelRegistry, VersionPolicy, freeze_long_lived_objects, reclaim_memory
 from service.web.admission import AdmissionMiddleware, BodyAdmission, DeadlineMiddleware
@@ -134,6 +134,7 @@ def _builder(
             max_pending_images=settings.max_pending_images,
             explainer=explainer,
             explain_max_faces=settings.explain_max_faces,
+            pixels=state.pixels,
         )
         return ServedVersion(version, predictor, batchers, observer)
 
@@ -260,6 +261,7 @@ def create_app(
     """A new app for ``settings`` with its own metrics registry; the model loads when the app starts.
     ``batch_clock`` measures the batchers' windows (a seam for tests; default: the real monotonic clock)."""
     state = ServiceState(settings=settings, metrics=Metrics())
+    state.pixels = PixelBudget(settings.max_pixel_bytes_in_flight, state.metrics)  # shared by every version
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import describe_validation_errors
 from service.faces import DEFAULT_DETECTOR, DEFAULT_THRESHOLD, DETECTORS
+from service.images import MAX_DECODED_BYTES_PER_PIXEL
 
 ENV_PREFIX = "FER_"
 
@@ -170,6 +171,14 @@ class Settings(BaseSettings):
         "route's limit when undeclared), reserved before they are read (503 overloaded above).",
     )
 
+    max_pixel_bytes_in_flight: int = Field(
+        1024 * MiB,
+        ge=1024,
+        description="Most bytes of decoded pixels the images in progress may count together (each image: its declared "
+        "width x height, at most max_image_pixels, x 3 or 4 bytes), reserved per request from the image headers "
+        "before decoding (503 overloaded above; 413 for one request over it alone).",
+    )
+
     # --- access -----------------------------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
@@ -287,6 +296,16 @@ class Settings(BaseSettings):
                     ("max_body_bytes_in_flight", "max_upload_bytes", "max_batch_images"),
                     f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) must be at least the largest "
                     f"/predict/batch body, max_upload_bytes x max_batch_images + 64 KiB ({self.max_batch_body_bytes})",
+                )
+            )
+        if self.max_pixel_bytes_in_flight < self.max_image_pixels * MAX_DECODED_BYTES_PER_PIXEL:
+            # one image of the largest size would be refused (413) even by an idle service
+            found.append(
+                Conflict(
+                    ("max_pixel_bytes_in_flight", "max_image_pixels"),
+                    f"max_pixel_bytes_in_flight ({self.max_pixel_bytes_in_flight}) must be at least max_image_pixels "
+                    f"x {MAX_DECODED_BYTES_PER_PIXEL} bytes ({self.max_image_pixels * MAX_DECODED_BYTES_PER_PIXEL}): "
+                    "one image of the largest size would be refused even by an idle service",
                 )
             )
         return found

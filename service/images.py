@@ -15,6 +15,12 @@ What `decode_image` guarantees:
   `InvalidImageError`; an image in a format outside `ACCEPTED_FORMATS` → `UnsupportedImageError`; more pixels
   than allowed → `ImageTooLargeError`.
 
+`read_header` learns an image's declared size and bytes per pixel from its first bytes without decoding anything,
+in bounded time (fixed offsets for PNG, GIF, BMP, WebP and TIFF; a JPEG's markers are walked segment by segment,
+at most `MAX_JPEG_SEGMENTS` of them and `MAX_JPEG_JUNK_BYTES` of fill or junk bytes, else the file is refused as
+invalid: Pillow's own header parser reads a JPEG one marker at a time in Python, and a 10 MiB file of nothing but
+comment markers held it for 23 s). `decoded_bytes` turns that into what admission counts (`service.pipeline`).
+
 JPEG (most uploads, every webcam frame) takes a fast path through OpenCV's decoder, about twice as fast as
 Pillow's (benchmarks/DETECTORS.md); OpenCV applies the EXIF orientation itself. The fast path is only taken for a
 stream that ends with the JPEG end-of-image marker and is not CMYK, because OpenCV silently returns a partly grey
@@ -24,17 +30,27 @@ image for a truncated JPEG where Pillow raises; every other case goes through Pi
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from service.errors import EmptyImageError, ImageTooLargeError, InvalidImageError, UnsupportedImageError
 
-__all__ = ["ACCEPTED_FORMATS", "decode_image"]
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "MAX_DECODED_BYTES_PER_PIXEL",
+    "MIN_DECODED_BYTES_PER_PIXEL",
+    "ImageHeader",
+    "decode_image",
+    "decoded_bytes",
+    "read_header",
+]
 
 #: Pillow format names that are decoded. MPO is what Pillow calls the JPEG files many phone cameras write
 #: (a JPEG with extra images appended); GIF is accepted for its first frame.
@@ -94,6 +110,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     """
     if not data:
         raise EmptyImageError("The request carries no image data.")
+    read_header(data)  # refuses a JPEG whose header Pillow would take seconds to parse (bounded: microseconds)
     image = _open_header(data, max_pixels)
     width, height = image.size
     if width <= 0 or height <= 0:
@@ -303,3 +320,184 @@ def _scale_16bit(values: np.ndarray) -> np.ndarray:
     """Map 16-bit samples (0..65535) to 8 bits with rounding: 65535 → 255, 32768 → 128 (on one band at a time)."""
     values = np.clip(values.astype(np.int64), 0, 65535)
     return ((values * 255 + 32767) // 65535).astype(np.uint8)
+
+
+# --- declared size without decoding (admission by decoded bytes) --------------------------------------------------
+
+#: Bytes a pixel is counted at, at least (the RGB array every image becomes) and at most (the widest canvas a
+#: decoder here holds: Pillow stores every multi-channel mode, 16-bit RGB(A) and 32-bit gray included, in 4 bytes a
+#: pixel; OpenCV's JPEG decoder 3 and its WebP decoder 4).
+MIN_DECODED_BYTES_PER_PIXEL = 3
+MAX_DECODED_BYTES_PER_PIXEL = 4
+#: A JPEG's header may have at most this many marker segments before its first scan (real files have tens; the
+#: walk of 2,000 takes a few ms, Pillow's parse of them ~30 ms).
+MAX_JPEG_SEGMENTS = 2_000
+#: ...and at most this many fill (0xFF) or junk bytes between them (real files have none or a few).
+MAX_JPEG_JUNK_BYTES = 64 * 1024
+
+_NOT_FF = re.compile(rb"[^\xff]")
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header declares: its format (Pillow's name), canvas size and bytes per pixel of its samples
+    (channels x bytes per sample, e.g. 8 for 16-bit RGBA PNG, 1 for a palette or 8-bit gray image)."""
+
+    format: str
+    width: int
+    height: int
+    bytes_per_pixel: float
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def decoded_bytes(data: bytes, *, max_pixels: int) -> int:
+    """The bytes of decoded pixels admission counts for ``data``: its declared pixels (at most ``max_pixels``: a
+    larger image is refused before it is decoded) x its bytes per pixel, between 3 and 4 (see
+    `MIN_DECODED_BYTES_PER_PIXEL`). When the header cannot be read, the worst case: ``max_pixels`` x 4.
+
+    Raises `InvalidImageError` for a JPEG whose header is not bounded (`read_header`)."""
+    header = read_header(data)
+    if header is None or header.width <= 0 or header.height <= 0:
+        return max_pixels * MAX_DECODED_BYTES_PER_PIXEL
+    per_pixel = min(MAX_DECODED_BYTES_PER_PIXEL, max(MIN_DECODED_BYTES_PER_PIXEL, header.bytes_per_pixel))
+    return int(min(header.pixels, max_pixels) * per_pixel)
+
+
+def read_header(data: bytes) -> ImageHeader | None:
+    """The size and sample layout ``data``'s header declares, read without decoding and in bounded time; None when
+    the format is not recognised or the header is short or odd (the decoder then says what is wrong).
+
+    Raises `InvalidImageError` for a JPEG with more than `MAX_JPEG_SEGMENTS` marker segments or more than
+    `MAX_JPEG_JUNK_BYTES` junk bytes before its first scan."""
+    try:
+        if data[:3] == b"\xff\xd8\xff":
+            return _jpeg_header(data)
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            return _png_header(data)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            width, height = struct.unpack_from("<HH", data, 6)
+            return ImageHeader("GIF", width, height, 3)
+        if data[:2] == b"BM":
+            return _bmp_header(data, 14, "BMP")
+        if len(data) >= 4 and struct.unpack_from("<I", data)[0] in (12, 40, 52, 56, 64, 108, 124):
+            return _bmp_header(data, 0, "DIB")
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_header(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_header(data)
+    except struct.error:  # shorter than its header
+        return None
+    return None
+
+
+def _png_header(data: bytes) -> ImageHeader | None:
+    if data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour)
+    if channels is None:
+        return None
+    return ImageHeader("PNG", width, height, channels * (2 if depth == 16 else 1))
+
+
+def _bmp_header(data: bytes, at: int, name: str) -> ImageHeader | None:
+    size = struct.unpack_from("<I", data, at)[0]
+    if size == 12:  # OS/2 core header
+        width, height, _, bits = struct.unpack_from("<HHHH", data, at + 4)
+    else:
+        width, height, _, bits = struct.unpack_from("<iiHH", data, at + 4)
+    return ImageHeader(name, abs(width), abs(height), max(bits, 8) / 8)
+
+
+def _webp_header(data: bytes) -> ImageHeader | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        flags = data[20]
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return ImageHeader("WEBP", width, height, 4 if flags & 0x10 else 3)
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        bits = struct.unpack_from("<I", data, 21)[0]
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        return ImageHeader("WEBP", width, height, 4 if (bits >> 28) & 1 else 3)
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack_from("<HH", data, 26)
+        return ImageHeader("WEBP", width & 0x3FFF, height & 0x3FFF, 3)
+    return None
+
+
+#: TIFF field types' sizes (SHORT, LONG) and the tags read.
+_TIFF_SIZES = {3: ("H", 2), 4: ("I", 4)}
+_TIFF_WIDTH, _TIFF_HEIGHT, _TIFF_BITS, _TIFF_SAMPLES = 256, 257, 258, 277
+
+
+def _tiff_header(data: bytes) -> ImageHeader | None:
+    """The first image file directory's size, samples per pixel and bits per sample (the first page is decoded)."""
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack_from(order + "I", data, 4)
+    (count,) = struct.unpack_from(order + "H", data, offset)
+    fields: dict[int, int] = {}
+    for index in range(count):  # at most 65,535 entries of 12 bytes
+        tag, kind, values, value = struct.unpack_from(order + "HHI4s", data, offset + 2 + 12 * index)
+        if tag not in (_TIFF_WIDTH, _TIFF_HEIGHT, _TIFF_BITS, _TIFF_SAMPLES) or kind not in _TIFF_SIZES:
+            continue
+        code, size = _TIFF_SIZES[kind]
+        raw = value if values * size <= 4 else data[struct.unpack(order + "I", value)[0] :][:size]
+        fields[tag] = struct.unpack_from(order + code, raw)[0]  # (bits per sample: the first sample's)
+    if _TIFF_WIDTH not in fields or _TIFF_HEIGHT not in fields:
+        return None
+    samples = fields.get(_TIFF_SAMPLES, 1)
+    bits = fields.get(_TIFF_BITS, 1)
+    return ImageHeader("TIFF", fields[_TIFF_WIDTH], fields[_TIFF_HEIGHT], samples * max(bits, 8) / 8)
+
+
+def _jpeg_header(data: bytes) -> ImageHeader | None:
+    """Walk the markers up to the first scan as Pillow's parser does (its table says which have a length), in at
+    most `MAX_JPEG_SEGMENTS` steps; the size and components come from the frame header (SOFn)."""
+    markers = JpegImagePlugin.MARKER
+    position, segments, junk = 2, 0, 0
+    header: ImageHeader | None = None
+    end = len(data)
+    while position < end:
+        if data[position] != 0xFF:  # junk before a marker: skip to the next 0xFF
+            found = data.find(b"\xff", position, position + MAX_JPEG_JUNK_BYTES - junk + 1)
+            junk += (found if found >= 0 else end) - position
+            position = found if found >= 0 else end
+            if junk > MAX_JPEG_JUNK_BYTES:
+                raise InvalidImageError(f"The JPEG header has more than {MAX_JPEG_JUNK_BYTES} bytes of junk.")
+            continue
+        # fill bytes: 0xFF repeated; the last one starts the marker
+        run = _NOT_FF.search(data, position, position + MAX_JPEG_JUNK_BYTES - junk + 2)
+        stop = run.start() if run else end
+        junk += stop - position - 1
+        position = stop - 1
+        if junk > MAX_JPEG_JUNK_BYTES:
+            raise InvalidImageError(f"The JPEG header has more than {MAX_JPEG_JUNK_BYTES} bytes of junk or padding.")
+        if position + 1 >= end:
+            return None
+        marker = 0xFF00 | data[position + 1]
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise InvalidImageError(f"The JPEG header has more than {MAX_JPEG_SEGMENTS} marker segments.")
+        if marker == 0xFF00:  # an escaped 0xFF: junk
+            position += 2
+            continue
+        entry = markers.get(marker)
+        if entry is None:
+            return None  # not a marker Pillow knows: it refuses the file
+        if marker == 0xFFDA:  # start of scan: the header is over
+            return header
+        if entry[2] is None:  # no length (SOI, EOI, RSTn, ...)
+            position += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        if length < 2:
+            return None
+        if 0xFFC0 <= marker <= 0xFFCF and marker not in (0xFFC4, 0xFFC8, 0xFFCC) and header is None:
+            precision, height, width, components = struct.unpack_from(">BHHB", data, position + 4)
+            header = ImageHeader("JPEG", width, height, components * (2 if precision > 8 else 1))
+        position += 2 + length
+    return None

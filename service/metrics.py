@@ -74,6 +74,11 @@ class Metrics:
             "Bytes reserved by the request bodies in flight (declared length, or the route's limit).",
             registry=r,
         )
+        self.pixel_bytes_in_flight = Gauge(
+            "fer_pixel_bytes_in_flight",
+            "Bytes of decoded pixels reserved by the images in progress (declared size x 3 or 4 bytes a pixel).",
+            registry=r,
+        )
         self.model_load_seconds = Gauge("fer_model_load_seconds", "Time to load and validate the model.", registry=r)
         self.model_info = Info("fer_model", "The model being served (its default version).", registry=r)
         self.model_loads = Counter(

@@ -28,10 +28,12 @@ from service.batching import BatchFn, BatchObserver, MicroBatcher
 from service.errors import (
     BatchImageError,
     ExplanationsUnavailableError,
+    ImageTooLargeError,
     InvalidParameterError,
     OverloadedError,
     ServiceError,
 )
+from service.images import decoded_bytes
 from service.metrics import Metrics
 from service.model import EXPLANATIONS_UNAVAILABLE, LoadedModel
 from service.prepare import Prepared, PreparePool
@@ -188,6 +190,39 @@ async def all_or_none(*steps: Awaitable[T]) -> list[T]:
         raise
 
 
+class PixelBudget:
+    """The bytes of decoded pixels the images in progress may count together (``max_pixel_bytes_in_flight``), shared
+    by every model version (they share the detection workers). A request reserves all of its images' bytes
+    (`service.images.decoded_bytes`, read from their headers) before any of them goes to a worker, and gives them
+    back when it is done, failed or cancelled. One event loop: no lock."""
+
+    def __init__(self, max_bytes: int, metrics: Metrics) -> None:
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+        self.bytes = 0
+
+    def reserve(self, size: int) -> None:
+        """Reserve ``size`` bytes, or raise: `ImageTooLargeError` (413) when ``size`` alone is over the budget,
+        `OverloadedError` (503, Retry-After) when the requests in progress hold too much of it now."""
+        if size > self.max_bytes:
+            raise ImageTooLargeError(
+                f"the images of this request decode to {size} bytes together (declared sizes x bytes per pixel, "
+                f"3 or 4); at most {self.max_bytes} bytes are decoded at once (max_pixel_bytes_in_flight): send "
+                "fewer or smaller images per request"
+            )
+        if self.bytes + size > self.max_bytes:
+            raise OverloadedError(
+                f"the service is busy ({self.bytes} of {self.max_bytes} bytes of decoded pixels in progress); "
+                "retry shortly"
+            )
+        self.bytes += size
+        self.metrics.pixel_bytes_in_flight.set(self.bytes)
+
+    def release(self, size: int) -> None:
+        self.bytes -= size
+        self.metrics.pixel_bytes_in_flight.set(self.bytes)
+
+
 class Predictor:
     """Runs the pipeline for one model, one detector and one batcher (all owned by the app's lifespan)."""
 
@@ -201,6 +236,7 @@ class Predictor:
         max_pending_images: int | None = None,
         explainer: MicroBatcher | None = None,
         explain_max_faces: int = 8,
+        pixels: PixelBudget | None = None,
     ) -> None:
         self.model = model
         self.preparer = preparer
@@ -214,6 +250,9 @@ class Predictor:
         # without this bound an overload would grow that queue, and everyone's latency, without limit.
         self.max_pending_images = max_pending_images
         self.pending_images = 0
+        # Admission by decoded bytes (None: not bounded): what the images in progress will decode to, so that a
+        # few small files declaring huge canvases cannot queue minutes of worker time (docs/reliability.md).
+        self.pixels = pixels
 
     def check_options(self, options: Options) -> None:
         """Refuse options this model or server cannot honour before any work: ``explanations_unavailable`` (no
@@ -293,21 +332,36 @@ class Predictor:
 
         Any image that fails to decode fails the whole call with a `BatchImageError` naming the image's index; the
         other images' work stops then (`all_or_none`), before the admission slots are given back.
-        Raises ``OverloadedError`` at once when ``max_pending_images`` images are already in the pipeline, and the
-        errors of `check_options`.
+        Before any image goes to a worker, each one's header is read (`service.images.decoded_bytes`: a JPEG whose
+        header is unbounded fails here, `InvalidImageError` in a `BatchImageError`) and the call reserves its images'
+        decoded bytes in the `PixelBudget`. Raises ``OverloadedError`` at once when ``max_pending_images`` images or
+        the budget's bytes are already in the pipeline, ``ImageTooLargeError`` when the images alone are over the
+        budget, and the errors of `check_options`.
         """
         self.check_options(options)
         count = len(images)
+        size = 0
+        if self.pixels is not None:
+            max_pixels = self.preparer.spec.max_pixels
+            for index, data in enumerate(images):
+                try:
+                    size += decoded_bytes(data, max_pixels=max_pixels) if data else 0
+                except ServiceError as exc:
+                    raise BatchImageError(index, exc) from exc
         if self.max_pending_images is not None and self.pending_images + count > self.max_pending_images:
             raise OverloadedError(
                 f"the service is busy ({self.pending_images} of {self.max_pending_images} images "
                 "in progress); retry shortly"
             )
+        if self.pixels is not None:
+            self.pixels.reserve(size)
         self.pending_images += count  # one event loop: no lock needed
         try:
             return await self._predict_many(images, options)
         finally:
             self.pending_images -= count
+            if self.pixels is not None:
+                self.pixels.release(size)
 
     async def _predict_many(self, images: list[bytes], options: Options) -> list[ImageResult]:
         started = time.perf_counter()

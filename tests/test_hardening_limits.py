@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -16,13 +17,18 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 from websockets.sync.client import connect
 
 from service import prepare as prepare_module
 from service.config import ImpossibleSettingsError, Settings
+from service.errors import InvalidImageError
+from service.images import decoded_bytes, read_header
 from service.prepare import PreparePool
 from tests import photos, worker_probe
 from tests.clocks import gated_model
@@ -235,3 +241,243 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+# --- 4. admission by decoded pixel bytes ----------------------------------------------------------------------------
+
+
+def _encoded(mode: str, size: tuple[int, int], fmt: str, **options: object) -> bytes:
+    image = Image.new(mode, size, 200 if mode in ("L", "P", "I;16", "I", "F", "1") else None)
+    if image.mode != mode:
+        image = image.convert(mode)
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+#: (format, mode, save options, bytes per pixel the header declares, bytes per pixel admission counts)
+HEADER_CASES = [
+    ("PNG", "RGB", {}, 3, 3),
+    ("PNG", "RGBA", {}, 4, 4),
+    ("PNG", "L", {}, 1, 3),
+    ("PNG", "I;16", {}, 2, 3),
+    ("PNG", "P", {}, 1, 3),
+    ("JPEG", "RGB", {}, 3, 3),
+    ("JPEG", "L", {}, 1, 3),
+    ("JPEG", "CMYK", {}, 4, 4),
+    ("JPEG", "RGB", {"progressive": True}, 3, 3),
+    ("GIF", "P", {}, 3, 3),
+    ("BMP", "RGB", {}, 3, 3),
+    ("BMP", "RGBA", {}, 4, 4),
+    ("BMP", "L", {}, 1, 3),
+    ("WEBP", "RGB", {"quality": 80}, 3, 3),
+    ("WEBP", "RGB", {"lossless": True}, 3, 3),
+    ("WEBP", "RGBA", {"lossless": True}, 4, 4),
+    ("WEBP", "RGBA", {"quality": 80}, 4, 4),
+    ("WEBP", "RGB", {"quality": 80, "exif": b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00"}, 3, 3),
+    ("TIFF", "RGB", {}, 3, 3),
+    ("TIFF", "RGBA", {}, 4, 4),
+    ("TIFF", "I;16", {}, 2, 3),
+    ("TIFF", "F", {}, 4, 4),
+    ("TIFF", "RGB", {"compression": "tiff_lzw"}, 3, 3),
+]
+
+
+@pytest.mark.parametrize(("fmt", "mode", "options", "declared", "counted"), HEADER_CASES)
+def test_the_header_reader_reads_size_and_bytes_per_pixel_of_each_format(
+    fmt: str, mode: str, options: dict[str, object], declared: float, counted: int
+) -> None:
+    data = _encoded(mode, (301, 173), fmt, **options)
+    header = read_header(data)
+    assert header is not None
+    opened = Image.open(io.BytesIO(data))
+    assert (header.format, header.width, header.height) == (opened.format, *opened.size) == (fmt, 301, 173)
+    assert header.bytes_per_pixel == declared
+    assert decoded_bytes(data, max_pixels=10**6) == 301 * 173 * counted
+    assert decoded_bytes(data, max_pixels=1000) == 1000 * counted  # at most the pixel limit: above it is refused
+
+
+def test_the_header_reader_reads_big_endian_tiff_and_16_bit_png() -> None:
+    array = np.full((40, 50, 3), 40000, dtype=np.uint16)
+    png = cv2.imencode(".png", array)[1].tobytes()  # 16-bit RGB: 6 bytes a pixel declared, 4 counted
+    header = read_header(png)
+    assert header is not None and (header.width, header.height, header.bytes_per_pixel) == (50, 40, 6)
+    assert decoded_bytes(png, max_pixels=10**6) == 50 * 40 * 4
+    out = io.BytesIO()
+    Image.new("RGB", (64, 32)).save(out, "TIFF")
+    little = out.getvalue()
+    big = _tiff_big_endian(64, 32)
+    for data in (little, big):
+        header = read_header(data)
+        assert header is not None and (header.format, header.width, header.height) == ("TIFF", 64, 32)
+        assert Image.open(io.BytesIO(data)).size == (64, 32)
+
+
+def _tiff_big_endian(width: int, height: int) -> bytes:
+    """A minimal uncompressed big-endian ("MM") RGB TIFF, written field by field."""
+    import struct
+
+    pixels = bytes(width * height * 3)
+    entries = [
+        (256, 3, 1, width),
+        (257, 3, 1, height),
+        (258, 3, 1, 8),  # (one value for three samples: Pillow reads it as 8,8,8)
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, 0),  # strip offset, filled in below
+        (277, 3, 1, 3),
+        (278, 3, 1, height),
+        (279, 4, 1, len(pixels)),
+    ]
+    ifd_size = 2 + 12 * len(entries) + 4
+    data_offset = 8 + ifd_size
+    ifd = struct.pack(">H", len(entries))
+    for tag, kind, count, value in entries:
+        value = data_offset if tag == 273 else value
+        packed = struct.pack(">HI", value, 0)[:4] if kind == 3 else struct.pack(">I", value)
+        ifd += struct.pack(">HHI", tag, kind, count) + packed
+    return b"MM\x00*" + struct.pack(">I", 8) + ifd + struct.pack(">I", 0) + pixels
+
+
+def test_an_unreadable_header_counts_as_the_largest_image() -> None:
+    png = _encoded("RGB", (30, 20), "PNG")
+    for data in (png[:20], b"not an image at all", b"\xff\xd8\xff\xe0\x00"):
+        assert decoded_bytes(data, max_pixels=5000) == 5000 * 4
+
+
+def comment_marker_jpeg(size: int) -> bytes:
+    """A real JPEG with ``size`` bytes of four-byte comment segments before its frame header."""
+    jpeg = photos.encode(np.full((32, 32, 3), 128, dtype=np.uint8))
+    return jpeg[:2] + b"\xff\xfe\x00\x02" * (size // 4) + jpeg[2:]
+
+
+def test_the_jpeg_marker_walk_is_bounded() -> None:
+    jpeg = photos.encode(np.full((32, 32, 3), 128, dtype=np.uint8))
+    with pytest.raises(InvalidImageError, match="marker segments"):
+        read_header(comment_marker_jpeg(10 * 1024 * 1024 - 4096))
+    with pytest.raises(InvalidImageError, match="junk or padding"):
+        read_header(jpeg[:2] + b"\xff" * (1 << 20) + jpeg[2:])
+    app0 = 4 + int.from_bytes(jpeg[4:6], "big")  # junk after the first segment
+    with pytest.raises(InvalidImageError, match="junk"):
+        read_header(jpeg[:app0] + b"\x00" * (1 << 20) + jpeg[app0:])
+    # a few hundred segments and a little padding are fine, and Pillow agrees on the size
+    fine = comment_marker_jpeg(4 * 500)
+    fine = fine[:2] + b"\xff" * 10 + fine[2:]
+    header = read_header(fine)
+    assert header is not None and (header.width, header.height) == Image.open(io.BytesIO(fine)).size == (32, 32)
+
+
+@pytest.fixture(scope="module")
+def pixel_budget(exported_model: Path) -> Iterator[RunningService]:
+    """One detection worker; images of at most 1 MP; 4.5 MB of decoded pixels in flight: one 1000x1000 RGB image
+    (3 MB) fits, and an 800x800 one (1.92 MB) does not fit beside it."""
+    with running_service(
+        exported_model,
+        prepare_processes=1,
+        max_image_pixels=1_000_000,
+        max_pixel_bytes_in_flight=4_500_000,
+        max_batch_images=4,
+    ) as running:
+        yield running
+
+
+def pixel_bytes(service: RunningService) -> float:
+    return metric_value(service.metrics(), "fer_pixel_bytes_in_flight")
+
+
+def rgb_png(width: int, height: int) -> bytes:
+    return photos.encode(np.full((height, width, 3), 90, dtype=np.uint8), "PNG")
+
+
+def test_a_jpeg_made_of_comment_markers_is_refused_before_it_reaches_a_worker(
+    pixel_budget: RunningService, client: httpx.Client, tmp_path: Path
+) -> None:
+    """Pillow's header parser takes seconds over a JPEG of nothing but comment markers, in the detection worker;
+    the service refuses it (400 invalid_image) from the event loop: the worker never sees it, as the sentinel sent
+    after it shows (one worker, FIFO)."""
+    log = tmp_path / "ran.log"
+    bomb = worker_probe.probe(comment_marker_jpeg(10 * 1024 * 1024 - 8192), name="bomb", log=log)
+    with probed(pixel_budget):
+        answer = client.post(pixel_budget.url + "/predict", content=bomb, headers={"Content-Type": "image/jpeg"})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "invalid_image"
+        files = [("files", ("ok.jpg", small_jpeg(), "image/jpeg")), ("files", ("bomb.jpg", bomb, "image/jpeg"))]
+        batch = client.post(pixel_budget.url + "/predict/batch", files=files)
+        assert batch.status_code == 400, batch.text
+        assert "bomb.jpg" in batch.json()["error"]["message"]
+        sentinel = worker_probe.probe(small_jpeg(), name="sentinel", log=log)
+        after = client.post(pixel_budget.url + "/predict", content=sentinel, headers={"Content-Type": "image/jpeg"})
+        assert after.status_code == 200
+    assert [name for name, _, _ in worker_probe.logged(log)] == ["sentinel"]
+    assert pixel_bytes(pixel_budget) == 0
+
+
+def test_the_pixel_budget_refuses_a_second_large_request_while_the_first_is_held(
+    pixel_budget: RunningService, client: httpx.Client, tmp_path: Path
+) -> None:
+    """A 1000x1000 image (3 MB counted) is held in the worker; an 800x800 one (1.92 MB) would pass the 4.5 MB
+    budget: 503 overloaded with Retry-After at once, although one image in progress is far from max_pending_images.
+    Once the first is answered, the gauge is back at 0 and the same image is served."""
+    gate = tmp_path / "gate"
+    first = worker_probe.probe(rgb_png(1000, 1000), name="first", hold=gate)
+    second = rgb_png(800, 800)
+
+    def post(data: bytes) -> httpx.Response:
+        return client.post(pixel_budget.url + "/predict", content=data, headers={"Content-Type": "image/png"})
+
+    with probed(pixel_budget), concurrent.futures.ThreadPoolExecutor(1) as threads:
+        held = threads.submit(post, first)
+        assert wait_until(lambda: Path(f"{gate}.entered").exists(), timeout=120)
+        assert pixel_bytes(pixel_budget) == 3_000_000
+        refused = post(second)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert refused.headers["retry-after"] == "1"
+        assert "bytes of decoded pixels" in refused.json()["error"]["message"]
+        assert pixel_bytes(pixel_budget) == 3_000_000  # the refused request reserved nothing
+        gate.touch()
+        assert held.result(timeout=120).status_code == 200
+    assert pixel_bytes(pixel_budget) == 0
+    assert post(second).status_code == 200
+    assert pixel_bytes(pixel_budget) == 0
+
+
+def test_one_request_over_the_pixel_budget_alone_is_413(pixel_budget: RunningService, client: httpx.Client) -> None:
+    files = [("files", (f"{i}.png", rgb_png(1000, 1000), "image/png")) for i in range(2)]  # 6 MB > 4.5 MB
+    answer = client.post(pixel_budget.url + "/predict/batch", files=files)
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"]["code"] == "image_too_large"
+    assert "max_pixel_bytes_in_flight" in answer.json()["error"]["message"]
+    assert pixel_bytes(pixel_budget) == 0
+
+
+def test_the_pixel_budget_is_given_back_after_a_failure_and_a_cancellation(
+    pixel_budget: RunningService, client: httpx.Client, tmp_path: Path
+) -> None:
+    """A batch whose second image is corrupt (400) gives its bytes back; so does a stream frame whose stream closes
+    while the frame is held in the worker (its work cancelled: the gauge returns to 0 before the worker is let go)."""
+    png = rgb_png(600, 600)
+    files = [("files", ("good.png", png, "image/png")), ("files", ("bad.png", png[: len(png) // 2], "image/png"))]
+    failed = client.post(pixel_budget.url + "/predict/batch", files=files)
+    assert failed.status_code == 400, failed.text
+    assert pixel_bytes(pixel_budget) == 0
+    gate = tmp_path / "gate"
+    frame = worker_probe.probe(small_jpeg(), name="frame", hold=gate)
+    with probed(pixel_budget):
+        with connect(pixel_budget.ws_url + "/ws/stream", open_timeout=60) as ws:
+            ws.send(json.dumps({"detect": False}))
+            assert json.loads(ws.recv(timeout=60))["type"] == "options"
+            ws.send(frame)
+            assert wait_until(lambda: Path(f"{gate}.entered").exists(), timeout=120)
+            assert pixel_bytes(pixel_budget) == 48 * 48 * 3
+        assert wait_until(lambda: pixel_bytes(pixel_budget) == 0, timeout=60)  # the worker still holds the frame
+        gate.touch()
+        after = client.post(pixel_budget.url + "/predict", content=small_jpeg(), headers={"Content-Type": "image/jpeg"})
+        assert after.status_code == 200
+    assert pixel_bytes(pixel_budget) == 0
+
+
+def test_a_pixel_budget_smaller_than_one_largest_image_is_refused() -> None:
+    error = _impossible(max_image_pixels=1_000_000, max_pixel_bytes_in_flight=3_999_999)
+    assert [c.names for c in error.conflicts] == [("max_pixel_bytes_in_flight", "max_image_pixels")]
+    assert "max_pixel_bytes_in_flight (3999999) must be at least max_image_pixels x 4 bytes (4000000)" in str(error)

@@ -13,7 +13,7 @@ from service.batching import MicroBatcher
 from service.config import Settings
 from service.metrics import Metrics
 from service.model import LoadedModel
-from service.pipeline import Predictor
+from service.pipeline import PixelBudget, Predictor
 from service.prepare import PreparePool
 from service.registry import ModelRegistry, ModelVersion
 from service.web.schemas import ModelRef
@@ -27,6 +27,7 @@ class ServiceState:
     metrics: Metrics
     registry: ModelRegistry | None = None  # the model versions (service/registry.py)
     preparer: PreparePool | None = None
+    pixels: PixelBudget | None = None  # decoded bytes in flight, shared by every version (service/pipeline.py)
     ready: bool = False
     shutting_down: bool = False
     load_error: str | None = None
