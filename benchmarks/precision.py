@@ -47,7 +47,7 @@ def _measure(model_dir: str, data: str, precision: str, out: Path) -> None:
     from training.data import read_split
     from training.inference import fer_pixels_to_model_input
 
-    model = load_model(model_dir, precision=precision)
+    model = load_model(model_dir, runtime="tensorflow", precision=precision)  # TensorFlow's fp32 vs bf16
     val = read_split(data, "val")
     height, width = model.input_size
     arch = ArchConfig(input_size=height, color_mode="grayscale" if model.metadata.input.channels == 1 else "rgb")
@@ -71,7 +71,7 @@ def _measure_speed(model_dir: str, precision: str, out: Path) -> None:
     """Child process: throughput only (a model without meaningful accuracy, e.g. an untrained flagship-size one)."""
     from service.model import load_model
 
-    model = load_model(model_dir, precision=precision)
+    model = load_model(model_dir, runtime="tensorflow", precision=precision)  # TensorFlow's fp32 vs bf16
     height, width = model.input_size
     crops = np.random.default_rng(0).integers(
         0, 256, (32, height, width, model.metadata.input.channels), dtype=np.uint8

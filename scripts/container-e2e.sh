@@ -3,6 +3,7 @@
 # real Prometheus, stop it with SIGTERM, then bring the docker-compose stack up and down.
 #
 #   scripts/container-e2e.sh
+#   FER_E2E_TARGET=lean scripts/container-e2e.sh    # the image without TensorFlow (Dockerfile target `lean`)
 #
 # Engine: with a reachable Docker engine (DOCKER_HOST or /var/run/docker.sock) it uses that one, and the engine
 # pulls python:3.11-slim as usual. Without one (the offline CI machine; root needed) it starts Debian's dockerd under
@@ -20,6 +21,7 @@ cd "$ROOT"
 
 PYTHON=${FER_E2E_PYTHON:-$ROOT/.venv/bin/python}
 IMAGE=${FER_E2E_IMAGE:-fer-service:e2e}
+TARGET=${FER_E2E_TARGET:-runtime}  # a Dockerfile stage: runtime (the default image) or lean
 BASE_IMAGE=python:3.11-slim  # the Dockerfile's only FROM
 MODEL_NAME=${FER_E2E_MODEL_NAME:-fer-cnn-48}
 CACHE=${FER_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fer-e2e}
@@ -148,9 +150,9 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
 fi
 
 # --- build ----------------------------------------------------------------------------------------------------
-log "docker build -t $IMAGE ."
+log "docker build --target $TARGET -t $IMAGE ."
 build_started=$SECONDS
-docker build --tag "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; fail "docker build failed"; }
+docker build --target "$TARGET" --tag "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; fail "docker build failed"; }
 BUILT=1
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 log "built in $((SECONDS - build_started))s; image size $((size / 1000000)) MB ($(awk -v s="$size" 'BEGIN {printf "%.2f", s / 1e9}') GB)"

@@ -70,14 +70,16 @@ class Settings(BaseSettings):
         "or one version folder; see docs/model-contract.md.",
     )
     runtime: Literal["tensorflow", "openvino"] = Field(
-        "tensorflow",
-        description="What runs the model: tensorflow (the SavedModel) or openvino (the IR python -m training "
-        "compile derived and checked, else the SavedModel converted at start-up); see docs/model-contract.md.",
+        "openvino",
+        description="What runs the model: openvino (the IR python -m training compile derived and checked, else the "
+        "SavedModel converted at start-up; explanations from the checked explain IR, else TensorFlow) or tensorflow "
+        "(the SavedModel); see docs/model-contract.md.",
     )
-    precision: Literal["fp32", "bf16", "int8"] = Field(
-        "fp32",
-        description="fp32; bf16 (TensorFlow's oneDNN auto-mixed-precision rewrite, or OpenVINO's bf16 hint; fast "
-        "only on CPUs with AVX512_BF16/AMX); int8 (openvino only: the NNCF-quantized IR from compile).",
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto",
+        description="auto (openvino: bf16 where the CPU computes it natively, AVX512_BF16/AMX, else fp32; "
+        "tensorflow: fp32); fp32; bf16 (OpenVINO's bf16 hint or TensorFlow's oneDNN rewrite: fast only with native "
+        "bf16, simulated and slower on other AVX-512 CPUs); int8 (openvino only: the NNCF-quantized IR from compile).",
     )
     model_version_policy: str = Field(
         "latest",

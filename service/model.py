@@ -26,8 +26,16 @@ from service.contract import InputSpec as InputSpec
 from service.contract import ModelMetadata as ModelMetadata
 from service.contract import SignatureSpec as SignatureSpec
 from service.errors import ExplanationsUnavailableError, ModelLoadError, describe_validation_errors
+from service.runtimes import (
+    AUTO,
+    PRECISIONS,
+    OpenVINORuntime,
+    resolve_precision,
+    select_openvino_explain,
+    select_openvino_source,
+    tensorflow_available,
+)
 from service.runtimes import EXPLANATIONS_UNAVAILABLE as EXPLANATIONS_UNAVAILABLE
-from service.runtimes import PRECISIONS, OpenVINORuntime, select_openvino_source
 from service.runtimes import Explained as Explained
 from service.runtimes import ExplainingRuntime as ExplainingRuntime
 from service.runtimes import Runtime as Runtime
@@ -193,33 +201,61 @@ def _check_against_signature(
 
 
 def load_model(
-    model_dir: str | Path, *, precision: str = "fp32", runtime: Literal["tensorflow", "openvino"] | str = "tensorflow"
+    model_dir: str | Path,
+    *,
+    precision: str = AUTO,
+    runtime: Literal["tensorflow", "openvino"] | str = "openvino",
 ) -> LoadedModel:
     """Resolve, read, load and validate a model (no warm-up); raises ``ModelLoadError`` naming the problem.
 
-    ``runtime="openvino"`` runs the IR ``python -m training compile`` derived and checked (or, for fp32/bf16
-    without one, the SavedModel converted at start-up; see ``service.runtimes.select_openvino_source``);
-    explanations then still come from TensorFlow (fp32), which OpenVINO cannot replace for Grad-CAM."""
+    The defaults are the service's: ``runtime="openvino"`` runs the IR ``python -m training compile`` derived and
+    checked (or, for fp32/bf16 without one, the SavedModel converted at start-up; see
+    ``service.runtimes.select_openvino_source``), and ``precision="auto"`` is bf16 where the CPU computes it
+    natively, else fp32 (``service.runtimes.resolve_precision``). Explanations under OpenVINO come from the compiled
+    explain IR when its check passed, else from TensorFlow (fp32) where it is installed, else they are unavailable.
+    ``runtime="tensorflow"`` runs the SavedModel in TensorFlow."""
     version_dir = resolve_model_dir(model_dir)
     metadata = read_metadata(version_dir)
     if not (version_dir / "saved_model.pb").is_file():
         raise ModelLoadError(f"{version_dir} has no saved_model.pb (see docs/model-contract.md)")
     if runtime not in PRECISIONS:
         raise ModelLoadError(f"unknown runtime {runtime!r} (choose one of {', '.join(PRECISIONS)})")
-    if precision not in PRECISIONS[runtime]:
+    if precision != AUTO and precision not in PRECISIONS[runtime]:
         raise ModelLoadError(
             f"the {runtime} runtime serves precisions {', '.join(PRECISIONS[runtime])}, not {precision!r}"
             + (" (int8 needs --runtime openvino)" if precision == "int8" else "")
         )
+    precision = resolve_precision(runtime, precision)
     loaded: TensorFlowRuntime | OpenVINORuntime
     if runtime == "openvino":
-        source = select_openvino_source(version_dir, precision, (metadata.model_extra or {}).get("openvino"))
-        explainer = (
-            TensorFlowRuntime(version_dir, metadata.signature, precision="fp32", explain=metadata.explain)
+        section = (metadata.model_extra or {}).get("openvino")
+        source = select_openvino_source(version_dir, precision, section)
+        explain_spec = metadata.explain or DEFAULT_EXPLAIN
+        explain_ir = (
+            select_openvino_explain(version_dir, section, explain_spec, metadata.signature.output)
             if metadata.explain is not None
             else None
         )
-        loaded = OpenVINORuntime(source, metadata.signature, precision=precision, explainer=explainer)
+        explainer = None
+        if metadata.explain is not None and explain_ir is None:
+            if tensorflow_available():
+                explainer = TensorFlowRuntime(
+                    version_dir, metadata.signature, precision="fp32", explain=metadata.explain
+                )
+            else:
+                log.warning(
+                    "%s has no checked OpenVINO explain IR and TensorFlow is not installed: explanations are "
+                    "unavailable for this version (python -m training compile writes the IR)",
+                    version_dir,
+                )
+        loaded = OpenVINORuntime(
+            source,
+            metadata.signature,
+            precision=precision,
+            explainer=explainer,
+            explain_ir=explain_ir,
+            explain=explain_spec,
+        )
     else:
         loaded = TensorFlowRuntime(version_dir, metadata.signature, precision=precision, explain=metadata.explain)
     _check_against_signature(metadata, loaded, version_dir)

@@ -5,7 +5,12 @@
 the SavedModel and checked against it (``<version>/openvino/``, recorded in metadata.json's ``openvino`` section),
 or, for fp32/bf16 when there is none, the SavedModel converted at start-up. ``select_openvino_source`` decides
 which, and refuses a precision whose check failed or whose files changed after the check (docs/model-contract.md).
-The SavedModel and its metadata stay the one contract; the IR is derived from it.
+Explanations under OpenVINO come from the compiled ``explain`` IR when its check passed
+(``select_openvino_explain``), else from TensorFlow. The SavedModel and its metadata stay the one contract; the IR
+is derived from it.
+
+TensorFlow is imported only by ``TensorFlowRuntime``: a service on OpenVINO whose versions have a checked explain
+IR (or no explain signature) never imports it, and runs in an image without it (Dockerfile target ``lean``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,36 @@ log = logging.getLogger(__name__)
 #: The runtimes ``--runtime`` chooses from, and the precisions each serves.
 RUNTIMES = ("tensorflow", "openvino")
 PRECISIONS = {"tensorflow": ("fp32", "bf16"), "openvino": ("fp32", "bf16", "int8")}
-#: OpenVINO's inference precision hint per served precision. bf16 is a hint on the fp32 IR (the CPU plugin runs
-#: the maths in bfloat16 where the CPU has native bf16, and ignores it elsewhere); int8 is its own quantized IR.
+#: ``--precision auto`` (the default): the fastest precision that holds parity for the shipped model where the CPU
+#: computes it natively (benchmarks/PRECISION.md), else fp32. See ``resolve_precision``.
+AUTO = "auto"
+#: OpenVINO's inference precision hint per served precision. bf16 is a hint on the fp32 IR: the CPU plugin runs the
+#: maths in bfloat16 where the CPU has native bf16 (AVX512_BF16, AMX or AVX2-VNNI-2); on other AVX-512 CPUs it
+#: *simulates* bf16 (slower than fp32), and on CPUs without AVX-512 it refuses the hint (compile_model raises).
+#: int8 is its own quantized IR.
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def openvino_native_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively here: its ``OPTIMIZATION_CAPABILITIES`` lists ``BF16``
+    only for AVX512_BF16 (incl. AMX) or AVX2-VNNI-2 CPUs (not for its bf16 simulation on other AVX-512 CPUs)."""
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no openvino, no CPU plugin: no native bf16 to use
+        return False
+
+
+def resolve_precision(runtime: str, precision: str) -> str:
+    """The precision served for ``--precision`` (``auto`` resolved): for openvino, bf16 where the CPU computes it
+    natively (the shipped model holds parity in bf16: benchmarks/PRECISION.md), else fp32 (the bf16 hint is then
+    simulated and slower, or refused); for tensorflow, fp32 (its bf16 rewrite is not checked against parity)."""
+    if precision != AUTO:
+        return precision
+    if runtime == "openvino" and openvino_native_bf16():
+        return "bf16"
+    return "fp32"
 
 
 def _default_explain() -> ExplainSpec:
@@ -81,9 +113,9 @@ class TensorFlowRuntime:
         precision: str = "fp32",
         explain: ExplainSpec | None = None,
     ) -> None:
-        import tensorflow as tf
-
+        tf = import_tensorflow("the tensorflow runtime")
         self._tf = tf
+        self.precision = precision
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": precision == "bf16"})
         if precision == "bf16" and not _cpu_has_bf16():
             log.warning("precision=bf16 requested but this CPU does not report avx512_bf16/amx: expect it slower")
@@ -176,6 +208,29 @@ EXPLANATIONS_UNAVAILABLE = (
 )
 
 
+def tensorflow_available() -> bool:
+    """Whether TensorFlow can be imported (it is not in the lean image), without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # a None entry in sys.modules (as tests block it) raises ValueError
+        return False
+
+
+def import_tensorflow(purpose: str) -> Any:
+    """``import tensorflow`` (seconds, and hundreds of MB), only when a model needs it; ``ModelLoadError`` naming
+    ``purpose`` when it is not installed (the lean image)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ModelLoadError(
+            f"{purpose} needs TensorFlow, which this installation does not have (the lean image serves --runtime "
+            "openvino only): use --runtime openvino, or the full image"
+        ) from None
+    return tf
+
+
 def _cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -198,10 +253,17 @@ class OpenVINOCheck(BaseModel):
     reason: str | None = None  # why the check failed (None when it passed)
 
 
+class OpenVINOExplainCheck(OpenVINOCheck):
+    """The section's ``explain`` entry: the ``explain`` signature as an fp32 IR, checked against TensorFlow's."""
+
+    outputs: dict[str, str] = Field(default_factory=dict)  # contract output name -> the IR's tensor name
+
+
 class OpenVINOSection(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     precisions: dict[str, OpenVINOCheck]
+    explain: OpenVINOExplainCheck | None = None
 
 
 def _sha256(path: Path) -> str:
@@ -242,40 +304,91 @@ def select_openvino_source(version_dir: Path, precision: str, section: object) -
             f"OpenVINO {precision} of {version_dir} failed its check against the SavedModel at compile time: "
             f"{entry.reason or 'no reason recorded'}; serve another precision or --runtime tensorflow"
         )
+    files = _checked_files(version_dir, entry, f"OpenVINO {precision}", compile_again)
+    if files is None:
+        if precision == "int8":
+            raise ModelLoadError(f"the OpenVINO int8 IR is missing: run `{compile_again}`")
+        log.warning("the OpenVINO %s IR is missing: converting the SavedModel at start-up", precision)
+        return version_dir
+    return files
+
+
+def _checked_files(version_dir: Path, entry: OpenVINOCheck, what: str, compile_again: str) -> Path | None:
+    """The ``.xml`` of ``entry`` when its files are the ones checked; None when one is missing; ``ModelLoadError``
+    when one changed after the check or the entry is malformed."""
     root = version_dir.resolve()
     files = [version_dir / name for name in entry.files]
     if set(entry.sha256) != set(entry.files) or any(not f.resolve().is_relative_to(root) for f in files):
         raise ModelLoadError(
-            f"{version_dir}/metadata.json's openvino {precision} entry must list files inside the version folder "
+            f"{version_dir}/metadata.json's {what} entry must list files inside the version folder "
             f"with a sha256 for each; run `{compile_again}`"
         )
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        if precision == "int8":
-            raise ModelLoadError(f"the OpenVINO int8 IR is missing ({', '.join(missing)}): run `{compile_again}`")
-        log.warning("the OpenVINO %s IR is missing (%s): converting the SavedModel at start-up", precision, missing)
-        return version_dir
+        log.warning("%s: files missing (%s)", what, ", ".join(missing))
+        return None
     for name, path in zip(entry.files, files, strict=True):
         actual = _sha256(path)
         if actual != entry.sha256[name]:
             raise ModelLoadError(
-                f"{path} is not the file that passed the OpenVINO {precision} check (sha256 {actual[:16]}, checked "
+                f"{path} is not the file that passed the {what} check (sha256 {actual[:16]}, checked "
                 f"{entry.sha256[name][:16]}): it changed after compiling; run `{compile_again}`"
             )
     xml = [f for f in files if f.suffix == ".xml"]
     if len(xml) != 1:
-        raise ModelLoadError(f"the OpenVINO {precision} entry must list one .xml file; run `{compile_again}`")
+        raise ModelLoadError(f"the {what} entry must list one .xml file; run `{compile_again}`")
     return xml[0]
+
+
+@dataclass(frozen=True)
+class ExplainIR:
+    """The compiled ``explain`` IR and the names of its outputs (contract name -> the IR's tensor name)."""
+
+    xml: Path
+    outputs: dict[str, str]
+
+
+def select_openvino_explain(version_dir: Path, section: object, explain: ExplainSpec, output: str) -> ExplainIR | None:
+    """The ``explain`` IR ``python -m training compile`` derived and checked, or None (then TensorFlow explains,
+    where it is installed) when the section has none, its check failed, its files changed or it lacks an output
+    the contract needs; the reason is logged. Never raises: explanations are optional, predictions are not."""
+    if section is None:
+        return None
+    compile_again = f"python -m training compile --model {version_dir}"
+    try:
+        entry = OpenVINOSection.model_validate(section).explain
+    except ValidationError:
+        return None  # select_openvino_source reports the invalid section
+    if entry is None:
+        return None
+    if not entry.passed:
+        log.warning(
+            "the OpenVINO explain IR of %s failed its check at compile time (%s): explanations come from TensorFlow",
+            version_dir,
+            entry.reason or "no reason recorded",
+        )
+        return None
+    missing = {output, explain.class_input, explain.heatmap_output} - set(entry.outputs)
+    if missing:
+        log.warning("the OpenVINO explain IR of %s names no output for %s", version_dir, sorted(missing))
+        return None
+    try:
+        xml = _checked_files(version_dir, entry, "OpenVINO explain", compile_again)
+    except ModelLoadError as exc:
+        log.warning("%s: explanations come from TensorFlow", exc)
+        return None
+    return None if xml is None else ExplainIR(xml, dict(entry.outputs))
 
 
 class OpenVINORuntime:
     """The network under OpenVINO's CPU plugin: an IR (``source`` ending in ``.xml``) or the SavedModel folder
-    converted at start-up (``ov.convert_model``, its ``serving_default`` signature).
+    converted at start-up (``ov.convert_model``, its ``serving_default`` signature; OpenVINO's own TensorFlow
+    frontend reads it, TensorFlow is not imported).
 
     ``precision`` sets the inference precision hint: fp32 is f32 (OpenVINO's own default is bf16 on CPUs with
-    native bf16), bf16 runs the fp32 IR in bfloat16 (only where the CPU has native bf16; elsewhere it is fp32),
-    int8 is the quantized IR. OpenVINO cannot run the Grad-CAM ``explain`` signature (it needs gradients):
-    ``explainer``, when given, answers explanations (TensorFlow in fp32).
+    native bf16), bf16 runs the fp32 IR in bfloat16 (fast only where the CPU has native bf16: see
+    ``OPENVINO_HINTS``), int8 is the quantized IR. Explanations: ``explain_ir`` (the ``explain`` signature compiled
+    and checked by ``python -m training compile``, run in f32), else ``explainer`` (TensorFlow, fp32), else none.
     """
 
     name = "openvino"
@@ -287,21 +400,31 @@ class OpenVINORuntime:
         *,
         precision: str = "fp32",
         explainer: ExplainingRuntime | None = None,
+        explain_ir: ExplainIR | None = None,
+        explain: ExplainSpec | None = None,
     ) -> None:
         try:
             import openvino as ov
         except ImportError:
             raise ModelLoadError(
-                "the openvino runtime needs the 'openvino' package: pip install 'fer-service[openvino]'"
+                "the openvino runtime needs the 'openvino' package (a dependency of fer-service: reinstall it)"
             ) from None
 
         if precision not in OPENVINO_HINTS:
             raise ModelLoadError(f"the openvino runtime serves {', '.join(OPENVINO_HINTS)}, not {precision!r}")
-        if precision == "bf16" and not _cpu_has_bf16():
-            log.warning("precision=bf16 requested but this CPU has no native bf16: OpenVINO runs fp32 instead")
+        if precision == "bf16" and not openvino_native_bf16():
+            log.warning(
+                "precision=bf16 on a CPU without native bf16: OpenVINO simulates it (slower than fp32) where the CPU "
+                "has AVX-512 and refuses it elsewhere; --precision auto chooses fp32 here"
+            )
         self.source = source
         self.precision = precision
         core = ov.Core()
+        if source.suffix != ".xml" and signature.key != "serving_default":
+            raise ModelLoadError(
+                f"the openvino runtime converts the SavedModel's 'serving_default' signature, but metadata.json names "
+                f"'{signature.key}': compile the export (python -m training compile) or use --runtime tensorflow"
+            )
         try:
             model = core.read_model(str(source)) if source.suffix == ".xml" else ov.convert_model(str(source))
         except Exception as exc:  # OpenVINO raises RuntimeError/OSError/... with long multi-line messages
@@ -324,15 +447,49 @@ class OpenVINORuntime:
         self.output_shape: tuple[int | None, ...] = (
             () if out_shape.rank.is_dynamic else tuple(None if d.is_dynamic else d.get_length() for d in out_shape)
         )
-        try:
-            self._compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]})
-        except Exception as exc:
-            raise ModelLoadError(f"OpenVINO cannot compile {source} for the CPU: {type(exc).__name__}: {exc}") from None
+        self._compiled = self._compile(core, model, OPENVINO_HINTS[precision], source)
         self._input = self._compiled.input(signature.input)
         self._output = self._compiled.output(signature.output)
         self._local = threading.local()  # one infer request per calling thread (a request is not thread-safe)
         self._explainer = explainer
-        self.can_explain = explainer is not None and explainer.can_explain
+        self._explain_ir: Any = None
+        self.explains_with: str | None = None
+        if explain_ir is not None:
+            self._explain_ir = self._load_explain_ir(core, explain_ir, signature, explain or _default_explain())
+            self.explains_with = "openvino"
+        elif explainer is not None and explainer.can_explain:
+            self.explains_with = "tensorflow"
+        self.can_explain = self.explains_with is not None
+
+    @staticmethod
+    def _compile(core: Any, model: Any, hint: str, source: Path) -> Any:
+        try:
+            return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        except Exception as exc:
+            message = " ".join(str(exc).split())[:300]
+            raise ModelLoadError(
+                f"OpenVINO cannot compile {source} for the CPU: {type(exc).__name__}: {message}"
+            ) from None
+
+    def _load_explain_ir(self, core: Any, ir: ExplainIR, signature: SignatureSpec, spec: ExplainSpec) -> Any:
+        """The explain IR compiled in f32 (Grad-CAM maps are normalised by their peak: bf16 can move the peak and
+        change a whole map), with its input and output ports in contract order."""
+        try:
+            model = core.read_model(str(ir.xml))
+        except Exception as exc:
+            raise ModelLoadError(f"OpenVINO cannot read {ir.xml}: {type(exc).__name__}") from None
+        compiled = self._compile(core, model, "f32", ir.xml)
+        try:
+            ports = (
+                compiled.input(signature.input),
+                compiled.input(spec.class_input),
+                compiled.output(ir.outputs[signature.output]),
+                compiled.output(ir.outputs[spec.class_input]),
+                compiled.output(ir.outputs[spec.heatmap_output]),
+            )
+        except (RuntimeError, KeyError) as exc:
+            raise ModelLoadError(f"{ir.xml} lacks an input or output the explain contract needs: {exc}") from None
+        return compiled, ports
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         request = getattr(self._local, "request", None)
@@ -342,6 +499,22 @@ class OpenVINORuntime:
         return np.array(request.get_tensor(self._output).data, dtype=np.float32, copy=True)
 
     def explain(self, batch: np.ndarray, classes: np.ndarray) -> Explained:
+        if self._explain_ir is not None:
+            compiled, (images, class_in, probs, class_out, heatmap) = self._explain_ir
+            request = getattr(self._local, "explain_request", None)
+            if request is None:
+                request = self._local.explain_request = compiled.create_infer_request()
+            request.infer(
+                {
+                    images: np.ascontiguousarray(batch, dtype=np.float32),
+                    class_in: np.ascontiguousarray(classes, dtype=np.int32),
+                }
+            )
+            return Explained(
+                probabilities=np.array(request.get_tensor(probs).data, dtype=np.float32, copy=True),
+                classes=np.array(request.get_tensor(class_out).data, dtype=np.int64, copy=True),
+                heatmaps=np.array(request.get_tensor(heatmap).data, dtype=np.float32, copy=True),
+            )
         if self._explainer is None or not self._explainer.can_explain:
             raise ExplanationsUnavailableError(EXPLANATIONS_UNAVAILABLE)
         return self._explainer.explain(batch, classes)

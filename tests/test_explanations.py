@@ -106,11 +106,12 @@ def error_code(response: httpx.Response) -> str:
 # --- the runtime ------------------------------------------------------------------------------------------------
 
 
-def test_the_runtime_runs_the_explain_signature(exported_model: Path, old_export: Path) -> None:
+def test_the_tensorflow_runtime_runs_the_explain_signature(exported_model: Path, old_export: Path) -> None:
+    """TensorFlow running the signature (OpenVINO's compiled explain IR: tests/test_runtimes.py)."""
     from service.errors import ExplanationsUnavailableError
     from service.model import load_model
 
-    model = load_model(exported_model)
+    model = load_model(exported_model, runtime="tensorflow")
     assert model.can_explain
     height, width = model.input_size
     face = cv2.resize(
@@ -125,7 +126,7 @@ def test_the_runtime_runs_the_explain_signature(exported_model: Path, old_export
     assert list(out.classes) == list(out.probabilities.argmax(axis=1))  # -1 = the top class
     assert list(model.explain(crops, np.array([2, 5])).classes) == [2, 5]
 
-    old = load_model(old_export)
+    old = load_model(old_export, runtime="tensorflow")
     assert not old.can_explain
     with pytest.raises(ExplanationsUnavailableError):
         old.explain(crops, np.array([-1, -1]))

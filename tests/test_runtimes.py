@@ -1,8 +1,10 @@
-"""Runtimes (issue 14): the same service on TensorFlow and OpenVINO, fp32/bf16/int8, on the tiny test export.
+"""Runtimes (issue 14): the same service on TensorFlow and OpenVINO, fp32/bf16/int8/auto, on the tiny test export.
 
-``python -m training compile`` derives the OpenVINO IR beside the export and records its check in metadata.json;
-the service serves an IR whose check passed, converts the SavedModel at start-up when there is none (fp32/bf16),
-and refuses a precision whose check failed, whose files changed after the check, or int8 without its IR.
+``python -m training compile`` derives the OpenVINO IR beside the export (and the explain signature's IR) and
+records its check in metadata.json; the service serves an IR whose check passed, converts the SavedModel at
+start-up when there is none (fp32/bf16), and refuses a precision whose check failed, whose files changed after the
+check, or int8 without its IR. The default is openvino with precision auto (bf16 where the CPU has native bf16,
+else fp32); with a checked explain IR it runs without TensorFlow.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,7 @@ from pydantic import ValidationError
 from service.config import Settings
 from service.errors import ModelLoadError
 from service.model import load_model
-from service.runtimes import OpenVINORuntime, TensorFlowRuntime
+from service.runtimes import OpenVINORuntime, openvino_native_bf16, resolve_precision
 from tests import photos
 from tests.servers import running_service
 from training.compile import THRESHOLDS, compile_export
@@ -39,6 +44,7 @@ TINY = {**THRESHOLDS, "int8": {"min_top1_agreement": 0.0, "max_prob_diff": 0.02}
 #: the compile check's own bounds.
 SERVED = {
     ("tensorflow", "fp32"): 0.0,
+    ("openvino", "auto"): TINY["bf16"]["max_prob_diff"],  # the default: bf16 or fp32, as the CPU has it
     ("openvino", "fp32"): TINY["fp32"]["max_prob_diff"],
     ("openvino", "bf16"): TINY["bf16"]["max_prob_diff"],
     ("openvino", "int8"): TINY["int8"]["max_prob_diff"],
@@ -85,6 +91,12 @@ def test_compile_writes_the_ir_and_the_metadata_section(compiled: Path, tiny_fol
     # the int8 IR really is quantized: its weights take well under half the fp32 IR's bytes
     fp32_bin = (compiled / "openvino/fp32/model.bin").stat().st_size
     assert (compiled / "openvino/int8/model.bin").stat().st_size < fp32_bin / 2
+    # the explain signature (gradients: ReluGrad, MaxPoolGrad) as an IR, reproducing TensorFlow's maps
+    explain = found["explain"]
+    assert explain["passed"], explain
+    assert explain["files"] == ["openvino/fp32/explain.xml", "openvino/fp32/explain.bin"]
+    assert explain["class_agreement"] == 1.0 and explain["max_heatmap_diff"] <= 1e-3
+    assert set(explain["outputs"]) == {"probabilities", "class_index", "heatmap"}
 
 
 def test_the_service_loads_the_compiled_ir_and_converts_without_it(compiled: Path, exported_model: Path) -> None:
@@ -100,16 +112,83 @@ def test_the_service_loads_the_compiled_ir_and_converts_without_it(compiled: Pat
     with pytest.raises(ModelLoadError, match="int8 needs --runtime openvino"):
         load_model(exported_model, runtime="tensorflow", precision="int8")
     with pytest.raises(ValidationError, match="int8 needs runtime openvino"):
-        Settings(model_dir=exported_model, precision="int8")
-    assert isinstance(load_model(exported_model).runtime, TensorFlowRuntime)  # the default stays tensorflow
+        Settings(model_dir=exported_model, runtime="tensorflow", precision="int8")
+    assert Settings(model_dir=exported_model, precision="int8").runtime == "openvino"  # the default runtime
 
 
-def test_openvino_explanations_come_from_tensorflow(compiled: Path) -> None:
-    model = load_model(compiled, runtime="openvino")
-    crops = np.random.default_rng(3).integers(0, 256, (2, *model.input_size, 1), dtype=np.uint8)
-    assert model.can_explain
-    explained = model.explain(crops, np.array([-1, 2], np.int32))
-    assert explained.heatmaps.shape == (2, *model.input_size) and list(explained.classes)[1] == 2
+def test_the_default_is_openvino_with_bf16_where_the_cpu_has_it(
+    exported_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(model_dir=exported_model)
+    assert (settings.runtime, settings.precision) == ("openvino", "auto")
+    default = load_model(exported_model).runtime  # load_model's defaults are the service's
+    assert isinstance(default, OpenVINORuntime) and default.source == exported_model  # converted at start-up
+    assert default.precision == ("bf16" if openvino_native_bf16() else "fp32")
+    # auto: bf16 only where OpenVINO computes it natively (elsewhere its bf16 hint is simulated, or refused)
+    monkeypatch.setattr("service.runtimes.openvino_native_bf16", lambda: True)
+    assert resolve_precision("openvino", "auto") == "bf16"
+    assert resolve_precision("tensorflow", "auto") == "fp32"  # TensorFlow's bf16 rewrite is not parity-checked
+    monkeypatch.setattr("service.runtimes.openvino_native_bf16", lambda: False)
+    assert resolve_precision("openvino", "auto") == "fp32"
+    assert resolve_precision("openvino", "bf16") == "bf16"  # asked for explicitly: served (with a warning)
+
+
+def test_openvino_explains_with_the_compiled_ir_as_tensorflow_does(
+    compiled: Path, exported_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = load_model(compiled)
+    assert isinstance(model.runtime, OpenVINORuntime) and model.runtime.explains_with == "openvino"
+    crops = np.random.default_rng(3).integers(0, 256, (4, *model.input_size, 1), dtype=np.uint8)
+    classes = np.array([-1, 2, -1, 5], np.int32)
+    ours = model.explain(crops, classes)
+    theirs = load_model(compiled, runtime="tensorflow").explain(crops, classes)
+    assert list(ours.classes) == list(theirs.classes) and list(ours.classes)[1] == 2
+    np.testing.assert_allclose(ours.heatmaps, theirs.heatmaps, atol=1e-4)
+    np.testing.assert_allclose(ours.probabilities, theirs.probabilities, atol=1e-4)
+    # no explain IR (the export was never compiled): TensorFlow explains
+    uncompiled = load_model(exported_model).runtime
+    assert isinstance(uncompiled, OpenVINORuntime) and uncompiled.explains_with == "tensorflow"
+    # an explain IR changed after its check is not used: TensorFlow explains, and the log says why
+    version_dir = copy_export(compiled, tmp_path)
+    (version_dir / "openvino/fp32/explain.bin").write_bytes(b"\0" * 64)
+    changed = load_model(version_dir).runtime
+    assert isinstance(changed, OpenVINORuntime) and changed.explains_with == "tensorflow"
+    assert "is not the file that passed the OpenVINO explain check" in caplog.text
+
+
+def test_the_service_runs_without_tensorflow(compiled: Path, exported_model: Path) -> None:
+    """What the lean image (Dockerfile target ``lean``) relies on: with TensorFlow not importable, the default
+    runtime serves a compiled version, explanations included; an uncompiled one is converted at start-up and
+    served without explanations; --runtime tensorflow is refused with the reason."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["tensorflow"] = None  # not installed, as in the lean image
+        import numpy as np
+        from service.errors import ModelLoadError
+        from service.model import load_model
+
+        model = load_model({str(compiled)!r})
+        crops = np.random.default_rng(0).integers(0, 256, (3, *model.input_size, 1), dtype=np.uint8)
+        model.warm_up((1, 3))
+        assert model.runtime.explains_with == "openvino"
+        assert model.explain(crops, np.array([-1, 2, -1], np.int32)).heatmaps.shape == (3, *model.input_size)
+        uncompiled = load_model({str(exported_model)!r})
+        assert uncompiled.predict(crops).shape == (3, 7) and not uncompiled.can_explain
+        try:
+            load_model({str(compiled)!r}, runtime="tensorflow")
+        except ModelLoadError as exc:
+            assert "needs TensorFlow" in str(exc), exc
+        else:
+            raise AssertionError("runtime tensorflow without TensorFlow")
+        assert sys.modules["tensorflow"] is None
+        print("served without tensorflow")
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "served without tensorflow" in done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +201,7 @@ def served(version_dir: Path, runtime: str, precision: str) -> dict[str, Any]:
     """/predict on a one-face photo and /predict/batch on three photos through the real app."""
     with running_service(version_dir.parent, runtime=runtime, precision=precision) as service:
         with httpx.Client(timeout=120) as client:
+            (info,) = client.get(service.url + "/v1/models").json()["versions"]
             one = client.post(service.url + "/predict", files={"file": ("a.jpg", photos.one_face_jpeg(), "image/jpeg")})
             batch = client.post(
                 service.url + "/predict/batch",
@@ -132,6 +212,9 @@ def served(version_dir: Path, runtime: str, precision: str) -> dict[str, Any]:
                 ],
             )
         assert service.state.model.runtime.name == runtime
+    resolved = resolve_precision(runtime, precision)
+    assert (info["runtime"], info["precision"], info["precision_setting"]) == (runtime, resolved, precision)
+    assert info["explanations_runtime"] == runtime  # the compiled explain IR under OpenVINO
     assert one.status_code == 200, one.text
     assert batch.status_code == 200, batch.text
     return {"one": one.json(), "batch": batch.json()}

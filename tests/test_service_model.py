@@ -1,4 +1,5 @@
-"""Loading the exported model: the contract checks of service/model.py on the real export and on broken copies."""
+"""Loading the exported model: the contract checks of service/model.py on the real export and on broken copies,
+under the default runtime (OpenVINO, converting the uncompiled tiny export at start-up) and TensorFlow."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def _labels_mismatch(m: dict[str, Any]) -> None:
         (lambda m: m["input"].update(channels=3), "color_mode 'grayscale' needs 1"),
         (lambda m: m["input"].update(color_mode="cmyk"), "input.color_mode"),
         (lambda m: m["input"].update(height=2), "input.height"),
-        (lambda m: m["signature"].update(key="predict"), "has no signature 'predict'"),
+        (lambda m: m["signature"].update(key="predict"), "signature 'predict'"),
         (lambda m: m["signature"].update(input="pixels"), "metadata names 'pixels'"),
         (lambda m: m["signature"].update(output="logits"), "metadata names 'logits'"),
         (lambda m: m.update(schema_version=99), "schema_version 99 is not supported"),
@@ -70,12 +71,15 @@ def _labels_mismatch(m: dict[str, Any]) -> None:
         (lambda m: m.update(labels=["a", "a", "b", "c", "d", "e", "f"]), "labels must be non-empty and unique"),
     ],
 )
+@pytest.mark.parametrize("runtime", ["openvino", "tensorflow"])
 def test_contract_violations_refuse_with_one_clear_message(
-    exported_model: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None], message: str
+    exported_model: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None], message: str, runtime: str
 ) -> None:
+    """(A signature key other than serving_default: TensorFlow says the SavedModel has no such signature, OpenVINO
+    that it converts serving_default only.)"""
     target = broken_copy(exported_model, tmp_path, edit)
     with pytest.raises(ModelLoadError) as info:
-        load_model(target)
+        load_model(target, runtime=runtime)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -102,7 +106,9 @@ def test_missing_or_unreadable_files(exported_model: Path, tmp_path: Path) -> No
     corrupt = broken_copy(exported_model, tmp_path / "d")
     (corrupt / "saved_model.pb").write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match="cannot load the SavedModel"):
-        load_model(corrupt)
+        load_model(corrupt, runtime="tensorflow")
+    with pytest.raises(ModelLoadError, match="cannot load the SavedModel|OpenVINO cannot read"):
+        load_model(corrupt)  # the default runtime, openvino
 
 
 def _cpu_runs_onednn_bf16() -> bool:
@@ -114,17 +120,18 @@ def _cpu_runs_onednn_bf16() -> bool:
     return "avx512f" in flags or "avx_ne_convert" in flags
 
 
-def test_bf16_precision_really_computes_in_bfloat16_and_stays_close_to_fp32(exported_model: Path) -> None:
-    """What only bf16 does: the probabilities differ from fp32's by bfloat16 rounding (an fp32 run would match
-    exactly), and no more than that. (The precision switch is process-wide in TensorFlow and applies to functions
-    optimised after it is set, so each model is called right after it is loaded; loading resets the switch.)"""
+def test_tensorflow_bf16_precision_really_computes_in_bfloat16_and_stays_close_to_fp32(exported_model: Path) -> None:
+    """TensorFlow's bf16 (its oneDNN rewrite; OpenVINO's is in tests/test_runtimes.py). What only bf16 does: the
+    probabilities differ from fp32's by bfloat16 rounding (an fp32 run would match exactly), and no more than that.
+    (The precision switch is process-wide in TensorFlow and applies to functions optimised after it is set, so
+    each model is called right after it is loaded; loading resets the switch.)"""
     if not _cpu_runs_onednn_bf16():
         pytest.skip("this CPU has no AVX-512: TensorFlow does not rewrite the model to bfloat16 here")
-    meta = load_model(exported_model).metadata.input
+    meta = load_model(exported_model, runtime="tensorflow").metadata.input
     crops = np.random.default_rng(2).integers(0, 256, (8, meta.height, meta.width, meta.channels), dtype=np.uint8)
-    bf16 = load_model(exported_model, precision="bf16").predict(crops)
-    fp32 = load_model(exported_model, precision="fp32").predict(crops)
-    again = load_model(exported_model, precision="fp32").predict(crops)
+    bf16 = load_model(exported_model, runtime="tensorflow", precision="bf16").predict(crops)
+    fp32 = load_model(exported_model, runtime="tensorflow", precision="fp32").predict(crops)
+    again = load_model(exported_model, runtime="tensorflow", precision="fp32").predict(crops)
     assert np.max(np.abs(again - fp32)) < 1e-6  # fp32 is reproducible to float noise
     difference = np.max(np.abs(bf16 - fp32))
     assert 1e-5 < difference < 0.05, difference

@@ -8,7 +8,14 @@
   CPU plugin honours only on CPUs with native bf16 (AVX512_BF16/AMX); elsewhere it runs fp32. Its check is made
   on this machine, so ``native_bf16`` is recorded beside it;
 - ``openvino/int8/model.xml|.bin``: NNCF post-training quantization (``nncf.quantize``) of the fp32 IR, calibrated
-  on ``calibration_images`` FER-2013 **train** crops drawn with ``seed``.
+  on ``calibration_images`` FER-2013 **train** crops drawn with ``seed``;
+- ``openvino/fp32/explain.xml|.bin``: the Grad-CAM ``explain`` signature (a traced tf.function with its gradient
+  ops), converted from the signature loaded in TensorFlow. OpenVINO's TensorFlow frontend has no conversion rule
+  for two of its gradient ops, ``ReluGrad`` and ``MaxPoolGrad``; ``EXPLAIN_EXTENSIONS`` gives them (a select, and a
+  max-pool-with-indices whose gradient is scattered back to the arg-max). Checked against the signature in
+  TensorFlow (explained class, probabilities, heatmaps; ``EXPLAIN_THRESHOLDS``) and recorded as the section's
+  ``explain`` entry: with it, the service on OpenVINO explains without TensorFlow. An export whose graph has other
+  unconverted ops gets a failed entry with OpenVINO's reason, and TensorFlow keeps explaining it.
 
 Each precision is then checked against the SavedModel (TensorFlow, fp32) on a sample: FER-2013 val images when
 the data is there (``check_images`` drawn with ``seed``), else random crops. The figures (top-1 agreement, largest
@@ -44,6 +51,16 @@ THRESHOLDS: dict[str, dict[str, float]] = {
 }
 OUT_DIR = "openvino"
 FILES = {"fp32": "fp32/model", "bf16": "fp32/model", "int8": "int8/model"}
+EXPLAIN_FILE = "fp32/explain"
+#: The explain IR runs in f32 (the service never gives it the bf16 hint): it must reproduce TensorFlow's
+#: explanations up to float rounding. A map is divided by its peak, so a tiny difference near an all-zero map can
+#: move a pixel by more than the rounding: the bound on any pixel is loose, the one on the mean tight.
+EXPLAIN_THRESHOLDS: dict[str, float] = {
+    "min_class_agreement": 1.0,
+    "max_prob_diff": 1e-3,
+    "max_heatmap_diff": 0.05,
+    "max_mean_heatmap_diff": 1e-3,
+}
 
 
 def _sha256(path: Path) -> str:
@@ -159,6 +176,188 @@ def compare(reference: np.ndarray, outputs: np.ndarray, thresholds: dict[str, fl
     }
 
 
+# --- the explain signature ----------------------------------------------------------------------------------------
+
+
+def _relu_grad(node: Any) -> list[Any]:
+    """``ReluGrad(gradients, features)``: the gradient where the ReLU's input was positive, else 0."""
+    import openvino.opset13 as ops
+
+    gradients, features = node.get_input(0), node.get_input(1)
+    zero = ops.constant(np.float32(0))
+    return [ops.select(ops.greater(features, zero), gradients, zero).output(0)]
+
+
+def _max_pool_grad(node: Any) -> list[Any]:
+    """``MaxPoolGrad(input, output, gradients)`` (NHWC): each window's gradient goes to its arg-max, as TensorFlow
+    does: a max pool with indices (flattened over the whole tensor) and a scatter-add of the gradients there."""
+    import openvino.opset13 as ops
+
+    if node.get_attribute("data_format") != "NHWC":
+        raise ValueError(f"MaxPoolGrad with data_format {node.get_attribute('data_format')} is not converted")
+    padding = {"VALID": "valid", "SAME": "same_upper"}[node.get_attribute("padding")]
+    ksize, strides = list(node.get_attribute("ksize")), list(node.get_attribute("strides"))
+    to_nchw = ops.constant(np.array([0, 3, 1, 2], np.int64))
+    to_nhwc = ops.constant(np.array([0, 2, 3, 1], np.int64))
+    flat = ops.constant(np.array([-1], np.int64))
+    images = ops.transpose(node.get_input(0), to_nchw)
+    pooled = ops.max_pool(
+        images,
+        strides=strides[1:3],
+        dilations=[1, 1],
+        pads_begin=[0, 0],
+        pads_end=[0, 0],
+        kernel_shape=ksize[1:3],
+        rounding_type="floor",
+        auto_pad=padding,
+        index_element_type="i64",
+        axis=0,
+    )
+    gradients = ops.reshape(ops.transpose(node.get_input(2), to_nchw), flat, False)
+    zeros = ops.multiply(ops.reshape(images, flat, False), ops.constant(np.float32(0)))
+    scattered = ops.scatter_elements_update(
+        zeros, ops.reshape(pooled.output(1), flat, False), gradients, ops.constant(np.int64(0)), reduction="sum"
+    )
+    return [ops.transpose(ops.reshape(scattered, ops.shape_of(images), False), to_nhwc).output(0)]
+
+
+def explain_extensions() -> list[Any]:
+    """The conversion rules OpenVINO's TensorFlow frontend lacks for the Grad-CAM graph's gradient ops."""
+    from openvino.frontend.tensorflow import ConversionExtension
+
+    return [ConversionExtension("ReluGrad", _relu_grad), ConversionExtension("MaxPoolGrad", _max_pool_grad)]
+
+
+def _explain_names(metadata: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """(signature key, image input, class input, probabilities output, heatmap output) of the explain signature."""
+    explain = metadata.get("explain") or {}
+    return (
+        explain.get("signature", "explain"),
+        metadata["signature"]["input"],
+        explain.get("class_input", "class_index"),
+        metadata["signature"]["output"],
+        explain.get("heatmap_output", "heatmap"),
+    )
+
+
+def convert_explain(version_dir: Path, metadata: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    """The explain signature as an OpenVINO model and its output names (contract name -> the IR's tensor name:
+    an output named like an input, ``class_index``, gets a suffix from the frontend)."""
+    import openvino as ov
+    import tensorflow as tf
+
+    key, _, class_input, output, heatmap = _explain_names(metadata)
+    loaded = tf.saved_model.load(str(version_dir))  # held: the signature refers to its variables
+    model = ov.convert_model(loaded.signatures[key], extension=explain_extensions())
+    names = [port.get_names() for port in model.outputs]
+    outputs: dict[str, str] = {}
+    for wanted in (output, class_input, heatmap):
+        exact = [n for group in names for n in group if n == wanted]
+        suffixed = sorted(n for group in names for n in group if n.startswith(wanted + "_"))
+        if exact or suffixed:
+            outputs[wanted] = (exact or suffixed)[0]
+    return model, outputs
+
+
+def check_explain(
+    version_dir: Path, metadata: dict[str, Any], entry: dict[str, Any], sample: np.ndarray, thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """Figures of the explain IR against the explain signature in TensorFlow on ``sample`` (half the crops explain
+    their top class, half a given one) and whether they are within ``thresholds``."""
+    import openvino as ov
+    import tensorflow as tf
+
+    key, image_input, class_input, output, heatmap = _explain_names(metadata)
+    classes = np.where(np.arange(len(sample)) % 2 == 0, -1, np.arange(len(sample)) % len(metadata["labels"]))
+    classes = classes.astype(np.int32)
+    loaded = tf.saved_model.load(str(version_dir))  # held: the signature refers to its variables
+    fn = loaded.signatures[key]
+    compiled = ov.Core().compile_model(str(version_dir / entry["files"][0]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    ours: dict[str, list[np.ndarray]] = {output: [], class_input: [], heatmap: []}
+    theirs: dict[str, list[np.ndarray]] = {output: [], class_input: [], heatmap: []}
+    for i in range(0, len(sample), 32):
+        x, c = np.ascontiguousarray(sample[i : i + 32]), classes[i : i + 32]
+        request.infer({compiled.input(image_input): x, compiled.input(class_input): c})
+        for name in ours:
+            ours[name].append(np.array(request.get_tensor(compiled.output(entry["outputs"][name])).data, copy=True))
+        reference = fn(**{image_input: tf.constant(x), class_input: tf.constant(c)})
+        for name in theirs:
+            theirs[name].append(reference[name].numpy())
+    got = {name: np.concatenate(parts) for name, parts in ours.items()}
+    want = {name: np.concatenate(parts) for name, parts in theirs.items()}
+    if any(got[name].shape != want[name].shape for name in got):
+        shapes = {name: (got[name].shape, want[name].shape) for name in got}
+        return {"passed": False, "reason": f"output shapes differ from TensorFlow's: {shapes}"}
+    finite = all(bool(np.all(np.isfinite(got[name]))) for name in (output, heatmap))
+    agreement = float(np.mean(got[class_input] == want[class_input]))
+    prob_diff = float(np.abs(got[output].astype(np.float64) - want[output]).max()) if finite else float("inf")
+    map_diff = np.abs(got[heatmap].astype(np.float64) - want[heatmap]) if finite else np.full(1, np.inf)
+    reasons = []
+    if not finite:
+        reasons.append("non-finite outputs")
+    if agreement < thresholds["min_class_agreement"]:
+        reasons.append(f"explained class agrees on {agreement:.2%} < {thresholds['min_class_agreement']:.0%}")
+    if prob_diff > thresholds["max_prob_diff"]:
+        reasons.append(f"largest probability difference {prob_diff:.4g} > {thresholds['max_prob_diff']:.4g}")
+    if float(map_diff.max()) > thresholds["max_heatmap_diff"]:
+        reasons.append(f"largest heatmap difference {float(map_diff.max()):.4g} > {thresholds['max_heatmap_diff']}")
+    if float(map_diff.mean()) > thresholds["max_mean_heatmap_diff"]:
+        reasons.append(f"mean heatmap difference {float(map_diff.mean()):.4g} > {thresholds['max_mean_heatmap_diff']}")
+    return {
+        "class_agreement": round(agreement, 6),
+        "max_prob_diff": round(prob_diff, 7) if finite else None,
+        "max_heatmap_diff": round(float(map_diff.max()), 7) if finite else None,
+        "mean_heatmap_diff": round(float(map_diff.mean()), 8) if finite else None,
+        "thresholds": thresholds,
+        "passed": not reasons,
+        "reason": "; ".join(reasons) or None,
+    }
+
+
+def compile_explain(
+    version_dir: Path,
+    metadata: dict[str, Any],
+    sample: np.ndarray,
+    *,
+    check_only: bool,
+    previous: dict[str, Any] | None,
+    thresholds: dict[str, float],
+) -> dict[str, Any]:
+    """Write (unless ``check_only``) and check the explain IR; its entry for the section. A conversion that fails
+    (an op without a rule) is a failed entry with OpenVINO's reason, not an exception."""
+    stem = version_dir / OUT_DIR / EXPLAIN_FILE
+    files = [stem.with_suffix(".xml"), stem.with_suffix(".bin")]
+    names = [str(f.relative_to(version_dir)) for f in files]
+    entry: dict[str, Any] = {
+        "files": names,
+        "inference_precision_hint": "f32",
+        "reference": "the SavedModel's explain signature in TensorFlow fp32",
+        "outputs": (previous or {}).get("outputs", {}),
+    }
+    if not check_only:
+        import openvino as ov
+
+        try:
+            model, entry["outputs"] = convert_explain(version_dir, metadata)
+        except Exception as exc:  # OpenVINO's OpConversionFailure names the ops without a rule
+            message = " ".join(str(exc).split())
+            marker = message.find("No conversion rule")
+            reason = message[marker:] if marker >= 0 else message
+            return {**entry, "sha256": {}, "passed": False, "reason": f"OpenVINO cannot convert it: {reason}"[:300]}
+        files[0].parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, str(files[0]), compress_to_fp16=False)
+    if not all(f.is_file() for f in files):
+        return {**entry, "sha256": {}, "passed": False, "reason": "IR files missing"}
+    try:
+        entry.update(check_explain(version_dir, metadata, entry, sample, thresholds))
+    except Exception as exc:  # an unreadable IR fails its check
+        message = " ".join(str(exc).split())
+        entry.update(passed=False, reason=f"OpenVINO cannot run it: {type(exc).__name__}: {message}"[:300])
+    entry["sha256"] = {name: _sha256(f) for name, f in zip(names, files, strict=True)}
+    return entry
+
+
 def _read_metadata(version_dir: Path) -> dict[str, Any]:
     path = version_dir / "metadata.json"
     if not path.is_file():
@@ -238,10 +437,14 @@ def compile_export(
     seed: int = 0,
     thresholds: dict[str, dict[str, float]] | None = None,
     check_only: bool = False,
+    explain: bool = True,
+    explain_images: int = 64,
 ) -> tuple[Path, dict[str, Any]]:
     """Write (unless ``check_only``) and check the IR of ``precisions`` for the export ``model`` (a version folder,
     or a name folder: its highest version); record the ``openvino`` section in metadata.json and return both.
-    A precision that fails its check is recorded as failed (the service refuses it), not raised."""
+    A precision that fails its check is recorded as failed (the service refuses it), not raised. With ``explain``
+    and an export that has the explain signature (metadata's ``explain`` section), the explain IR too, checked on
+    ``explain_images`` crops drawn as the check sample is (same data, same seed)."""
     import openvino as ov
 
     unknown = set(precisions) - set(PRECISIONS)
@@ -290,6 +493,19 @@ def compile_export(
                 entry["calibration"] = previous[precision]["calibration"]
     for precision, entry in previous.items():  # precisions not handled in this call keep their record
         section["precisions"].setdefault(precision, entry)
+    earlier_explain = (metadata.get("openvino") or {}).get("explain")
+    if explain and metadata.get("explain"):
+        sample, _ = check_sample(data, metadata, explain_images, seed)
+        section["explain"] = compile_explain(
+            version_dir,
+            metadata,
+            sample,
+            check_only=check_only,
+            previous=earlier_explain,
+            thresholds=EXPLAIN_THRESHOLDS,
+        )
+    elif earlier_explain is not None:
+        section["explain"] = earlier_explain
     _write_section(version_dir, section)
     return version_dir, section
 
@@ -305,4 +521,13 @@ def describe(section: dict[str, Any]) -> list[str]:
         )
         verdict = "passed" if entry["passed"] else f"FAILED ({entry['reason']})"
         lines.append(f"  {precision:<5} {', '.join(entry['files'])}: {figures}: {verdict}")
+    explain = section.get("explain")
+    if explain is not None:
+        figures = (
+            f"largest heatmap difference {explain['max_heatmap_diff']}, probabilities {explain['max_prob_diff']}"
+            if explain.get("max_heatmap_diff") is not None
+            else "no figures"
+        )
+        verdict = "passed" if explain["passed"] else f"FAILED ({explain['reason']}; TensorFlow explains)"
+        lines.append(f"  explain {', '.join(explain['files'])}: {figures}: {verdict}")
     return lines

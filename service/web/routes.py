@@ -271,8 +271,12 @@ def _version_info(entry: ModelVersion, default: bool, precision: str) -> Version
             ),
             "evaluation": evaluation if isinstance(evaluation, dict) else None,
             "runtime": getattr(model.runtime, "name", None),
-            "precision": precision,
+            # what the runtime computes in (--precision auto resolved on this CPU), and what was asked for
+            "precision": getattr(model.runtime, "precision", None) or precision,
+            "precision_setting": precision,
             "explanations": model.can_explain,
+            "explanations_runtime": getattr(model.runtime, "explains_with", None)
+            or (getattr(model.runtime, "name", None) if model.can_explain else None),
             "metadata_version": meta.version,
         }
     )

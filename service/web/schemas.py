@@ -204,9 +204,19 @@ class VersionInfo(BaseModel):
     evaluation: dict[str, Any] | None = Field(
         default=None, description="The `evaluation` section of the version's metadata.json (accuracy, macro F1, ...)."
     )
-    runtime: str | None = Field(default=None, examples=["tensorflow"])
-    precision: str | None = Field(default=None, examples=["fp32"])
+    runtime: str | None = Field(default=None, examples=["openvino"])
+    precision: str | None = Field(
+        default=None,
+        examples=["bf16"],
+        description="What the runtime computes in: `--precision auto` resolved on this CPU (bf16 where it is native).",
+    )
+    precision_setting: str | None = Field(default=None, examples=["auto"], description="The `--precision` setting.")
     explanations: bool | None = Field(default=None, description="Whether the export has the explain signature.")
+    explanations_runtime: str | None = Field(
+        default=None,
+        examples=["openvino"],
+        description="What computes the explanations: openvino (the compiled explain IR) or tensorflow.",
+    )
     metadata_version: str | None = Field(default=None, description="The `version` field of its metadata.json.")
     load_seconds: float | None = Field(default=None, description="Time to load, validate and warm it up.")
     in_flight: int = Field(description="Requests using it now.")
