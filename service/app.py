@@ -49,6 +49,12 @@ PLACEHOLDER_PAGE = (
 )
 
 
+#: How long a stopping version's queue may take to finish its model call in progress. It stops after its requests
+#: (drained at an unload, answered or past request_deadline_s at shutdown), so its queue is empty and only a model call
+#: that hangs takes this long (shutdown's worst case: docs/reliability.md).
+BATCHER_STOP_TIMEOUT_S = 5.0
+
+
 @dataclass
 class ServedVersion:
     """One ready model version's queues and predictor (``service.registry.Serving``); the face detection workers are
@@ -61,7 +67,7 @@ class ServedVersion:
 
     async def close(self) -> None:
         for batcher, name in zip(self.batchers, ("predict", "explain"), strict=False):
-            await batcher.stop()
+            await batcher.stop(BATCHER_STOP_TIMEOUT_S)
             self.observer.forget(name, self.version)
 
 

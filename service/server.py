@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import uvicorn
@@ -18,7 +19,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
     """The uvicorn configuration for ``app`` under ``settings``; ``overrides`` replace single options.
 
     ``ws_max_size`` equals the frame limit so an oversize WebSocket message is refused by the protocol layer with
-    close code 1009 before it is buffered whole; graceful shutdown waits up to 30 s for requests in flight.
+    close code 1009 before it is buffered whole; graceful shutdown waits for requests in flight up to their deadline,
+    ``request_deadline_s`` + 1 s (every request is answered, or 504 at its deadline, before the server gives up on it;
+    the whole shutdown's worst case is in docs/reliability.md).
     The HTTP parser is h11, which refuses a request line plus headers over ``h11_max_incomplete_event_size``
     (16 KiB) with a 400; httptools, uvicorn's other parser, buffers headers of any size (measured: 1 MB of
     headers and 20,000 header lines were accepted). Request parsing is a small part of a request's cost here.
@@ -30,7 +33,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         log_config=None,
         access_log=False,
         ws_max_size=settings.ws_max_frame_bytes,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=math.ceil(settings.request_deadline_s) + 1,
         server_header=False,
         lifespan="on",
         http="h11",

@@ -481,3 +481,40 @@ def test_a_pixel_budget_smaller_than_one_largest_image_is_refused() -> None:
     error = _impossible(max_image_pixels=1_000_000, max_pixel_bytes_in_flight=3_999_999)
     assert [c.names for c in error.conflicts] == [("max_pixel_bytes_in_flight", "max_image_pixels")]
     assert "max_pixel_bytes_in_flight (3999999) must be at least max_image_pixels x 4 bytes (4000000)" in str(error)
+
+
+# --- 5. shutdown fits in the grace periods ----------------------------------------------------------------------------
+
+#: Images already handed to a detection worker ((1 worker + 1 queued) x ~3 s at 40 MP) and the process's exit.
+WORKERS_AND_EXIT_S = 8
+
+
+def test_the_grace_periods_cover_the_worst_case_shutdown() -> None:
+    """docs/reliability.md, "Shutdown": the server waits for requests up to their deadline, then each queue of the
+    served version gets BATCHER_STOP_TIMEOUT_S, then the workers finish and the process exits; k8s adds its preStop.
+    The deadline is the one the ConfigMap sets (compose passes the same default through)."""
+    import yaml
+    from fastapi import FastAPI
+
+    from service.app import BATCHER_STOP_TIMEOUT_S
+    from service.server import uvicorn_config
+
+    configmap = yaml.safe_load((ROOT / "k8s" / "configmap.yaml").read_text())["data"]
+    deadline = float(configmap["FER_REQUEST_DEADLINE_S"])
+    settings = Settings(model_dir=Path("unused"), request_deadline_s=deadline)
+    assert settings.request_deadline_s == Settings(model_dir=Path("unused")).request_deadline_s  # compose: default
+    graceful = uvicorn_config(FastAPI(), settings).timeout_graceful_shutdown
+    assert graceful is not None and graceful >= deadline  # no request is cut before its deadline
+    after_sigterm = graceful + 2 * BATCHER_STOP_TIMEOUT_S + WORKERS_AND_EXIT_S
+
+    deployment = yaml.safe_load((ROOT / "k8s" / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    (container,) = deployment["containers"]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert deployment["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + after_sigterm
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["fer"]
+    assert compose["stop_grace_period"].endswith("s")
+    assert float(compose["stop_grace_period"][:-1]) >= after_sigterm
+    # the same memory limit in both (docs/reliability.md, "Memory of a pod")
+    assert container["resources"]["limits"]["memory"] == "3Gi" and compose["mem_limit"] == "3g"
