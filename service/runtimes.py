@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,23 @@ AUTO = "auto"
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
+def import_openvino() -> Any:
+    """``import openvino`` with OpenVINO's usage telemetry off. Importing it (and each ``ov.convert_model``) sends
+    Google Analytics events through ``openvino_telemetry``, which forks a process per event from a worker thread;
+    offline, such a child can hang for good, outliving the service and holding its stdout/stderr open. Without the
+    ``openvino_telemetry`` module OpenVINO falls back to its own no-op stub (so does NNCF)."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: not importable
+    import openvino as ov
+
+    return ov
+
+
 def openvino_native_bf16() -> bool:
     """Whether OpenVINO's CPU plugin computes bf16 natively here: its ``OPTIMIZATION_CAPABILITIES`` lists ``BF16``
     only for AVX512_BF16 (incl. AMX) or AVX2-VNNI-2 CPUs (not for its bf16 simulation on other AVX-512 CPUs)."""
     try:
-        import openvino as ov
-
+        ov = import_openvino()
         return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # no openvino, no CPU plugin: no native bf16 to use
         return False
@@ -382,8 +394,8 @@ def select_openvino_explain(version_dir: Path, section: object, explain: Explain
 
 class OpenVINORuntime:
     """The network under OpenVINO's CPU plugin: an IR (``source`` ending in ``.xml``) or the SavedModel folder
-    converted at start-up (``ov.convert_model``, its ``serving_default`` signature; OpenVINO's own TensorFlow
-    frontend reads it, TensorFlow is not imported).
+    converted at start-up (``Core.read_model`` on the folder: OpenVINO's own TensorFlow frontend reads its
+    ``serving_default`` signature; TensorFlow is not imported).
 
     ``precision`` sets the inference precision hint: fp32 is f32 (OpenVINO's own default is bf16 on CPUs with
     native bf16), bf16 runs the fp32 IR in bfloat16 (fast only where the CPU has native bf16: see
@@ -404,7 +416,7 @@ class OpenVINORuntime:
         explain: ExplainSpec | None = None,
     ) -> None:
         try:
-            import openvino as ov
+            ov = import_openvino()
         except ImportError:
             raise ModelLoadError(
                 "the openvino runtime needs the 'openvino' package (a dependency of fer-service: reinstall it)"
@@ -426,7 +438,11 @@ class OpenVINORuntime:
                 f"'{signature.key}': compile the export (python -m training compile) or use --runtime tensorflow"
             )
         try:
-            model = core.read_model(str(source)) if source.suffix == ".xml" else ov.convert_model(str(source))
+            # read_model reads an IR, or a SavedModel folder through the same TensorFlow frontend as ov.convert_model
+            # (same graph, same outputs), without ov.convert_model's usage telemetry: that forks a process per event
+            # (55 for the tiny test export) trying to reach Google Analytics, which outlive the service and hold its
+            # stdout/stderr open.
+            model = core.read_model(str(source))
         except Exception as exc:  # OpenVINO raises RuntimeError/OSError/... with long multi-line messages
             raise ModelLoadError(
                 f"OpenVINO cannot read {source}: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"

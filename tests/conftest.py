@@ -4,6 +4,7 @@ training package's own code (a tiny network: the contract is what matters, not a
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -14,6 +15,11 @@ import pytest
 from PIL import Image
 
 from training.labels import CSV_CODE_TO_LABEL, LABELS
+
+# OpenVINO's usage telemetry off in the test process too (as service.runtimes.import_openvino does for the service):
+# `import openvino` and each ov.convert_model fork a process per event, and one that hangs offline holds the test
+# run's output open. Without the module OpenVINO and NNCF use their no-op stubs.
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 PER_CLASS = 6
 
