@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -445,6 +446,8 @@ def compile_export(
     A precision that fails its check is recorded as failed (the service refuses it), not raised. With ``explain``
     and an export that has the explain signature (metadata's ``explain`` section), the explain IR too, checked on
     ``explain_images`` crops drawn as the check sample is (same data, same seed)."""
+    if "openvino" not in sys.modules:  # OpenVINO's usage telemetry off, as in the service (service/runtimes.py)
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
     import openvino as ov
 
     unknown = set(precisions) - set(PRECISIONS)
