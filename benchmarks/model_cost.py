@@ -30,7 +30,9 @@ def measure(model_dir: str, *, batch: int = 32, seconds: float = 10.0) -> dict[s
     """CPU milliseconds per face and faces per second of ``model_dir``'s served version at ``batch``."""
     from service.model import load_model
 
-    model = load_model(model_dir)
+    # TensorFlow fp32: the budget is stated for the exported graph as written (the service's default OpenVINO
+    # runtime is faster still: benchmarks/PRECISION.md).
+    model = load_model(model_dir, runtime="tensorflow", precision="fp32")
     height, width = model.input_size
     crops = np.random.default_rng(0).integers(
         0, 256, (batch, height, width, model.metadata.input.channels), dtype=np.uint8
