@@ -49,11 +49,17 @@ def import_openvino() -> Any:
     Google Analytics events through ``openvino_telemetry``, which forks a process per event from a worker thread;
     offline, such a child can hang for good, outliving the service and holding its stdout/stderr open. Without the
     ``openvino_telemetry`` module OpenVINO falls back to its own no-op stub (so does NNCF)."""
-    if "openvino" not in sys.modules:
-        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: not importable
+    _openvino_telemetry_off()
     import openvino as ov
 
     return ov
+
+
+def _openvino_telemetry_off() -> None:
+    """Before OpenVINO is first imported (also by TensorFlow's Keras 3, which imports it for its openvino backend):
+    make ``openvino_telemetry`` unimportable (None in ``sys.modules``)."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 
 def openvino_native_bf16() -> bool:
@@ -233,6 +239,7 @@ def tensorflow_available() -> bool:
 def import_tensorflow(purpose: str) -> Any:
     """``import tensorflow`` (seconds, and hundreds of MB), only when a model needs it; ``ModelLoadError`` naming
     ``purpose`` when it is not installed (the lean image)."""
+    _openvino_telemetry_off()  # Keras 3 imports OpenVINO
     try:
         import tensorflow as tf
     except ImportError:
