@@ -380,8 +380,9 @@ def test_an_unloaded_version_is_released_not_kept_by_the_app(exported_model: Pat
         finally:
             gc.enable()
         assert alive == [], f"still alive after version 1 unloaded: {alive}"
-        # the function definitions TensorFlow keeps for a loaded SavedModel go only when its cycles are collected
-        assert tf_function_count() == functions, "TensorFlow still holds version 1's functions"
+        # the function definitions TensorFlow keeps for a loaded SavedModel go only when its cycles are collected (at
+        # most the one-version level: the collection may also free what earlier tests left in this process)
+        assert tf_function_count() <= functions, "TensorFlow still holds version 1's functions"
         response = http.post(f"{service.url}/predict?detect=false", content=image, headers=headers, timeout=60)
         assert response.status_code == 200 and response.json()["model"]["version"] == "2"
         assert "@1" not in " ".join(service.state.registry.default.serving.observer._depths)  # queue depths forgotten
