@@ -77,7 +77,9 @@ def _loader(state: ServiceState) -> Callable[[Path], LoadedModel]:
     settings = state.settings
 
     def load(path: Path) -> LoadedModel:
-        model = load_model(path, precision=settings.precision, runtime=settings.runtime)
+        model = load_model(
+            path, precision=settings.precision, runtime=settings.runtime, openvino_threads=settings.openvino_threads
+        )
         warm_sizes = (1, settings.max_batch_size) if settings.max_batch_size > 1 else (1,)
         model.warm_up(warm_sizes)
         meta = model.metadata.input

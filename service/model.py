@@ -205,6 +205,7 @@ def load_model(
     *,
     precision: str = AUTO,
     runtime: Literal["tensorflow", "openvino"] | str = "openvino",
+    openvino_threads: int = 0,
 ) -> LoadedModel:
     """Resolve, read, load and validate a model (no warm-up); raises ``ModelLoadError`` naming the problem.
 
@@ -255,6 +256,7 @@ def load_model(
             explainer=explainer,
             explain_ir=explain_ir,
             explain=explain_spec,
+            threads=openvino_threads,
         )
     else:
         loaded = TensorFlowRuntime(version_dir, metadata.signature, precision=precision, explain=metadata.explain)

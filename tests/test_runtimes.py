@@ -279,3 +279,17 @@ def test_an_ir_changed_after_its_check_is_refused(compiled: Path, tmp_path: Path
     (version_dir / "openvino/fp32/model.bin").unlink()  # a missing fp32 IR: converted at start-up instead
     runtime = load_model(version_dir, runtime="openvino", precision="fp32").runtime
     assert isinstance(runtime, OpenVINORuntime) and runtime.source == version_dir
+
+
+def test_openvino_runs_a_call_on_the_threads_the_setting_asks_for(exported_model: Path) -> None:
+    import os
+
+    crops = np.random.default_rng(4).integers(0, 256, (5, 24, 24, 1)).astype(np.float32)
+    one = load_model(exported_model, runtime="openvino", precision="fp32", openvino_threads=1)
+    assert isinstance(one.runtime, OpenVINORuntime) and one.runtime.threads == 1
+    default = load_model(exported_model, runtime="openvino", precision="fp32")
+    # 0 (the default): a core is left to the event loop and face detection
+    assert default.runtime.threads == max(1, len(os.sched_getaffinity(0)) - 1)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(one.predict(crops), default.predict(crops), atol=1e-5)
+    with pytest.raises(ValidationError, match="openvino_threads"):
+        Settings(openvino_threads=-1)
