@@ -84,9 +84,9 @@ class Settings(BaseSettings):
     openvino_threads: int = Field(
         0,
         ge=0,
-        description="Threads OpenVINO runs a model call on; 0 = the CPUs the process may use minus one (at least 1), "
-        "leaving a core to the event loop and face detection (on 2 cores: 1 thread, a quarter less service CPU per "
-        "face than OpenVINO's one thread per core, same throughput).",
+        description="Threads OpenVINO runs a model call on; 0 = the CPUs the process may use (its affinity, capped by "
+        "a cgroup CPU limit) minus one (at least 1), leaving a core to the event loop and face detection (on 2 "
+        "cores: 1 thread, a quarter less service CPU per face than OpenVINO's one thread per core, same throughput).",
     )
     model_version_policy: str = Field(
         "latest",

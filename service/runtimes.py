@@ -71,7 +71,20 @@ def openvino_threads(setting: int = 0) -> int:
     performance)."""
     if setting > 0:
         return setting
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return max(1, usable_cpus() - 1)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a Kubernetes CPU limit or
+    ``docker run --cpus``), which the affinity does not show."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))  # ceil: 1.5 CPUs can run 2 threads
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def openvino_native_bf16() -> bool:

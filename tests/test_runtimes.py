@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from service.config import Settings
 from service.errors import ModelLoadError
 from service.model import load_model
-from service.runtimes import OpenVINORuntime, openvino_native_bf16, resolve_precision
+from service.runtimes import OpenVINORuntime, openvino_native_bf16, resolve_precision, usable_cpus
 from tests import photos
 from tests.servers import running_service
 from training.compile import THRESHOLDS, compile_export
@@ -289,7 +289,8 @@ def test_openvino_runs_a_call_on_the_threads_the_setting_asks_for(exported_model
     assert isinstance(one.runtime, OpenVINORuntime) and one.runtime.threads == 1
     default = load_model(exported_model, runtime="openvino", precision="fp32")
     # 0 (the default): a core is left to the event loop and face detection
-    assert default.runtime.threads == max(1, len(os.sched_getaffinity(0)) - 1)  # type: ignore[attr-defined]
+    assert default.runtime.threads == max(1, usable_cpus() - 1)  # type: ignore[attr-defined]
+    assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))
     np.testing.assert_allclose(one.predict(crops), default.predict(crops), atol=1e-5)
     with pytest.raises(ValidationError, match="openvino_threads"):
         Settings(openvino_threads=-1)
