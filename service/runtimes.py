@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,21 +45,12 @@ OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def import_openvino() -> Any:
-    """``import openvino`` with OpenVINO's usage telemetry off. Importing it (and each ``ov.convert_model``) sends
-    Google Analytics events through ``openvino_telemetry``, which forks a process per event from a worker thread;
-    offline, such a child can hang for good, outliving the service and holding its stdout/stderr open. Without the
-    ``openvino_telemetry`` module OpenVINO falls back to its own no-op stub (so does NNCF)."""
-    _openvino_telemetry_off()
+    """``import openvino``, with its usage telemetry already off: ``service/__init__.py`` makes
+    ``openvino_telemetry`` unimportable before any module of the service runs, whichever import reaches OpenVINO
+    first (this one, or Keras 3's inside TensorFlow)."""
     import openvino as ov
 
     return ov
-
-
-def _openvino_telemetry_off() -> None:
-    """Before OpenVINO is first imported (also by TensorFlow's Keras 3, which imports it for its openvino backend):
-    make ``openvino_telemetry`` unimportable (None in ``sys.modules``)."""
-    if "openvino" not in sys.modules:
-        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 
 def openvino_threads(setting: int = 0) -> int:
@@ -264,7 +254,6 @@ def tensorflow_available() -> bool:
 def import_tensorflow(purpose: str) -> Any:
     """``import tensorflow`` (seconds, and hundreds of MB), only when a model needs it; ``ModelLoadError`` naming
     ``purpose`` when it is not installed (the lean image)."""
-    _openvino_telemetry_off()  # Keras 3 imports OpenVINO
     try:
         import tensorflow as tf
     except ImportError:
