@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from training.config import TrainConfig
+from training.config import ArchConfig, TrainConfig
 from training.inference import rebuild_float32, saved_model_predictor, served_graph
 from training.model import build_inference_model, ensemble_of, load_inference_model
 
@@ -31,6 +31,11 @@ RECOVER_TOLERANCE = 1e-5
 
 class EnsembleError(ValueError):
     """The runs cannot form one ensemble (different architectures or different held-out images)."""
+
+
+def _as_trained(arch: ArchConfig) -> ArchConfig:
+    """``arch`` without its inference-only choices (test-time flip, temperature: set at export)."""
+    return dataclasses.replace(arch, test_time_flip=False, temperature=1.0)
 
 
 def _read_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
@@ -53,9 +58,7 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
     runs = [(Path(m), *_read_run(Path(m))) for m in members]
     first_dir, first, _ = runs[0]
     for path, config, record in runs[1:]:
-        if dataclasses.replace(config.arch, test_time_flip=False, temperature=1.0) != dataclasses.replace(
-            first.arch, test_time_flip=False, temperature=1.0
-        ):
+        if _as_trained(config.arch) != _as_trained(first.arch):
             raise EnsembleError(f"{path} has another architecture than {first_dir}")
         held = (config.split_seed, config.calibration_fraction, config.limit_per_class)
         if held != (first.split_seed, first.calibration_fraction, first.limit_per_class):
@@ -65,8 +68,8 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
                 "ensemble's temperature would be fitted on images a member trained on; train members with the "
                 "same --holdout-seed"
             )
-        fingerprints = {r.get("train_fingerprint") for _, _, r in (runs[0], (path, config, record))}
-        if len(fingerprints) > 1 and None not in fingerprints:
+        theirs, ours = record.get("train_fingerprint"), runs[0][2].get("train_fingerprint")
+        if theirs and ours and theirs != ours:
             raise EnsembleError(f"{path} was trained on other images than {first_dir}")
     out = Path(run_dir)
     if (out / "model.keras").exists():
@@ -75,7 +78,7 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
 
     model = ensemble_of([rebuild_float32(load_inference_model(str(p / "model.keras")), c.arch) for p, c, _ in runs])
     model.save(out / "model.keras")
-    arch = dataclasses.replace(first.arch, ensemble=len(runs), test_time_flip=False, temperature=1.0)
+    arch = dataclasses.replace(_as_trained(first.arch), ensemble=len(runs))
     dataclasses.replace(first, arch=arch, holdout_seed=first.split_seed).save(out / "config.json")
     records = [r for _, _, r in runs]
     record = {
@@ -106,7 +109,7 @@ def recover(export_dir: str | Path, run_dir: str | Path) -> Path:
     training = metadata.get("training") or {}
     if "config" not in training:
         raise ValueError(f"{export_dir} has no training config in its metadata: nothing to rebuild from")
-    trained_arch = dataclasses.replace(served_arch, test_time_flip=False, temperature=1.0)
+    trained_arch = _as_trained(served_arch)
     model = build_inference_model(trained_arch, num_classes=len(metadata["labels"]), pretrained=False)
     variables = tf.saved_model.load(str(export_dir)).weights
     if len(variables) != len(model.weights):
