@@ -597,6 +597,16 @@ def test_an_ensemble_of_two_runs_serves_the_mean_of_their_answers_with_one_tempe
     assert heat.shape == (4, 24, 24) and 0.0 <= heat.min() and heat.max() <= 1.0 and heat.max() > 0.5
     np.testing.assert_allclose(maps["probabilities"].numpy(), served, atol=1e-6)
 
+    # An ensemble grows by one network: the ensemble run contributes its members, none is retrained.
+    third = train(
+        dataclasses.replace(smoke, seed=11, holdout_seed=smoke.seed), tiny_folder_dataset, tmp_path / "d", verbose=0
+    )
+    grown = combine([tmp_path / "ens", third.run_dir], tmp_path / "ens3")
+    assert json.loads((tmp_path / "ens3" / "config.json").read_text())["arch"]["ensemble"] == 3
+    assert len(json.loads((tmp_path / "ens3" / "run.json").read_text())["ensemble_of"]) == 3
+    three = [*members, load_predictor(third.run_dir / "model.keras")[0]]
+    np.testing.assert_allclose(load_predictor(grown)[0](crops), sum(p(crops) for p in three) / 3, atol=1e-5)
+
     # A member that trained on the images the temperature is fitted on is refused, with the reason.
     other = train(dataclasses.replace(smoke, seed=7, epochs=1), tiny_folder_dataset, tmp_path / "c", verbose=0)
     with pytest.raises(EnsembleError, match="holdout-seed"):

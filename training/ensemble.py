@@ -1,7 +1,8 @@
 """Ensembles of trained runs, and a run folder recovered from an export.
 
 * :func:`combine` — several run folders (networks of one architecture trained with different seeds) -> one run
-  folder whose ``model.keras`` averages their probabilities (:func:`training.model.ensemble_of`). ``evaluate``,
+  folder whose ``model.keras`` averages their probabilities (:func:`training.model.ensemble_of`). A run that is
+  itself an ensemble contributes its members, so an ensemble grows by one network without retraining the others. ``evaluate``,
   ``export`` and ``compile`` then treat it as any other run: test-time flip, the temperature and Grad-CAM apply to
   the ensemble as a whole.
 * :func:`recover` — an exported version -> the run folder it came from (``model.keras``, ``config.json``,
@@ -23,7 +24,7 @@ import numpy as np
 
 from training.config import ArchConfig, TrainConfig
 from training.inference import rebuild_float32, saved_model_predictor, served_graph
-from training.model import build_inference_model, ensemble_of, load_inference_model
+from training.model import build_inference_model, ensemble_members, ensemble_of, load_inference_model
 
 #: Largest |recovered - exported| probability allowed when recovering a run from an export.
 RECOVER_TOLERANCE = 1e-5
@@ -36,6 +37,11 @@ class EnsembleError(ValueError):
 def _as_trained(arch: ArchConfig) -> ArchConfig:
     """``arch`` without its inference-only choices (test-time flip, temperature: set at export)."""
     return dataclasses.replace(arch, test_time_flip=False, temperature=1.0)
+
+
+def _single(arch: ArchConfig) -> ArchConfig:
+    """``arch`` as trained, for one network: an ensemble run's members are compared one network at a time."""
+    return dataclasses.replace(_as_trained(arch), ensemble=1)
 
 
 def _read_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
@@ -58,7 +64,7 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
     runs = [(Path(m), *_read_run(Path(m))) for m in members]
     first_dir, first, _ = runs[0]
     for path, config, record in runs[1:]:
-        if _as_trained(config.arch) != _as_trained(first.arch):
+        if _single(config.arch) != _single(first.arch):
             raise EnsembleError(f"{path} has another architecture than {first_dir}")
         held = (config.split_seed, config.calibration_fraction, config.limit_per_class)
         if held != (first.split_seed, first.calibration_fraction, first.limit_per_class):
@@ -76,16 +82,22 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
         raise FileExistsError(f"{out / 'model.keras'} already exists")
     out.mkdir(parents=True, exist_ok=True)
 
-    model = ensemble_of([rebuild_float32(load_inference_model(str(p / "model.keras")), c.arch) for p, c, _ in runs])
+    networks = [
+        network
+        for p, c, _ in runs
+        for network in ensemble_members(rebuild_float32(load_inference_model(str(p / "model.keras")), c.arch))
+    ]
+    model = ensemble_of(networks)
     model.save(out / "model.keras")
-    arch = dataclasses.replace(_as_trained(first.arch), ensemble=len(runs))
+    arch = dataclasses.replace(_single(first.arch), ensemble=len(networks))
     dataclasses.replace(first, arch=arch, holdout_seed=first.split_seed).save(out / "config.json")
     records = [r for _, _, r in runs]
+    member_records = [m for p, _, r in runs for m in r.get("ensemble_of", [{"run_dir": str(p), **r}])]
     record = {
-        "ensemble_of": [{"run_dir": str(p), **r} for p, _, r in runs],
+        "ensemble_of": member_records,
         "seconds": round(sum(float(r.get("seconds", 0)) for r in records), 1),
         **{k: records[0][k] for k in ("train_images", "calibration_images", "train_fingerprint") if k in records[0]},
-        "member_val_accuracy": [r.get("val_accuracy") for r in records],
+        "member_val_accuracy": [m.get("val_accuracy") for m in member_records],
     }
     (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return out / "model.keras"
