@@ -2,9 +2,9 @@
 
 * :func:`combine` — several run folders (networks of one architecture trained with different seeds) -> one run
   folder whose ``model.keras`` averages their probabilities (:func:`training.model.ensemble_of`). A run that is
-  itself an ensemble contributes its members, so an ensemble grows by one network without retraining the others. ``evaluate``,
-  ``export`` and ``compile`` then treat it as any other run: test-time flip, the temperature and Grad-CAM apply to
-  the ensemble as a whole.
+  itself an ensemble contributes its members, so an ensemble grows by one network without retraining the others.
+  ``evaluate``, ``export`` and ``compile`` then treat it as any other run: test-time flip, the temperature and
+  Grad-CAM apply to the ensemble as a whole.
 * :func:`recover` — an exported version -> the run folder it came from (``model.keras``, ``config.json``,
   ``run.json``), for when the run folder is gone (runs live outside the work tree; what ships is committed). The
   weights are read from the SavedModel and checked against it.
