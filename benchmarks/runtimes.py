@@ -5,6 +5,9 @@ issue's parity rule. Writes the "Runtimes" section of ``benchmarks/PRECISION.md`
 
     .venv/bin/python benchmarks/runtimes.py                        # the shipped model's highest version
     .venv/bin/python benchmarks/runtimes.py --model-dir models/fer-cnn-48/4 --seconds 20
+    # a model of the flagship's size (benchmarks/untrained_model.py, then `python -m training compile` on it):
+    .venv/bin/python benchmarks/runtimes.py --model-dir /tmp/bench-models/resnet50v2-224-untrained \
+        --val-limit 320 --section flagship-size
 
 The model needs its OpenVINO IR for int8 (``python -m training compile --model <version folder>``). Each
 configuration runs in its own process (TensorFlow's bf16 switch is process-wide). Throughput is the median of
@@ -19,6 +22,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -41,11 +45,19 @@ CONFIGS = [
 BATCH = 32
 #: The issue's parity rule against fp32 on FER-2013 val: (largest accuracy drop in points, least top-1 agreement).
 PARITY = {"fp32": (float("inf"), 0.0), "bf16": (0.2, 0.0), "int8": (0.5, 0.98)}
-BEGIN, END = "<!-- runtimes.py: begin -->", "<!-- runtimes.py: end -->"
 
 
-def _measure(model_dir: str, data: str, runtime: str, precision: str, seconds: float, repeats: int, out: Path) -> None:
-    """Child process: val probabilities and batch-32 throughput of one configuration."""
+def markers(section: str) -> tuple[str, str]:
+    """The comments that delimit a section of the results file (``runtimes`` is the shipped model's)."""
+    name = "runtimes.py" if section == "runtimes" else f"runtimes.py {section}"
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+
+def _measure(
+    model_dir: str, data: str, runtime: str, precision: str, seconds: float, repeats: int, limit: int, out: Path
+) -> None:
+    """Child process: val probabilities (the first ``limit`` of a seeded shuffle; 0 = all) and batch-32
+    throughput of one configuration."""
     from service.errors import ModelLoadError
     from service.model import LoadedModel, load_model
     from service.runtimes import OpenVINORuntime
@@ -63,7 +75,8 @@ def _measure(model_dir: str, data: str, runtime: str, precision: str, seconds: f
         model = LoadedModel(plain.metadata, plain.path, runtime_)
     load_s = time.perf_counter() - started
     val = read_split(data, "val")
-    images = model_input(model.metadata.model_dump(), val.images)
+    keep = np.random.default_rng(0).permutation(len(val.labels))[:limit] if limit else np.arange(len(val.labels))
+    images = model_input(model.metadata.model_dump(), val.images[keep])
     crops = np.clip(np.rint(images), 0, 255).astype(np.uint8)  # the service hands the model uint8 crops
     probabilities = np.concatenate([model.predict(crops[i : i + BATCH]) for i in range(0, len(crops), BATCH)])
     x = crops[:BATCH]
@@ -83,7 +96,7 @@ def _measure(model_dir: str, data: str, runtime: str, precision: str, seconds: f
     (out / f"{runtime}-{precision}.json").write_text(
         json.dumps(
             {
-                "labels": val.labels.tolist(),
+                "labels": val.labels[keep].tolist(),
                 "name": model.metadata.name,
                 "version": model.metadata.version,
                 "images_per_s": float(np.median(rates)),
@@ -131,6 +144,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "PRECISION.md"))
     parser.add_argument("--note", default="", help="a sentence on the machine's state (e.g. a training run)")
     parser.add_argument(
+        "--val-limit", type=int, default=0, help="val images for the agreement figures (0 = all; a seeded sample)"
+    )
+    parser.add_argument(
+        "--section", default="runtimes", help="the results file's section to (re)write (runtimes: the shipped model)"
+    )
+    parser.add_argument(
         "--configs",
         default=",".join(f"{r}:{p}" for r, p in CONFIGS),
         help="runtime:precision list (tensorflow:fp32 first: the reference)",
@@ -140,7 +159,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         runtime, precision = args.child.split(":")
-        _measure(args.model_dir, args.data, runtime, precision, args.seconds, args.repeats, Path(args.child_out))
+        _measure(
+            args.model_dir, args.data, runtime, precision, args.seconds, args.repeats, args.val_limit,
+            Path(args.child_out),
+        )  # fmt: skip
         return 0
 
     from service.model import resolve_model_dir
@@ -154,7 +176,8 @@ def main() -> int:
             print(f"measuring {runtime} {precision} ...", flush=True)
             _run_child(
                 "--model-dir", model_dir, "--data", args.data, "--seconds", str(args.seconds),
-                "--repeats", str(args.repeats), "--child", f"{runtime}:{precision}", "--child-out", tmp,
+                "--repeats", str(args.repeats), "--val-limit", str(args.val_limit),
+                "--child", f"{runtime}:{precision}", "--child-out", tmp,
             )  # fmt: skip
         probabilities = {key: np.load(Path(tmp) / f"{key[0]}-{key[1]}.npy") for key in configs}
         info = {key: json.loads((Path(tmp) / f"{key[0]}-{key[1]}.json").read_text()) for key in configs}
@@ -174,16 +197,18 @@ def main() -> int:
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
     name, version = info[configs[0]]["name"], info[configs[0]]["version"]
     base = figures[("tensorflow", "fp32")]["images_per_s"]
+    begin, end = markers(args.section)
+    sample = f"{len(labels)} of the 3589 images (a seeded sample)" if args.val_limit else f"{len(labels)} images"
     lines = [
-        BEGIN,
-        "## Runtimes: TensorFlow and OpenVINO, fp32 / bf16 / int8",
+        begin,
+        f"## Runtimes: TensorFlow and OpenVINO, fp32 / bf16 / int8{'' if args.section == 'runtimes' else ': ' + name}",
         "",
         f"Written by `benchmarks/runtimes.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: "
         f"{cpu or platform.processor()}, {os.cpu_count()} logical cores, avx512_bf16 "
         f"{'yes' if 'avx512_bf16' in cpuinfo else 'no'}, amx_bf16 {'yes' if 'amx_bf16' in cpuinfo else 'no'}; "
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. {args.note}".rstrip(),
         f"Model `{name}` version {version} (`{model_dir}`) through `service.model.load_model`; FER-2013 val, "
-        f"{len(labels)} images as uint8 crops. Agreement and largest probability difference are against TensorFlow "
+        f"{sample} as uint8 crops. Agreement and largest probability difference are against TensorFlow "
         f"fp32. Raw model at batch {BATCH}: median of {args.repeats} windows of {args.seconds:g} s; CPU ms per face "
         "is the process's CPU time (all threads) per face.",
         "",
@@ -206,14 +231,14 @@ def main() -> int:
         *[f"- {reason}" for reason in reasons],
         *[f"- {k[0]} {k[1]}: {f['refused']}" for k, f in figures.items() if f["refused"]],
         "",
-        "Rerun on an idle machine: `.venv/bin/python benchmarks/runtimes.py` (about 5 minutes).",
-        END,
+        "Rerun on an idle machine: `.venv/bin/python benchmarks/runtimes.py " + shlex.join(sys.argv[1:]) + "`.",
+        end,
     ]
     section = "\n".join(lines)
     out = Path(args.out)
     text = out.read_text() if out.is_file() else ""
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     out.write_text(text)

@@ -77,9 +77,11 @@ class Settings(BaseSettings):
     )
     precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
-        description="auto (openvino: bf16 where the CPU computes it natively, AVX512_BF16/AMX, else fp32; "
-        "tensorflow: fp32); fp32; bf16 (OpenVINO's bf16 hint or TensorFlow's oneDNN rewrite: fast only with native "
-        "bf16, simulated and slower on other AVX-512 CPUs); int8 (openvino only: the NNCF-quantized IR from compile).",
+        description="auto (openvino: int8 where the version's int8 IR passed its compile check on labelled val "
+        "images, i.e. holds parity with fp32; else bf16 where the CPU computes it natively, AVX512_BF16/AMX; else "
+        "fp32; tensorflow: fp32); fp32; bf16 (OpenVINO's bf16 hint or TensorFlow's oneDNN rewrite: fast only with "
+        "native bf16, simulated and slower on other AVX-512 CPUs); int8 (openvino only: the NNCF-quantized IR from "
+        "compile).",
     )
     openvino_threads: int = Field(
         0,

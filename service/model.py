@@ -211,10 +211,10 @@ def load_model(
 
     The defaults are the service's: ``runtime="openvino"`` runs the IR ``python -m training compile`` derived and
     checked (or, for fp32/bf16 without one, the SavedModel converted at start-up; see
-    ``service.runtimes.select_openvino_source``), and ``precision="auto"`` is bf16 where the CPU computes it
-    natively, else fp32 (``service.runtimes.resolve_precision``). Explanations under OpenVINO come from the compiled
-    explain IR when its check passed, else from TensorFlow (fp32) where it is installed, else they are unavailable.
-    ``runtime="tensorflow"`` runs the SavedModel in TensorFlow."""
+    ``service.runtimes.select_openvino_source``), and ``precision="auto"`` is int8 where the version's int8 IR holds
+    parity on val, else bf16 where the CPU computes it natively, else fp32 (``service.runtimes.resolve_precision``).
+    Explanations under OpenVINO come from the compiled explain IR when its check passed, else from TensorFlow (fp32)
+    where it is installed, else they are unavailable. ``runtime="tensorflow"`` runs the SavedModel in TensorFlow."""
     version_dir = resolve_model_dir(model_dir)
     metadata = read_metadata(version_dir)
     if not (version_dir / "saved_model.pb").is_file():
@@ -226,10 +226,10 @@ def load_model(
             f"the {runtime} runtime serves precisions {', '.join(PRECISIONS[runtime])}, not {precision!r}"
             + (" (int8 needs --runtime openvino)" if precision == "int8" else "")
         )
-    precision = resolve_precision(runtime, precision)
+    section = (metadata.model_extra or {}).get("openvino")
+    precision = resolve_precision(runtime, precision, section)
     loaded: TensorFlowRuntime | OpenVINORuntime
     if runtime == "openvino":
-        section = (metadata.model_extra or {}).get("openvino")
         source = select_openvino_source(version_dir, precision, section)
         explain_spec = metadata.explain or DEFAULT_EXPLAIN
         explain_ir = (

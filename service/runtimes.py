@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 #: The runtimes ``--runtime`` chooses from, and the precisions each serves.
 RUNTIMES = ("tensorflow", "openvino")
 PRECISIONS = {"tensorflow": ("fp32", "bf16"), "openvino": ("fp32", "bf16", "int8")}
-#: ``--precision auto`` (the default): the fastest precision that holds parity for the shipped model where the CPU
-#: computes it natively (benchmarks/PRECISION.md), else fp32. See ``resolve_precision``.
+#: ``--precision auto`` (the default): the fastest precision that holds parity with fp32 on val for the version
+#: served (benchmarks/PRECISION.md): int8 where its compile check passed on labelled val images, else bf16 where the
+#: CPU computes it natively, else fp32. See ``resolve_precision``.
 AUTO = "auto"
 #: OpenVINO's inference precision hint per served precision. bf16 is a hint on the fp32 IR: the CPU plugin runs the
 #: maths in bfloat16 where the CPU has native bf16 (AVX512_BF16, AMX or AVX2-VNNI-2); on other AVX-512 CPUs it
@@ -87,14 +88,32 @@ def openvino_native_bf16() -> bool:
         return False
 
 
-def resolve_precision(runtime: str, precision: str) -> str:
-    """The precision served for ``--precision`` (``auto`` resolved): for openvino, bf16 where the CPU computes it
-    natively (the shipped model holds parity in bf16: benchmarks/PRECISION.md), else fp32 (the bf16 hint is then
-    simulated and slower, or refused); for tensorflow, fp32 (its bf16 rewrite is not checked against parity)."""
+def int8_holds_parity(section: object) -> bool:
+    """Whether a version's int8 IR holds parity with fp32: metadata.json's ``openvino`` section (``section``, None
+    when absent) records its compile check as passed on labelled val images, i.e. within the top-1 agreement,
+    probability and accuracy-drop bounds of ``training/compile.py``'s THRESHOLDS (the issue's parity rule)."""
+    if section is None:
+        return False
+    try:
+        entry = OpenVINOSection.model_validate(section).precisions.get("int8")
+    except ValidationError:
+        return False  # select_openvino_source says what is wrong with the section
+    return entry is not None and entry.passed and entry.accuracy_drop_points is not None
+
+
+def resolve_precision(runtime: str, precision: str, section: object = None) -> str:
+    """The precision served for ``--precision`` (``auto`` resolved) for a version whose metadata.json has the
+    ``openvino`` section ``section`` (None when absent): for openvino, int8 where it holds parity
+    (:func:`int8_holds_parity`: the fastest, benchmarks/PRECISION.md), else bf16 where the CPU computes it natively
+    (the shipped model holds parity in bf16), else fp32 (the bf16 hint is then simulated and slower, or refused);
+    for tensorflow, fp32 (its bf16 rewrite is not checked against parity)."""
     if precision != AUTO:
         return precision
-    if runtime == "openvino" and openvino_native_bf16():
-        return "bf16"
+    if runtime == "openvino":
+        if int8_holds_parity(section):
+            return "int8"
+        if openvino_native_bf16():
+            return "bf16"
     return "fp32"
 
 
@@ -284,6 +303,8 @@ class OpenVINOCheck(BaseModel):
     sha256: dict[str, str]  # of each file, as checked
     passed: bool
     reason: str | None = None  # why the check failed (None when it passed)
+    #: Points of val accuracy below the SavedModel's; None where the check sample was not labelled val images.
+    accuracy_drop_points: float | None = None
 
 
 class OpenVINOExplainCheck(OpenVINOCheck):

@@ -231,7 +231,7 @@ def _add_compile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help="FER-2013: train crops calibrate int8, val ones check")
     p.add_argument("--precisions", default="fp32,bf16,int8", help="comma-separated subset of fp32,bf16,int8")
     p.add_argument("--calibration-images", type=int, default=300, help="train crops NNCF calibrates int8 on")
-    p.add_argument("--check-images", type=int, default=500, help="val crops each precision is checked on")
+    p.add_argument("--check-images", type=int, default=0, help="val crops each precision is checked on (0: all of val)")
     p.add_argument("--seed", type=int, default=0, help="seed of both draws")
     p.add_argument("--check-only", action="store_true", help="check the IR files present again; write none")
     p.set_defaults(func=_compile)
