@@ -12,7 +12,9 @@ issue's parity rule. Writes the "Runtimes" section of ``benchmarks/PRECISION.md`
 The model needs its OpenVINO IR for int8 (``python -m training compile --model <version folder>``). Each
 configuration runs in its own process (TensorFlow's bf16 switch is process-wide). Throughput is the median of
 ``--repeats`` timed windows of ``--seconds`` at batch 32; CPU ms per face is the process's CPU time (all threads)
-over those windows divided by the faces, so it reads the same on a busy machine where wall time does not.
+over those windows divided by the faces, so it reads the same on a busy machine where wall time does not. Each
+runtime gets all the CPUs the process may use, as TensorFlow takes them: OpenVINO with as many threads (the
+service's default, ``openvino_threads`` 0, leaves one core to the event loop and face detection instead).
 """
 
 from __future__ import annotations
@@ -60,18 +62,18 @@ def _measure(
     throughput of one configuration."""
     from service.errors import ModelLoadError
     from service.model import LoadedModel, load_model
-    from service.runtimes import OpenVINORuntime
+    from service.runtimes import OpenVINORuntime, usable_cpus
     from training.compile import model_input
     from training.data import read_split
 
     started, refused = time.perf_counter(), None
     try:
-        model = load_model(model_dir, runtime=runtime, precision=precision)
+        model = load_model(model_dir, runtime=runtime, precision=precision, openvino_threads=usable_cpus())
     except ModelLoadError as exc:  # e.g. an int8 IR that failed its check: measured anyway, from its file
         refused = str(exc)
         ir = Path(model_dir) / "openvino" / ("int8" if precision == "int8" else "fp32") / "model.xml"
         plain = load_model(model_dir, runtime="tensorflow")
-        runtime_ = OpenVINORuntime(ir, plain.metadata.signature, precision=precision)
+        runtime_ = OpenVINORuntime(ir, plain.metadata.signature, precision=precision, threads=usable_cpus())
         model = LoadedModel(plain.metadata, plain.path, runtime_)
     load_s = time.perf_counter() - started
     val = read_split(data, "val")
@@ -166,6 +168,7 @@ def main() -> int:
         return 0
 
     from service.model import resolve_model_dir
+    from service.runtimes import usable_cpus
 
     model_dir = str(resolve_model_dir(args.model_dir))
     configs = [tuple(item.split(":")) for item in args.configs.split(",")]
@@ -209,8 +212,9 @@ def main() -> int:
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. {args.note}".rstrip(),
         f"Model `{name}` version {version} (`{model_dir}`) through `service.model.load_model`; FER-2013 val, "
         f"{sample} as uint8 crops. Agreement and largest probability difference are against TensorFlow "
-        f"fp32. Raw model at batch {BATCH}: median of {args.repeats} windows of {args.seconds:g} s; CPU ms per face "
-        "is the process's CPU time (all threads) per face.",
+        f"fp32. Raw model at batch {BATCH} on all {usable_cpus()} CPUs (OpenVINO with as many threads): median of "
+        f"{args.repeats} windows of {args.seconds:g} s; CPU ms per face is the process's CPU time (all threads) per "
+        "face.",
         "",
         "| runtime | precision | loads | val accuracy | top-1 agreement | max prob diff | img/s batch 32 | "
         "vs TF fp32 | CPU ms/face |",
