@@ -73,7 +73,9 @@ echo "no findings"
 
 step "Dockerfile: only the Python base image, no syntax directive (offline builds)"
 if grep -nE '^\s*#\s*syntax\s*=' Dockerfile; then fail "Dockerfile has a '# syntax=' line"; fi
-bases=$(awk 'toupper($1) == "FROM" {print $2}' Dockerfile | sort -u)
+# Every FROM names python:3.11-slim or an earlier stage of this Dockerfile (`FROM deps AS build`).
+bases=$(awk 'toupper($1) == "FROM" {if (!($2 in stage)) print $2; if (toupper($3) == "AS") stage[$4] = 1}' Dockerfile \
+    | sort -u)
 [[ "$bases" == "python:3.11-slim" ]] || fail "FROM images other than python:3.11-slim: $bases"
 echo "FROM: $bases"
 
