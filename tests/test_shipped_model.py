@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.config import Settings
 from service.model import resolve_model_dir
@@ -58,3 +59,39 @@ def test_the_service_reads_a_smiling_astronaut_as_happy() -> None:
     assert body["model"] == {"name": metadata["name"], "version": metadata["version"]}
     (face,) = body["faces"]
     assert face["emotion"] == "happy", face["probabilities"]
+
+
+def test_the_shipped_int8_holds_parity_on_val_and_is_what_the_default_serves() -> None:
+    """benchmarks/PRECISION.md's choice, from the record compile wrote: int8 passed its check on all of val
+    (agreement, accuracy drop: the parity rule), so ``--precision auto`` serves it."""
+    _, metadata = _shipped()
+    check, int8 = metadata["openvino"]["check"], metadata["openvino"]["precisions"]["int8"]
+    assert check["labelled"] and check["images"] == 3589
+    assert int8["passed"] and int8["top1_agreement"] >= 0.98 and int8["accuracy_drop_points"] <= 0.5
+    with running_service(ROOT / Settings().model_dir) as service:
+        (info,) = httpx.get(service.url + "/v1/models").json()["versions"]  # the highest version only
+    assert (info["runtime"], info["precision"], info["precision_setting"]) == ("openvino", "int8", "auto")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision"), [("tensorflow", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+)
+def test_every_runtime_and_precision_reads_the_astronaut_alike(runtime: str, precision: str) -> None:
+    """The same photo through the real service on each runtime and precision: the same face, the same emotion, and
+    probabilities within the bound the precision's compile check holds it to (training/compile.py THRESHOLDS)."""
+    _, metadata = _shipped()
+    answers = {}
+    for key in (("tensorflow", "fp32"), (runtime, precision)):
+        with running_service(ROOT / Settings().model_dir, runtime=key[0], precision=key[1]) as service:
+            response = httpx.post(
+                service.url + "/predict", files={"file": ("a.jpg", photos.one_face_jpeg(), "image/jpeg")}, timeout=60
+            )
+        assert response.status_code == 200, response.text
+        (answers[key],) = response.json()["faces"]
+    reference, ours = answers[("tensorflow", "fp32")], answers[(runtime, precision)]
+    assert ours["box"] == reference["box"] and ours["emotion"] == reference["emotion"] == "happy"
+    bound = (
+        0.0 if runtime == "tensorflow" else metadata["openvino"]["precisions"][precision]["thresholds"]["max_prob_diff"]
+    )
+    for label, p in reference["probabilities"].items():
+        assert abs(ours["probabilities"][label] - p) <= bound + 1e-6, (label, ours["probabilities"], p)
