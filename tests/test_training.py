@@ -522,6 +522,37 @@ def test_every_backbone_names_an_explain_layer() -> None:
     assert tuple(activations.shape[1:3]) == (2, 2) and tuple(logits.shape[1:]) == (len(LABELS),)
 
 
+def test_the_small_resnet_trains_exports_and_explains(tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    """``fer_resnet`` (the ``cpu_resnet`` preset's backbone) at a tiny width: a real run, exported, answering and
+    explaining through the SavedModel's signatures like the VGG-style nets."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from training.config import PRESETS
+    from training.export import export_model
+    from training.model import build_inference_model
+    from training.train import train
+
+    full = build_inference_model(PRESETS["cpu_resnet"].arch)
+    assert any(layer.name == "stage4_block2_add" for layer in full.get_layer("backbone").layers)
+    assert full.get_layer("backbone").output.shape[1:3] == (6, 6)  # 48 -> 48, 24, 12, 6: three strided stages
+
+    smoke = PRESETS["smoke"]
+    config = dataclasses.replace(smoke, arch=dataclasses.replace(smoke.arch, backbone="fer_resnet"), epochs=1)
+    run = train(config, tiny_folder_dataset, tmp_path / "run", verbose=0)
+    out = export_model(run.run_dir / "model.keras", tmp_path / "models", name="resnet", version="1")
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["architecture"]["backbone"] == "fer_resnet"
+    loaded = tf.saved_model.load(str(out))
+    crops = np.random.default_rng(2).integers(0, 256, (3, 24, 24, 1)).astype(np.float32)
+    probabilities = loaded.signatures["serving_default"](images=tf.constant(crops))["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    maps = loaded.signatures["explain"](images=tf.constant(crops), class_index=tf.constant([-1] * 3, tf.int32))
+    heat = maps["heatmap"].numpy()
+    assert heat.shape == (3, 24, 24) and 0.0 <= heat.min() and heat.max() <= 1.0
+
+
 def test_evaluate_draws_an_explanation_sheet_and_says_when_an_export_cannot(
     trained_run: Path, exported_model: Path, tiny_folder_dataset: Path, tmp_path: Path
 ) -> None:

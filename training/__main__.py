@@ -45,7 +45,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="train at most N epochs in this call, leaving the run resumable (0 = to the end)",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="flagship", help="starting configuration")
-    p.add_argument("--backbone", help="resnet50v2, mobilenetv2, efficientnetv2b0 or fer_cnn")
+    p.add_argument("--backbone", help="resnet50v2, mobilenetv2, efficientnetv2b0, fer_cnn or fer_resnet")
     p.add_argument("--input-size", type=int, help="square input size of the served model, pixels")
     p.add_argument("--color-mode", choices=["grayscale", "rgb"], help="colour mode of the served input")
     p.add_argument("--weights", help="imagenet, none, or a path to a backbone weights file")

@@ -68,6 +68,36 @@ def _fer_cnn(arch: ArchConfig, weights: str | None) -> keras.Model:
     return model
 
 
+def _fer_resnet(arch: ArchConfig, weights: str | None) -> keras.Model:
+    """A small ResNet sized for CPU training at 48x48: a 3x3 stem, then one stage per width of two basic residual
+    blocks (two 3x3 convs each, the identity added back before the second ReLU; He et al. 2016), halving the
+    resolution at the start of every stage after the first (strided conv, 1x1 projection on the shortcut). The
+    other proven from-scratch family on FER-2013 beside the VGG-style ``fer_cnn`` (issue 11), for ensembles whose
+    members make different mistakes."""
+    inputs = keras.Input((arch.input_size, arch.input_size, arch.channels))
+    x = layers.Conv2D(arch.cnn_widths[0], 3, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    for i, width in enumerate(arch.cnn_widths):
+        for j in range(2):
+            name = f"stage{i + 1}_block{j + 1}"
+            stride = 2 if i > 0 and j == 0 else 1
+            shortcut = x
+            if stride != 1 or x.shape[-1] != width:
+                shortcut = layers.Conv2D(width, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+                shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+            y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+            y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+            y = layers.Activation("relu", name=f"{name}_relu1")(y)
+            y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+            y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+            x = layers.Activation("relu", name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
+    model = keras.Model(inputs, x, name=BACKBONE_NAME)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
 BACKBONES: dict[str, Backbone] = {
     "resnet50v2": Backbone(
         _application(keras.applications.ResNet50V2), rgb=True, rescale=(1 / 127.5, -1.0), pretrained=True
@@ -79,6 +109,7 @@ BACKBONES: dict[str, Backbone] = {
         _application(keras.applications.EfficientNetV2B0), rgb=True, rescale=None, pretrained=True
     ),
     "fer_cnn": Backbone(_fer_cnn, rgb=False, rescale=(1 / 255.0, 0.0), pretrained=False),
+    "fer_resnet": Backbone(_fer_resnet, rgb=False, rescale=(1 / 255.0, 0.0), pretrained=False),
 }
 
 
@@ -172,9 +203,12 @@ def ensemble_members(inference_model: keras.Model) -> list[keras.Model]:
 
 def explain_layer(arch: ArchConfig) -> str:
     """The backbone layer whose activations Grad-CAM weighs: the last convolutional block, before any pooling
-    (``fer_cnn``: its last block's second ReLU; the keras.applications backbones: their output)."""
+    (``fer_cnn``: its last block's second ReLU; ``fer_resnet``: its last block's output; the keras.applications
+    backbones: their output)."""
     if arch.backbone == "fer_cnn":
         return f"block{len(arch.cnn_widths)}_relu2"
+    if arch.backbone == "fer_resnet":
+        return f"stage{len(arch.cnn_widths)}_block2_out"
     return {"resnet50v2": "post_relu", "mobilenetv2": "out_relu", "efficientnetv2b0": "top_activation"}[arch.backbone]
 
 
