@@ -646,6 +646,53 @@ def test_an_ensemble_of_two_runs_serves_the_mean_of_their_answers_with_one_tempe
         combine([trained_run], tmp_path / "alone")
 
 
+def test_a_mixed_ensemble_of_a_vgg_and_a_resnet_serves_their_mean_explains_and_recovers(
+    trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
+    """Members of different architectures on the same input (``fer_cnn`` and ``fer_resnet``): one graph, the mean
+    of their answers, a Grad-CAM map from each member's own last block, and ``recover`` rebuilds it from the export.
+    A member on another input is refused."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from training.config import PRESETS
+    from training.ensemble import EnsembleError, combine, recover
+    from training.evaluate import load_predictor
+    from training.export import export_model
+    from training.inference import saved_model_predictor
+    from training.train import train
+
+    smoke = PRESETS["smoke"]
+    resnet = dataclasses.replace(
+        smoke, arch=dataclasses.replace(smoke.arch, backbone="fer_resnet"), seed=5, holdout_seed=smoke.seed, epochs=1
+    )
+    second = train(resnet, tiny_folder_dataset, tmp_path / "resnet", verbose=0)
+    model = combine([trained_run, second.run_dir], tmp_path / "mixed")
+    arch = json.loads((tmp_path / "mixed" / "config.json").read_text())["arch"]
+    assert arch["ensemble"] == 2 and [m["backbone"] for m in arch["members"]] == ["fer_cnn", "fer_resnet"]
+
+    crops = np.random.default_rng(6).integers(0, 256, (4, 24, 24, 1)).astype(np.float32)
+    members = [load_predictor(run / "model.keras")[0] for run in (trained_run, second.run_dir)]
+    np.testing.assert_allclose(load_predictor(model)[0](crops), (members[0](crops) + members[1](crops)) / 2, atol=1e-5)
+
+    out = export_model(model, tmp_path / "models", name="mixed", version="1")
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert [m["backbone"] for m in metadata["architecture"]["members"]] == ["fer_cnn", "fer_resnet"]
+    loaded = tf.saved_model.load(str(out))
+    maps = loaded.signatures["explain"](images=tf.constant(crops), class_index=tf.constant([-1] * 4, tf.int32))
+    assert maps["heatmap"].numpy().shape == (4, 24, 24)
+
+    recovered = recover(out, tmp_path / "recovered")
+    exported, _, _ = saved_model_predictor(out)
+    np.testing.assert_allclose(load_predictor(recovered)[0](crops), exported(crops), atol=1e-5)
+
+    bigger = dataclasses.replace(smoke, arch=dataclasses.replace(smoke.arch, input_size=32), seed=9, epochs=1)
+    other = train(bigger, tiny_folder_dataset, tmp_path / "bigger", verbose=0)
+    with pytest.raises(EnsembleError, match="another input"):
+        combine([trained_run, other.run_dir], tmp_path / "refused")
+
+
 def test_recover_rebuilds_a_run_folder_from_an_export_that_serves_the_same_answers(
     exported_model: Path, tmp_path: Path
 ) -> None:

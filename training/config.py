@@ -30,13 +30,35 @@ class ArchConfig:
     #: Inference only (set at export from the evaluation report): probabilities are ``softmax(log p / T)``, T fitted
     #: on held-out training images so that confidence matches accuracy. 1 = uncalibrated.
     temperature: float = 1.0
-    #: Members of an ensemble: networks of this same architecture trained with different seeds, whose probabilities
-    #: the inference model averages (``python -m training ensemble`` sets it; ``train`` trains one network).
+    #: Members of an ensemble: networks trained with different seeds, whose probabilities the inference model
+    #: averages (``python -m training ensemble`` sets it; ``train`` trains one network).
     ensemble: int = 1
+    #: The members' own architectures when they differ (a mixed ensemble, e.g. ``fer_cnn`` and ``fer_resnet`` nets
+    #: on the same input); empty: ``ensemble`` networks of this architecture. The fields above then describe the
+    #: first member, and the input (size, colour mode) is every member's.
+    members: tuple[ArchConfig, ...] = ()
 
     @property
     def channels(self) -> int:
         return 1 if self.color_mode == "grayscale" else 3
+
+    def networks(self) -> list[ArchConfig]:
+        """The architecture of each network of the inference model, in order (one for a single network)."""
+        if self.members:
+            return list(self.members)
+        return [dataclasses.replace(self, ensemble=1)] * self.ensemble
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ArchConfig:
+        """An architecture from its JSON form (``config.json``, metadata); fields a newer version added and this
+        one does not know are ignored, fields an older one lacked take their defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in values.items() if k in known}
+        if "cnn_widths" in fields:
+            fields["cnn_widths"] = tuple(fields["cnn_widths"])
+        if "members" in fields:
+            fields["members"] = tuple(cls.from_dict(m) for m in fields["members"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -99,10 +121,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         values = dict(values)
-        arch = dict(values.pop("arch", {}))
-        if "cnn_widths" in arch:
-            arch["cnn_widths"] = tuple(arch["cnn_widths"])
-        return cls(arch=ArchConfig(**arch), **values)
+        return cls(arch=ArchConfig.from_dict(values.pop("arch", {})), **values)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,7 +1,8 @@
 """Ensembles of trained runs, and a run folder recovered from an export.
 
-* :func:`combine` — several run folders (networks of one architecture trained with different seeds) -> one run
-  folder whose ``model.keras`` averages their probabilities (:func:`training.model.ensemble_of`). A run that is
+* :func:`combine` — several run folders (networks trained with different seeds, of one architecture or of several
+  that take the same input) -> one run folder whose ``model.keras`` averages their probabilities
+  (:func:`training.model.ensemble_of`). A run that is
   itself an ensemble contributes its members, so an ensemble grows by one network without retraining the others.
   ``evaluate``, ``export`` and ``compile`` then treat it as any other run: test-time flip, the temperature and
   Grad-CAM apply to the ensemble as a whole.
@@ -40,8 +41,8 @@ def _as_trained(arch: ArchConfig) -> ArchConfig:
 
 
 def _single(arch: ArchConfig) -> ArchConfig:
-    """``arch`` as trained, for one network: an ensemble run's members are compared one network at a time."""
-    return dataclasses.replace(_as_trained(arch), ensemble=1)
+    """``arch`` as trained, for one network (an ensemble's member)."""
+    return dataclasses.replace(_as_trained(arch), ensemble=1, members=())
 
 
 def _read_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
@@ -53,10 +54,11 @@ def _read_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
 
 
 def combine(members: list[str | Path], run_dir: str | Path) -> Path:
-    """Write the ensemble of the finished runs ``members`` to ``run_dir`` and return its ``model.keras``.
+    """Write the ensemble of the finished runs ``members`` to ``run_dir`` and return its ``model.keras``. Members
+    may have different architectures (a mixed ensemble) as long as they take the same input.
 
     Raises:
-        EnsembleError: fewer than two members, or members of different architectures, hold-outs or data.
+        EnsembleError: fewer than two members, or members of different inputs, hold-outs or data.
         FileExistsError: ``run_dir`` already holds a model.
     """
     if len(members) < 2:
@@ -64,8 +66,11 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
     runs = [(Path(m), *_read_run(Path(m))) for m in members]
     first_dir, first, _ = runs[0]
     for path, config, record in runs[1:]:
-        if _single(config.arch) != _single(first.arch):
-            raise EnsembleError(f"{path} has another architecture than {first_dir}")
+        if (config.arch.input_size, config.arch.color_mode) != (first.arch.input_size, first.arch.color_mode):
+            raise EnsembleError(
+                f"{path} takes another input than {first_dir} ({config.arch.input_size} px {config.arch.color_mode} "
+                f"vs {first.arch.input_size} px {first.arch.color_mode}): one graph feeds every member the same crops"
+            )
         held = (config.split_seed, config.calibration_fraction, config.limit_per_class)
         if held != (first.split_seed, first.calibration_fraction, first.limit_per_class):
             raise EnsembleError(
@@ -89,7 +94,9 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
     ]
     model = ensemble_of(networks)
     model.save(out / "model.keras")
-    arch = dataclasses.replace(_single(first.arch), ensemble=len(networks))
+    archs = [_single(n) for _, c, _ in runs for n in _as_trained(c.arch).networks()]
+    mixed = any(n != archs[0] for n in archs)  # e.g. fer_cnn and fer_resnet members: each keeps its own
+    arch = dataclasses.replace(archs[0], ensemble=len(networks), members=tuple(archs) if mixed else ())
     dataclasses.replace(first, arch=arch, holdout_seed=first.split_seed).save(out / "config.json")
     records = [r for _, _, r in runs]
     member_records = [m for p, _, r in runs for m in r.get("ensemble_of", [{"run_dir": str(p), **r}])]

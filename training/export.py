@@ -122,7 +122,7 @@ def build_metadata(
             "value_range": [0, 255],
         },
         "signature": {"key": SIGNATURE_KEY, "input": INPUT_NAME, "output": OUTPUT_NAME},
-        "architecture": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(arch).items()}},
+        "architecture": dataclasses.asdict(arch),  # a mixed ensemble's members included
         "evaluation": evaluation,
         "training": training,
         **({"explain": explain} if explain else {}),

@@ -93,11 +93,7 @@ def keras_predictor(model: keras.Model) -> Predictor:
 
 def arch_from_metadata(metadata: dict[str, Any]) -> ArchConfig:
     """The :class:`ArchConfig` recorded in an export's ``metadata.json`` (older exports lack newer fields)."""
-    known = {f.name for f in dataclasses.fields(ArchConfig)}
-    values = {k: v for k, v in metadata["architecture"].items() if k in known}
-    if "cnn_widths" in values:
-        values["cnn_widths"] = tuple(values["cnn_widths"])
-    return ArchConfig(**values)
+    return ArchConfig.from_dict(metadata["architecture"])
 
 
 def saved_model_predictor(path: Path) -> tuple[Predictor, ArchConfig, dict[str, Any]]:

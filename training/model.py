@@ -13,7 +13,6 @@ Only built-in Keras layers are used, so a ``.keras`` file loads anywhere Keras 3
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -144,14 +143,12 @@ def build_inference_model(arch: ArchConfig, num_classes: int = len(LABELS), *, p
     """The exported network: 0-255 crops in the metadata's colour mode -> class probabilities.
 
     ``pretrained=False`` builds the same architecture with random weights (used to rebuild a trained model
-    under float32 before export, where the weights are copied over anyway). ``arch.ensemble > 1`` builds that many
-    networks side by side (:func:`ensemble_of`).
+    under float32 before export, where the weights are copied over anyway). An ensemble (``arch.ensemble > 1``)
+    builds its networks side by side (:func:`ensemble_of`), each of its own architecture (``arch.networks()``).
     """
-    if arch.ensemble > 1:
-        single = dataclasses.replace(arch, ensemble=1)
-        return ensemble_of(
-            [build_inference_model(single, num_classes, pretrained=pretrained) for _ in range(arch.ensemble)]
-        )
+    networks = arch.networks()
+    if len(networks) > 1:
+        return ensemble_of([build_inference_model(n, num_classes, pretrained=pretrained) for n in networks])
     if arch.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone '{arch.backbone}' (known: {', '.join(sorted(BACKBONES))})")
     if arch.color_mode not in ("grayscale", "rgb"):
@@ -224,8 +221,9 @@ def build_explain_model(inference_model: keras.Model, arch: ArchConfig) -> keras
         return _network_explain_model(networks[0], arch, "fer_explain")
     images = keras.Input(inference_model.input_shape[1:], name="images")
     outputs = []
-    for network in networks:  # each member's part is a model of its own: the members' layer names repeat
-        outputs.extend(_network_explain_model(network, arch, f"{network.name}_explain")(images))
+    # each member's part is a model of its own: the members' layer names repeat
+    for network, network_arch in zip(networks, arch.networks(), strict=True):
+        outputs.extend(_network_explain_model(network, network_arch, f"{network.name}_explain")(images))
     return keras.Model(images, outputs, name="fer_explain")
 
 
