@@ -98,17 +98,19 @@ def model_input(metadata: dict[str, Any], images: np.ndarray) -> np.ndarray:
     return np.asarray(fer_pixels_to_model_input(arch, images.astype(np.float32)), dtype=np.float32)
 
 
-def _draw(images: np.ndarray, count: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(len(images), size=min(count, len(images)), replace=False))
-    return images[picked]
+def _draw(total: int, count: int, seed: int) -> np.ndarray:
+    """Indices of ``count`` of ``total`` items, drawn with ``seed``, in order (all of them when ``count >= total``)."""
+    if count >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
 
 
 def calibration_crops(data: str | Path, metadata: dict[str, Any], count: int, seed: int) -> np.ndarray:
     """``count`` FER-2013 train crops (seeded) in the model's input form: the int8 calibration set."""
     from training.data import read_split
 
-    return model_input(metadata, _draw(read_split(data, "train").images, count, seed))
+    images = read_split(data, "train").images
+    return model_input(metadata, images[_draw(len(images), count, seed)])
 
 
 def check_sample(
@@ -124,13 +126,12 @@ def check_sample(
         except (DataError, OSError):
             pass
         else:
-            if count and count < len(val.labels):
-                rng = np.random.default_rng(seed)
-                keep = np.sort(rng.choice(len(val.labels), size=count, replace=False))
-                described = f"FER-2013 val ({count} images, seed {seed}) from {data}"
-            else:
-                keep = np.arange(len(val.labels))
-                described = f"FER-2013 val (all {len(keep)} images) from {data}"
+            keep = _draw(len(val.labels), count or len(val.labels), seed)
+            described = (
+                f"FER-2013 val ({len(keep)} images, seed {seed}) from {data}"
+                if len(keep) < len(val.labels)
+                else f"FER-2013 val (all {len(keep)} images) from {data}"
+            )
             return model_input(metadata, val.images[keep]), val.labels[keep], described
     count = count or 500
     spec = metadata["input"]

@@ -2,10 +2,9 @@
 
 * :func:`combine` — several run folders (networks trained with different seeds, of one architecture or of several
   that take the same input) -> one run folder whose ``model.keras`` averages their probabilities
-  (:func:`training.model.ensemble_of`). A run that is
-  itself an ensemble contributes its members, so an ensemble grows by one network without retraining the others.
-  ``evaluate``, ``export`` and ``compile`` then treat it as any other run: test-time flip, the temperature and
-  Grad-CAM apply to the ensemble as a whole.
+  (:func:`training.model.ensemble_of`). A run that is itself an ensemble contributes its members, so an ensemble
+  grows by one network without retraining the others. ``evaluate``, ``export`` and ``compile`` then treat it as any
+  other run: test-time flip, the temperature and Grad-CAM apply to the ensemble as a whole.
 * :func:`recover` — an exported version -> the run folder it came from (``model.keras``, ``config.json``,
   ``run.json``), for when the run folder is gone (runs live outside the work tree; what ships is committed). The
   weights are read from the SavedModel and checked against it.
@@ -32,7 +31,7 @@ RECOVER_TOLERANCE = 1e-5
 
 
 class EnsembleError(ValueError):
-    """The runs cannot form one ensemble (different architectures or different held-out images)."""
+    """The runs cannot form one ensemble (different inputs, held-out images or training images)."""
 
 
 def _as_trained(arch: ArchConfig) -> ArchConfig:
@@ -94,7 +93,7 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
     ]
     model = ensemble_of(networks)
     model.save(out / "model.keras")
-    archs = [_single(n) for _, c, _ in runs for n in _as_trained(c.arch).networks()]
+    archs = [_single(n) for _, c, _ in runs for n in c.arch.networks()]
     mixed = any(n != archs[0] for n in archs)  # e.g. fer_cnn and fer_resnet members: each keeps its own
     arch = dataclasses.replace(archs[0], ensemble=len(networks), members=tuple(archs) if mixed else ())
     dataclasses.replace(first, arch=arch, holdout_seed=first.split_seed).save(out / "config.json")
