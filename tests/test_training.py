@@ -238,6 +238,74 @@ def test_test_time_flip_exports_the_mean_over_the_mirror_image_and_evaluates_the
         load_predictor(out, test_time_flip=False)
 
 
+def test_test_time_zoom_exports_the_mean_over_the_enlarged_centre_and_the_mirror_images(
+    trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
+    import tensorflow as tf
+
+    from training.evaluate import evaluate, load_predictor
+    from training.export import export_model
+
+    report = tmp_path / "report"
+    from_keras = evaluate(
+        trained_run / "model.keras", tiny_folder_dataset, report, test_time_flip=True, test_time_zoom=1.2
+    )
+    assert from_keras["test_time_zoom"] == 1.2
+    with pytest.raises(ValueError, match="test_time_zoom"):  # an export without the zoomed view
+        export_model(
+            trained_run / "model.keras",
+            tmp_path / "models",
+            name="x",
+            version="1",
+            report_dir=report,
+            test_time_flip=True,
+        )
+    out = export_model(
+        trained_run / "model.keras",
+        tmp_path / "models",
+        name="zoom",
+        version="1",
+        report_dir=report,
+        test_time_flip=True,
+        test_time_zoom=1.2,
+    )
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["architecture"]["test_time_zoom"] == 1.2 and metadata["explain"]["test_time_zoom"] == 1.2
+
+    # Four views: the crop, its centre 20 of 24 pixels enlarged back to 24 (bilinear), and both mirror images.
+    plain, _, _ = load_predictor(trained_run / "model.keras")
+    crops = np.random.default_rng(5).integers(0, 256, (4, 24, 24, 1)).astype(np.float32)
+    crops[:, :, :12] = 0
+    centre = tf.image.resize(crops[:, 2:22, 2:22], [24, 24], method="bilinear").numpy()
+    views = [crops, centre, crops[:, :, ::-1].copy(), centre[:, :, ::-1].copy()]
+    expected = sum(plain(view) for view in views) / 4
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    np.testing.assert_allclose(serve(images=tf.constant(crops))["probabilities"].numpy(), expected, atol=1e-5)
+    assert not np.allclose((plain(views[0]) + plain(views[2])) / 2, expected, atol=1e-4)
+
+    from_export = evaluate(out, tiny_folder_dataset, tmp_path / "export")
+    for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "test_time_flip", "test_time_zoom"):
+        assert from_keras[key] == from_export[key], key
+    with pytest.raises(ValueError, match="at export"):
+        load_predictor(out, test_time_zoom=1.0)
+
+    maps = (
+        tf.saved_model.load(str(out))
+        .signatures["explain"](images=tf.constant(crops), class_index=tf.constant([-1] * 4, tf.int32))["heatmap"]
+        .numpy()
+    )
+    assert maps.shape == (4, 24, 24) and maps.min() >= 0.0 and np.allclose(maps.max(axis=(1, 2)), 1.0)
+
+
+def test_a_test_time_zoom_below_one_is_refused() -> None:
+    from training.config import ArchConfig
+
+    with pytest.raises(ValueError, match="test_time_zoom"):
+        ArchConfig(test_time_zoom=0.9)
+    assert ArchConfig(input_size=48, test_time_zoom=1.1).test_time_crop == 44
+    assert ArchConfig(test_time_flip=True, test_time_zoom=1.1).test_time_views == 4
+
+
 def test_export_writes_the_contract(exported_model: Path) -> None:
     import tensorflow as tf
 

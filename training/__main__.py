@@ -183,6 +183,15 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="export the graph that averages each crop's answer with its mirror image's (evaluate the "
         ".keras model with --test-time-flip for its --report)",
     )
+    p.add_argument(
+        "--test-time-zoom",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="export the graph that also averages in the answer for each crop's centre enlarged Z times (e.g. 1.1: "
+        "the centre 44 of 48 pixels; default: the training config's, 1 = none); evaluate the .keras model with "
+        "the same --test-time-zoom for its --report",
+    )
     p.set_defaults(func=_export)
 
 
@@ -211,6 +220,7 @@ def _export(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         force=args.force,
         test_time_flip=args.test_time_flip,
+        test_time_zoom=args.test_time_zoom,
     )
     print(f"exported {out}")
     if args.compile:
@@ -278,6 +288,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--test-time-flip does; an exported model carries its own choice",
     )
     p.add_argument(
+        "--test-time-zoom",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="(.keras only) also average in the answer for each crop's centre enlarged Z times, as an export with "
+        "--test-time-zoom Z does; an exported model carries its own choice",
+    )
+    p.add_argument(
         "--calibrate",
         action="store_true",
         help="(.keras only) fit a temperature on the run's held-out train images and report the scaled "
@@ -306,6 +324,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         test_time_flip=args.test_time_flip,
         calibrate=args.calibrate,
         explain=args.explain,
+        test_time_zoom=args.test_time_zoom,
     )
     print(
         f"{m['model']} on {m['split']} ({m['images']} images): accuracy {m['accuracy']:.4f}, "

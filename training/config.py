@@ -27,6 +27,10 @@ class ArchConfig:
     cnn_widths: tuple[int, ...] = (16, 32, 64, 128)
     #: Inference only (set at export): average the answers for the crop and its mirror image. Training ignores it.
     test_time_flip: bool = False
+    #: Inference only (set at export): above 1, the graph also answers for the centre of the crop enlarged by this
+    #: factor (``test_time_crop`` pixels square, resized back to the input size) and averages that view's answer
+    #: with the crop's own (with test-time flip, each view's mirror image too). 1 = the crop only.
+    test_time_zoom: float = 1.0
     #: Inference only (set at export from the evaluation report): probabilities are ``softmax(log p / T)``, T fitted
     #: on held-out training images so that confidence matches accuracy. 1 = uncalibrated.
     temperature: float = 1.0
@@ -38,9 +42,23 @@ class ArchConfig:
     #: first member, and the input (size, colour mode) is every member's.
     members: tuple[ArchConfig, ...] = ()
 
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.test_time_zoom <= 2.0:
+            raise ValueError(f"test_time_zoom must be between 1 (no zoomed view) and 2, not {self.test_time_zoom}")
+
     @property
     def channels(self) -> int:
         return 1 if self.color_mode == "grayscale" else 3
+
+    @property
+    def test_time_crop(self) -> int:
+        """Side in pixels of the centre square that the zoomed test-time view enlarges to ``input_size``."""
+        return round(self.input_size / self.test_time_zoom)
+
+    @property
+    def test_time_views(self) -> int:
+        """How many views of each crop the served graph averages (its cost in network passes per crop)."""
+        return (2 if self.test_time_zoom > 1 else 1) * (2 if self.test_time_flip else 1)
 
     def networks(self) -> list[ArchConfig]:
         """The architecture of each network of the inference model, in order (one for a single network)."""

@@ -35,8 +35,8 @@ class EnsembleError(ValueError):
 
 
 def _as_trained(arch: ArchConfig) -> ArchConfig:
-    """``arch`` without its inference-only choices (test-time flip, temperature: set at export)."""
-    return dataclasses.replace(arch, test_time_flip=False, temperature=1.0)
+    """``arch`` without its inference-only choices (test-time views, temperature: set at export)."""
+    return dataclasses.replace(arch, test_time_flip=False, test_time_zoom=1.0, temperature=1.0)
 
 
 def _single(arch: ArchConfig) -> ArchConfig:

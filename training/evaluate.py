@@ -38,25 +38,35 @@ def load_predictor(
     config_path: str | Path | None = None,
     test_time_flip: bool | None = None,
     temperature: float | None = None,
+    test_time_zoom: float | None = None,
 ) -> tuple[Predictor, ArchConfig, str]:
     """A function from model-input batches to probabilities, the model's architecture, and a display name.
 
-    ``test_time_flip`` and ``temperature`` (``.keras`` models only) evaluate the graph `training.export` writes with
-    those choices; an exported SavedModel already contains its choices, recorded in its metadata.
+    ``test_time_flip``, ``test_time_zoom`` and ``temperature`` (``.keras`` models only) evaluate the graph
+    `training.export` writes with those choices; an exported SavedModel already contains its choices, recorded in
+    its metadata.
     """
     model = Path(model)
     if model.is_dir():
         predict, arch, metadata = saved_model_predictor(model)
-        if test_time_flip is not None and test_time_flip != arch.test_time_flip:
-            raise ValueError(
-                f"{model} was exported with test_time_flip={arch.test_time_flip}; the choice is made "
-                "at export and cannot be changed here"
-            )
+        for option, asked, exported in (
+            ("test_time_flip", test_time_flip, arch.test_time_flip),
+            ("test_time_zoom", test_time_zoom, arch.test_time_zoom),
+        ):
+            if asked is not None and asked != exported:
+                raise ValueError(
+                    f"{model} was exported with {option}={exported}; the choice is made at export and cannot be "
+                    "changed here"
+                )
         return predict, arch, f"{metadata['name']} v{metadata['version']} (SavedModel {model})"
     config_path = Path(config_path) if config_path else model.parent / "config.json"
-    keras_model, arch = served_model(model, TrainConfig.load(config_path).arch, test_time_flip, temperature)
-    flip = ", test-time flip" if arch.test_time_flip else ""
-    return keras_predictor(keras_model), arch, f"{model} (Keras{flip})"
+    keras_model, arch = served_model(
+        model, TrainConfig.load(config_path).arch, test_time_flip, temperature, test_time_zoom
+    )
+    views = (", test-time flip" if arch.test_time_flip else "") + (
+        f", test-time zoom {arch.test_time_zoom:g}" if arch.test_time_zoom > 1 else ""
+    )
+    return keras_predictor(keras_model), arch, f"{model} (Keras{views})"
 
 
 def compute_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
@@ -235,6 +245,7 @@ def evaluate(
     test_time_flip: bool | None = None,
     calibrate: bool = False,
     explain: int = 0,
+    test_time_zoom: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (``.keras`` or SavedModel folder) on ``split`` of ``data``; write the report folder.
 
@@ -245,7 +256,7 @@ def evaluate(
     ``explanations.png``: that many correct and wrong images per class with their Grad-CAM maps.
     """
     model = Path(model)
-    predict, arch, name = load_predictor(model, config_path, test_time_flip)
+    predict, arch, name = load_predictor(model, config_path, test_time_flip, test_time_zoom=test_time_zoom)
     data_split = read_split(data, split)
     probabilities = predict_split(predict, arch, data_split)
     labels = data_split.labels
@@ -283,6 +294,7 @@ def evaluate(
         "model": name,
         "data_fingerprint": data_split.fingerprint(),
         "test_time_flip": arch.test_time_flip,
+        "test_time_zoom": arch.test_time_zoom,
         "temperature": arch.temperature,
         "calibration": cal,
         **compute_metrics(labels, probabilities),

@@ -39,7 +39,7 @@ def explain_function(
     _, height, width, channels = served.input_shape
     map_height, map_width = explain_model.output_shape[0][1:3]
 
-    def cam(images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+    def cam(images: tf.Tensor, classes: tf.Tensor, size: tuple[int, int] = (height, width)) -> tf.Tensor:
         with tf.GradientTape() as tape:
             outputs = explain_model(images, training=False)
             activations, logits = outputs[0::2], outputs[1::2]
@@ -54,7 +54,20 @@ def explain_function(
                 for g, a in zip(gradients, activations, strict=True)
             ]
         ) / len(activations)  # an ensemble's map: the mean of its members' maps
-        return tf.image.resize(tf.cast(maps, tf.float32), [height, width], method="bilinear")[..., 0]
+        return tf.image.resize(tf.cast(maps, tf.float32), list(size), method="bilinear")[..., 0]
+
+    def views_cam(images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+        """The mean of the maps of the views the served graph averages, each put back where it lies in the crop."""
+        maps = [cam(images, classes)]
+        if arch.test_time_zoom > 1:
+            crop = arch.test_time_crop
+            start_y, start_x = (height - crop) // 2, (width - crop) // 2
+            centre = images[:, start_y : start_y + crop, start_x : start_x + crop, :]
+            zoomed = cam(tf.image.resize(centre, [height, width], method="bilinear"), classes, (crop, crop))
+            # the zoomed view saw only the centre: its map covers that square, and is zero around it
+            pad = [[0, 0], [start_y, height - crop - start_y], [start_x, width - crop - start_x]]
+            maps.append(tf.pad(zoomed, pad))
+        return tf.add_n(maps) / len(maps)
 
     @tf.function(
         input_signature=[
@@ -66,9 +79,9 @@ def explain_function(
         probabilities = served(images, training=False)
         top = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         classes = tf.where(class_index >= 0, class_index, top)
-        maps = cam(images, classes)
+        maps = views_cam(images, classes)
         if arch.test_time_flip:
-            mirrored = cam(tf.reverse(images, axis=[2]), classes)
+            mirrored = views_cam(tf.reverse(images, axis=[2]), classes)
             maps = (maps + tf.reverse(mirrored, axis=[2])) / 2
         peak = tf.reduce_max(maps, axis=[1, 2], keepdims=True)
         maps = tf.math.divide_no_nan(maps, peak)
@@ -84,6 +97,7 @@ def explain_function(
         "heatmap_output": HEATMAP_OUTPUT,
         "value_range": [0, 1],
         "test_time_flip": arch.test_time_flip,
+        "test_time_zoom": arch.test_time_zoom,
     }
     return explain, section
 

@@ -153,6 +153,7 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
     test_time_flip: bool | None = None,
+    test_time_zoom: float | None = None,
 ) -> Path:
     """Export ``model_path`` to ``<out_root>/<name>/<version>/`` and return that folder.
 
@@ -160,8 +161,9 @@ def export_model(
     ``run.json`` beside it, if present, goes into the metadata's ``training`` section. ``report_dir`` is an
     evaluation report folder (``python -m training evaluate``): its figures go into ``evaluation`` and the
     folder is copied beside the SavedModel. ``test_time_flip`` (default: the config's) exports the graph that
-    averages each crop's answer with its mirror image's (`training.model.with_test_time_flip`); evaluate the
-    ``.keras`` model with the same choice for the report. The report's temperature (``evaluate --calibrate``)
+    averages each crop's answer with its mirror image's, ``test_time_zoom`` (default: the config's) the one that
+    also averages in its enlarged centre (`training.model.with_test_time_augmentation`); evaluate the ``.keras``
+    model with the same choices for the report. The report's temperature (``evaluate --calibrate``)
     is built into the graph.
 
     Raises:
@@ -174,13 +176,14 @@ def export_model(
         raise FileNotFoundError(f"no training config at {config_path} (pass --config)")
     config = TrainConfig.load(config_path)
     flip = config.arch.test_time_flip if test_time_flip is None else test_time_flip
+    zoom = config.arch.test_time_zoom if test_time_zoom is None else test_time_zoom
     report = _read_json(Path(report_dir) / "metrics.json") if report_dir else None
-    if report is not None and report.get("test_time_flip", False) != flip:
-        raise ValueError(
-            f"the report in {report_dir} was made with test_time_flip="
-            f"{report.get('test_time_flip', False)}, the export uses {flip}: its "
-            "figures would not describe this model"
-        )
+    for option, exported, default in (("test_time_flip", flip, False), ("test_time_zoom", zoom, 1.0)):
+        if report is not None and report.get(option, default) != exported:
+            raise ValueError(
+                f"the report in {report_dir} was made with {option}={report.get(option, default)}, the export "
+                f"uses {exported}: its figures would not describe this model"
+            )
     # The temperature comes from the report that measured it (evaluate --calibrate), so figures and graph agree.
     temperature = float(report.get("temperature", 1.0)) if report is not None else config.arch.temperature
     out_dir = Path(out_root) / name / str(version)
@@ -189,7 +192,7 @@ def export_model(
             raise FileExistsError(f"{out_dir} already exists (choose another --version or pass --force)")
         shutil.rmtree(out_dir)
 
-    arch = dataclasses.replace(config.arch, test_time_flip=flip, temperature=temperature)
+    arch = dataclasses.replace(config.arch, test_time_flip=flip, test_time_zoom=zoom, temperature=temperature)
     inference_model = rebuild_float32(load_inference_model(str(model_path)), config.arch)
     model = served_graph(inference_model, arch)
     explain, explain_section = explaining.explain_function(model, inference_model, arch, OUTPUT_NAME)

@@ -29,7 +29,7 @@ from training.model import (
     gray_to_rgb,
     load_inference_model,
     with_temperature,
-    with_test_time_flip,
+    with_test_time_augmentation,
 )
 
 #: A function from a float32 batch of model inputs (0-255) to class probabilities.
@@ -60,27 +60,31 @@ def rebuild_float32(model: keras.Model, arch: ArchConfig) -> keras.Model:
 
 
 def served_model(
-    model_path: str | Path, trained: ArchConfig, test_time_flip: bool | None = None, temperature: float | None = None
+    model_path: str | Path,
+    trained: ArchConfig,
+    test_time_flip: bool | None = None,
+    temperature: float | None = None,
+    test_time_zoom: float | None = None,
 ) -> tuple[keras.Model, ArchConfig]:
     """The graph that is exported (and evaluated) for a trained ``.keras`` model, and its architecture.
 
-    ``trained`` is the architecture the model was trained with; ``test_time_flip`` and ``temperature`` (``None``:
-    as recorded there) choose whether the graph averages each crop's answer with its mirror image's and which
-    temperature scales the (averaged) probabilities.
+    ``trained`` is the architecture the model was trained with; ``test_time_flip``, ``test_time_zoom`` and
+    ``temperature`` (``None``: as recorded there) choose which views of each crop the graph averages (its mirror
+    image, its enlarged centre: `training.model.with_test_time_augmentation`) and which temperature scales the
+    (averaged) probabilities.
     """
     arch = dataclasses.replace(
         trained,
         test_time_flip=trained.test_time_flip if test_time_flip is None else test_time_flip,
+        test_time_zoom=trained.test_time_zoom if test_time_zoom is None else test_time_zoom,
         temperature=trained.temperature if temperature is None else temperature,
     )
     return served_graph(rebuild_float32(load_inference_model(str(model_path)), trained), arch), arch
 
 
 def served_graph(inference_model: keras.Model, arch: ArchConfig) -> keras.Model:
-    """``inference_model`` as served for ``arch``: with test-time flip and temperature if ``arch`` says so."""
-    model = inference_model
-    if arch.test_time_flip:
-        model = with_test_time_flip(model)
+    """``inference_model`` as served for ``arch``: with its test-time views and temperature if ``arch`` says so."""
+    model = with_test_time_augmentation(inference_model, arch)
     if arch.temperature != 1.0:
         model = with_temperature(model, arch.temperature)
     return model

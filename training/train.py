@@ -189,7 +189,11 @@ def _learning_rate(
     )
 
 
-def _compile(model: keras.Model, config: TrainConfig, learning_rate: float, epochs: int, per_epoch: int) -> None:
+def compile_training_model(
+    model: keras.Model, config: TrainConfig, learning_rate: float, epochs: int, per_epoch: int
+) -> None:
+    """Compile ``model`` as a run of ``config`` does: its optimizer, schedule over ``epochs`` of ``per_epoch`` steps
+    from ``learning_rate``, and label-smoothed cross-entropy."""
     rate = _learning_rate(config, learning_rate, epochs, per_epoch)
     if config.optimizer == "sgd":
         optimizer: keras.optimizers.Optimizer = keras.optimizers.SGD(
@@ -348,7 +352,7 @@ def _run(
                 backbone.trainable = False
             else:
                 _set_fine_tune_trainable(backbone, config)
-            _compile(model, config, phase.learning_rate, phase.epochs, per_epoch)
+            compile_training_model(model, config, phase.learning_rate, phase.epochs, per_epoch)
         end = last_epoch if budget_end is None else min(last_epoch, budget_end)
         if end <= done:
             break
