@@ -180,6 +180,36 @@ def test_init_from_continues_from_an_earlier_model_and_refuses_another_architect
         train(wider, tiny_folder_dataset, tmp_path / "wider", verbose=0)
 
 
+def test_init_from_an_ensemble_starts_from_the_member_chosen(
+    trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from training.config import PRESETS
+    from training.ensemble import combine
+    from training.model import load_inference_model
+    from training.train import train
+
+    smoke = PRESETS["smoke"]
+    other = dataclasses.replace(smoke, seed=99, holdout_seed=smoke.split_seed)
+    train(other, tiny_folder_dataset, tmp_path / "other", verbose=0)
+    ensemble = combine([trained_run, tmp_path / "other"], tmp_path / "ensemble")
+    frozen = dataclasses.replace(
+        smoke, epochs=1, learning_rate=0.0, augment=0.0, weight_decay=0.0, init_from=str(ensemble)
+    )
+    with pytest.raises(ValueError, match="--init-member 1..2"):
+        train(frozen, tiny_folder_dataset, tmp_path / "unchosen", verbose=0)
+    train(dataclasses.replace(frozen, init_member=2), tiny_folder_dataset, tmp_path / "second", verbose=0)
+
+    def kernels(model: Path) -> list[np.ndarray]:
+        return [np.asarray(w) for w in load_inference_model(str(model)).trainable_weights]
+
+    second, first = kernels(tmp_path / "other" / "model.keras"), kernels(trained_run / "model.keras")
+    continued = kernels(tmp_path / "second" / "model.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(continued, second, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(continued, first, strict=True))
+
+
 def test_evaluate_gives_the_same_numbers_for_keras_and_savedmodel(
     trained_run: Path, exported_model: Path, tiny_folder_dataset: Path, tmp_path: Path
 ) -> None:

@@ -85,6 +85,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="start from the weights of this .keras model (an earlier run's model.keras "
         "or checkpoint.keras, same architecture), e.g. to continue a stopped run",
     )
+    p.add_argument(
+        "--init-member",
+        type=int,
+        metavar="N",
+        help="with --init-from an ensemble (python -m training ensemble or recover): start from its N-th network",
+    )
     p.set_defaults(func=_train)
 
 

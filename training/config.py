@@ -123,6 +123,8 @@ class TrainConfig:
     #: Start from the weights of this ``.keras`` model (an earlier run's, same architecture) instead of from the
     #: backbone's initial weights: continues a run that stopped while it was still improving. "" = off.
     init_from: str = ""
+    #: When ``init_from`` is an ensemble: start from its member number ``init_member`` (1-based). 0 = a single network.
+    init_member: int = 0
 
     @property
     def trains_from_scratch(self) -> bool:

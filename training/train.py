@@ -25,7 +25,13 @@ from training.data import Split, class_weights, read_split
 from training.hardware import native_bf16
 from training.inference import fer_pixels_to_model_input, keras_predictor, predict_split
 from training.labels import IMAGE_SIZE, LABELS
-from training.model import BACKBONE_NAME, INFERENCE_MODEL_NAME, build_inference_model, load_inference_model
+from training.model import (
+    BACKBONE_NAME,
+    INFERENCE_MODEL_NAME,
+    build_inference_model,
+    ensemble_members,
+    load_inference_model,
+)
 from training.splits import training_splits
 
 
@@ -230,11 +236,20 @@ def _set_fine_tune_trainable(backbone: keras.Model, config: TrainConfig) -> None
         layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def _load_weights_from(model: keras.Model, path: Path) -> None:
-    """Copy the weights of the inference model saved at ``path`` into ``model`` (same architecture)."""
+def _load_weights_from(model: keras.Model, path: Path, member: int = 0) -> None:
+    """Copy the weights of the inference model saved at ``path`` (its network number ``member`` when it is an
+    ensemble) into ``model`` (same architecture)."""
     if not path.is_file():
         raise FileNotFoundError(f"--init-from: no model file at {path}")
-    source = load_inference_model(str(path))
+    networks = ensemble_members(load_inference_model(str(path)))
+    if len(networks) > 1 and not 1 <= member <= len(networks):
+        raise ValueError(
+            f"--init-from: {path} is an ensemble of {len(networks)} networks; choose one with --init-member 1.."
+            f"{len(networks)}"
+        )
+    if len(networks) == 1 and member > 1:
+        raise ValueError(f"--init-from: {path} is one network, it has no member {member}")
+    source = networks[member - 1] if len(networks) > 1 else networks[0]
     mine, theirs = model.get_weights(), source.get_weights()
     if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs, strict=True)):
         raise ValueError(
@@ -342,7 +357,7 @@ def _run(
             if model is None:
                 inference_model = build_inference_model(config.arch, pretrained=not config.init_from and done == 0)
                 if config.init_from and done == 0:
-                    _load_weights_from(inference_model, Path(config.init_from))
+                    _load_weights_from(inference_model, Path(config.init_from), config.init_member)
                 model = build_training_model(inference_model, config)
                 if done > 0:  # resuming at a phase boundary: the weights of the phase before
                     model.set_weights(keras.saving.load_model(run_dir / LAST_CHECKPOINT, compile=False).get_weights())
