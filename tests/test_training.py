@@ -333,7 +333,7 @@ def test_a_test_time_zoom_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="test_time_zoom"):
         ArchConfig(test_time_zoom=0.9)
     assert ArchConfig(input_size=48, test_time_zoom=1.1).test_time_crop == 44
-    assert ArchConfig(test_time_flip=True, test_time_zoom=1.1).test_time_views == 4
+    assert ArchConfig(input_size=48, test_time_zoom=1.1).test_time_crop_start == 2
 
 
 def test_export_writes_the_contract(exported_model: Path) -> None:

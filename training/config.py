@@ -56,9 +56,9 @@ class ArchConfig:
         return round(self.input_size / self.test_time_zoom)
 
     @property
-    def test_time_views(self) -> int:
-        """How many views of each crop the served graph averages (its cost in network passes per crop)."""
-        return (2 if self.test_time_zoom > 1 else 1) * (2 if self.test_time_flip else 1)
+    def test_time_crop_start(self) -> int:
+        """Row and column where that centre square starts."""
+        return (self.input_size - self.test_time_crop) // 2
 
     def networks(self) -> list[ArchConfig]:
         """The architecture of each network of the inference model, in order (one for a single network)."""

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from training.config import ArchConfig
-from training.model import build_explain_model, explain_layer
+from training.model import build_explain_model, explain_layer, zoomed_centre
 
 SIGNATURE_KEY = "explain"
 CLASS_INPUT = "class_index"
@@ -60,12 +60,10 @@ def explain_function(
         """The mean of the maps of the views the served graph averages, each put back where it lies in the crop."""
         maps = [cam(images, classes)]
         if arch.test_time_zoom > 1:
-            crop = arch.test_time_crop
-            start_y, start_x = (height - crop) // 2, (width - crop) // 2
-            centre = images[:, start_y : start_y + crop, start_x : start_x + crop, :]
-            zoomed = cam(tf.image.resize(centre, [height, width], method="bilinear"), classes, (crop, crop))
+            start, side = arch.test_time_crop_start, arch.test_time_crop
+            zoomed = cam(zoomed_centre(images, arch), classes, (side, side))
             # the zoomed view saw only the centre: its map covers that square, and is zero around it
-            pad = [[0, 0], [start_y, height - crop - start_y], [start_x, width - crop - start_x]]
+            pad = [[0, 0], [start, height - side - start], [start, width - side - start]]
             maps.append(tf.pad(zoomed, pad))
         return tf.add_n(maps) / len(maps)
 

@@ -245,6 +245,14 @@ def _network_explain_model(network: keras.Model, arch: ArchConfig, name: str) ->
     return keras.Model(images, [activations, logits], name=name)
 
 
+def zoomed_centre(images, arch: ArchConfig):
+    """The zoomed test-time view of a batch of crops (symbolic or eager): the centre ``arch.test_time_crop`` pixels
+    square, enlarged back to ``arch.input_size`` (bilinear)."""
+    start, side = arch.test_time_crop_start, arch.test_time_crop
+    centre = images[:, start : start + side, start : start + side, :]
+    return keras.ops.image.resize(centre, (arch.input_size, arch.input_size), interpolation="bilinear")
+
+
 def with_test_time_augmentation(model: keras.Model, arch: ArchConfig) -> keras.Model:
     """``model`` whose answer is the mean of its answers for the views of each crop that ``arch`` asks for.
 
@@ -257,10 +265,7 @@ def with_test_time_augmentation(model: keras.Model, arch: ArchConfig) -> keras.M
     images = keras.Input(model.input_shape[1:], name="images")
     views = [images]
     if arch.test_time_zoom > 1:
-        size, crop = arch.input_size, arch.test_time_crop
-        start = (size - crop) // 2
-        centre = images[:, start : start + crop, start : start + crop, :]
-        views.append(layers.Resizing(size, size, interpolation="bilinear", name="test_time_zoom")(centre))
+        views.append(zoomed_centre(images, arch))
     if arch.test_time_flip:
         views += [keras.ops.flip(view, axis=2) for view in views]  # NHWC: axis 2 is the width
     if len(views) == 1:
