@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -348,6 +349,15 @@ def write_section(path: Path, key: str, markdown: str, title: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def write_results(markdown_path: Path, lines: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """Write a whole-file results table (``lines``) to ``markdown_path`` and its rows, with
+    :func:`machine_description`, to the ``.json`` file beside it (what a later comparison reads)."""
+    markdown_path = Path(markdown_path)
+    markdown_path.write_text("\n".join(lines) + "\n")
+    record = {"machine": machine_description(), "rows": rows}
+    markdown_path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 @dataclass

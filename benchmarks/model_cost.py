@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import machine_description, write_results  # noqa: E402
 
 
 def measure(
@@ -63,15 +63,6 @@ def measure(
     }
 
 
-def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-        platform.processor(),
-    )
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", action="append", help="model folder (highest version) or version folder")
@@ -93,7 +84,7 @@ def main() -> int:
     lines = [
         "# CPU cost of the served model per face",
         "",
-        f"Measured {dt.date.today().isoformat()} on {machine()}, {args.machine_state}, by",
+        f"Measured {dt.date.today().isoformat()} on {machine_description()}, {args.machine_state}, by",
         f"`{' '.join(['.venv/bin/python', 'benchmarks/model_cost.py', *sys.argv[1:]])}`:",
         f"the whole exported graph, batch {args.batch}, {args.seconds:.0f} s per model and runtime (OpenVINO as "
         "the service runs it: its default threads). CPU ms per face = process CPU time (all threads) / faces.",
@@ -109,8 +100,7 @@ def main() -> int:
             f"{r['test_time_zoom']:g} | {r['temperature']} | "
             f"{r['cpu_ms_per_face']:.2f} | {r['faces_per_second']:.0f} | {verdict} ({args.target_ms:g} ms) |"
         )
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    Path(args.out).with_suffix(".json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    write_results(Path(args.out), lines, rows)
     print("\n".join(lines))
     return 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -27,6 +26,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import machine_description, write_results  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 #: FER-2013 training images a run trains on: 28,709 less the 5 % per-class calibration hold-out.
@@ -77,15 +79,6 @@ def measure(preset: str, precision: str, *, seconds: float, warmup_steps: int = 
     }
 
 
-def machine() -> str:
-    """CPU model, logical cores and whether it computes bf16 natively."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
-    native = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
-    return f"{cpu}, {os.cpu_count()} logical cores, native bf16: {native}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", action="append", help="training preset (repeatable; default: cpu)")
@@ -101,7 +94,7 @@ def main() -> int:
     lines = [
         "# Training throughput per precision",
         "",
-        f"Measured {dt.date.today().isoformat()} on {machine()}, {args.machine_state}, by",
+        f"Measured {dt.date.today().isoformat()} on {machine_description()}, {args.machine_state}, by",
         f"`{' '.join(['.venv/bin/python', 'benchmarks/training_throughput.py', *sys.argv[1:]])}`: the preset's",
         "training model, loss and optimizer as `python -m training train` builds them, `train_on_batch` on random",
         f"48x48 pixels, median step over {args.seconds:g} s. Minutes per epoch: {EPOCH_IMAGES:,} images, without the",
@@ -117,8 +110,7 @@ def main() -> int:
             f"| {r['preset']} | {r['policy']} | {r['batch']} | {r['steps']} | {r['images_per_second']:.0f} | "
             f"{r['minutes_per_epoch']:.2f} | {ratio:.2f}x |"
         )
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    Path(args.out).with_suffix(".json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    write_results(Path(args.out), lines, rows)
     print("\n".join(lines))
     return 0
 
