@@ -20,8 +20,13 @@ REPORT="$RUN_DIR/report-v$VERSION"
 PY=.venv/bin/python
 ZOOM=${ZOOM:-1.1}
 
+# training curves: the run's history.csv, or an ensemble's history-member<N>.csv (members recovered from an export
+# have none)
+HISTORY=()
+if compgen -G "$RUN_DIR/history*.csv" > /dev/null; then HISTORY=(--history "$RUN_DIR"); fi
+
 $PY -m training evaluate --model "$MODEL" --config "$RUN_DIR/config.json" --data "$DATA" --out "$REPORT" \
-  --history "$RUN_DIR/history.csv" --test-time-flip --test-time-zoom "$ZOOM" --calibrate --explain 4
+  "${HISTORY[@]}" --test-time-flip --test-time-zoom "$ZOOM" --calibrate --explain 4
 $PY -m training export --model "$MODEL" --config "$RUN_DIR/config.json" --report "$REPORT" --data "$DATA" \
   --name "$NAME" --version "$VERSION" --test-time-flip --test-time-zoom "$ZOOM"
 OUT="models/$NAME/$VERSION"

@@ -689,7 +689,7 @@ def test_an_ensemble_of_two_runs_serves_the_mean_of_their_answers_with_one_tempe
     import tensorflow as tf
 
     from training.config import PRESETS
-    from training.ensemble import EnsembleError, combine
+    from training.ensemble import EnsembleError, combine, member_histories
     from training.evaluate import evaluate, load_predictor
     from training.export import export_model
     from training.train import train
@@ -702,9 +702,17 @@ def test_an_ensemble_of_two_runs_serves_the_mean_of_their_answers_with_one_tempe
     ensemble = combine([trained_run, second.run_dir], tmp_path / "ens")
     assert json.loads((tmp_path / "ens" / "config.json").read_text())["arch"]["ensemble"] == 2
 
+    # Each member's training history travels with it, numbered by its place in the ensemble, for the report.
+    histories = member_histories(tmp_path / "ens")
+    assert [h.name for h in histories] == ["history-member1.csv", "history-member2.csv"]
+    for carried, run in zip(histories, (trained_run, second.run_dir), strict=True):
+        assert carried.read_bytes() == (run / "history.csv").read_bytes()
+
     report = tmp_path / "report"
-    m = evaluate(ensemble, tiny_folder_dataset, report, calibrate=True, test_time_flip=True)
+    m = evaluate(ensemble, tiny_folder_dataset, report, calibrate=True, test_time_flip=True, history=histories)
     assert "held out" in m["calibration"]["fitted_on"]
+    assert (report / "training_curves.png").stat().st_size > 0
+    assert "![training curves](training_curves.png)" in (report / "report.md").read_text()
     out = export_model(ensemble, tmp_path / "models", name="ens", version="1", report_dir=report, test_time_flip=True)
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["architecture"]["ensemble"] == 2 and len(metadata["training"]["ensemble_of"]) == 2
@@ -733,6 +741,9 @@ def test_an_ensemble_of_two_runs_serves_the_mean_of_their_answers_with_one_tempe
     grown = combine([tmp_path / "ens", third.run_dir], tmp_path / "ens3")
     assert json.loads((tmp_path / "ens3" / "config.json").read_text())["arch"]["ensemble"] == 3
     assert len(json.loads((tmp_path / "ens3" / "run.json").read_text())["ensemble_of"]) == 3
+    grown_histories = member_histories(tmp_path / "ens3")
+    assert [h.name for h in grown_histories] == [f"history-member{n}.csv" for n in (1, 2, 3)]
+    assert grown_histories[2].read_bytes() == (third.run_dir / "history.csv").read_bytes()
     three = [*members, load_predictor(third.run_dir / "model.keras")[0]]
     np.testing.assert_allclose(load_predictor(grown)[0](crops), sum(p(crops) for p in three) / 3, atol=1e-5)
 
@@ -806,3 +817,20 @@ def test_recover_rebuilds_a_run_folder_from_an_export_that_serves_the_same_answe
     np.testing.assert_allclose(load_predictor(model)[0](crops), exported(crops), atol=1e-5)
     with pytest.raises(FileExistsError):
         recover(exported_model, tmp_path / "run")
+
+
+def test_evaluate_refuses_a_history_it_cannot_draw_before_predicting(
+    trained_run: Path, tiny_folder_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.__main__ import main
+
+    empty_run = tmp_path / "recovered"  # a run folder without history.csv, as `recover` writes one
+    empty_run.mkdir()
+    base = ["evaluate", "--model", str(trained_run / "model.keras"), "--data", str(tiny_folder_dataset)]
+    assert main([*base, "--out", str(tmp_path / "a"), "--history", str(empty_run)]) == 2
+    assert "holds no training history" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--history", str(tmp_path / "typo.csv")]) == 2
+    assert "no training history at" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # refused before any work
+    assert main([*base, "--out", str(tmp_path / "c"), "--history", str(trained_run)]) == 0
+    assert (tmp_path / "c" / "training_curves.png").is_file()

@@ -285,7 +285,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help="folder root, Kaggle CSV or packed .npz")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--out", required=True, help="report folder to write")
-    p.add_argument("--history", help="history.csv from train, for the training-curves plot")
+    p.add_argument(
+        "--history",
+        action="append",
+        help="for the training-curves plot: a history.csv from train, or a run folder (an ensemble's: the members' "
+        "histories that `ensemble` carried over); repeatable",
+    )
     p.add_argument(
         "--test-time-flip",
         action="store_true",
@@ -317,6 +322,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _histories(given: Path) -> list[Path]:
+    """``--history``: the file itself, or a run folder's training histories (none is an error: a plot was asked for)."""
+    if not given.is_dir():
+        return [given]
+    from training.ensemble import member_histories
+
+    found = member_histories(given)
+    if not found:
+        raise FileNotFoundError(f"{given} holds no training history (history.csv or history-member<N>.csv)")
+    return found
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
@@ -326,7 +343,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.out,
         split=args.split,
         config_path=args.config,
-        history=args.history,
+        history=[path for given in args.history or [] for path in _histories(Path(given))],
         test_time_flip=args.test_time_flip,
         calibrate=args.calibrate,
         explain=args.explain,

@@ -106,7 +106,30 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
         "member_val_accuracy": [m.get("val_accuracy") for m in member_records],
     }
     (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    _carry_histories([(p, c) for p, c, _ in runs], out)
     return out / "model.keras"
+
+
+def member_histories(run_dir: str | Path) -> list[Path]:
+    """The training histories (``history.csv`` of ``train``) a run folder holds: its own, or for an ensemble those
+    :func:`combine` carried over, ``history-member<N>.csv`` for member N (a member whose run folder had none, e.g. a
+    recovered one, has no file), in member order."""
+    run = Path(run_dir)
+    if (run / "history.csv").is_file():
+        return [run / "history.csv"]
+    return sorted(run.glob("history-member*.csv"), key=lambda path: int(path.stem.removeprefix("history-member")))
+
+
+def _carry_histories(runs: list[tuple[Path, TrainConfig]], out: Path) -> None:
+    """Copy each member's training history into the ensemble's folder as ``history-member<N>.csv`` (N: its number
+    in the ensemble), so the ensemble's report can draw every member's curves."""
+    offset = 0
+    for path, config in runs:
+        for history in member_histories(path):
+            own = history.name == "history.csv"
+            number = offset + (1 if own else int(history.stem.removeprefix("history-member")))
+            (out / f"history-member{number}.csv").write_bytes(history.read_bytes())
+        offset += config.arch.ensemble
 
 
 def recover(export_dir: str | Path, run_dir: str | Path) -> Path:

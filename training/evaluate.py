@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,35 +135,49 @@ def _plot_confusion(matrix: list[list[int]], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_history(history_csv: Path, path: Path) -> None:
+def _history_label(history_csv: Path) -> str:
+    """``member 3`` for an ensemble's ``history-member3.csv``; "" for a single run's ``history.csv``."""
+    stem = history_csv.stem
+    return f"member {stem.removeprefix('history-member')}" if stem.startswith("history-member") else ""
+
+
+def _plot_history(histories: Sequence[Path], path: Path) -> list[str]:
+    """Accuracy and loss per epoch of each training history (an ensemble: one pair of lines per member, labelled by
+    member). Returns the labels of the histories drawn (``[""]`` for a single run; ``[]``: none had a row, nothing
+    was drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(history_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return
-    x = list(range(1, len(rows) + 1))
+    runs = []
+    for history_csv in histories:
+        with open(history_csv, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows:
+            runs.append((_history_label(history_csv), rows))
+    if not runs:
+        return []
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("accuracy", "val_accuracy"):
-        if key in rows[0]:
-            left.plot(x, [float(r[key]) for r in rows], label=key)
-    for key in ("loss", "val_loss"):
-        if key in rows[0]:
-            right.plot(x, [float(r[key]) for r in rows], label=key)
+    for label, rows in runs:
+        x = list(range(1, len(rows) + 1))
+        for ax, keys in ((left, ("accuracy", "val_accuracy")), (right, ("loss", "val_loss"))):
+            for key in keys:
+                if key in rows[0]:
+                    name = f"{label} {key}".strip()
+                    ax.plot(x, [float(r[key]) for r in rows], label=name, linestyle="--" if "val" in key else "-")
     for ax, title in ((left, "accuracy"), (right, "loss")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
-        ax.legend()
+        ax.legend(fontsize="small" if len(runs) > 1 else None)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return [label for label, _ in runs]
 
 
-def _markdown(metrics: dict[str, Any], model_name: str, split: str, has_curves: bool) -> str:
+def _markdown(metrics: dict[str, Any], model_name: str, split: str, histories: list[str], networks: int) -> str:
     lines = [
         f"# Evaluation of {model_name}",
         "",
@@ -194,7 +209,10 @@ def _markdown(metrics: dict[str, Any], model_name: str, split: str, has_curves: 
                 f"{cal['nll']:.4f} (accuracy unchanged: scaling keeps the ranking).",
             ]
         lines += ["", "![reliability diagram](reliability.png)", ""]
-    if has_curves:
+    if histories:
+        if 1 < networks and len(histories) < networks:  # recovered members have no history: say whose these are
+            kept = ", ".join(histories)
+            lines += [f"Training curves of {kept} of the {networks} networks (the others kept no history).", ""]
         lines += ["![training curves](training_curves.png)", ""]
     if "explanations" in metrics:
         lines += [
@@ -241,7 +259,7 @@ def evaluate(
     *,
     split: str = "val",
     config_path: str | Path | None = None,
-    history: str | Path | None = None,
+    history: str | Path | Sequence[str | Path] | None = None,
     test_time_flip: bool | None = None,
     calibrate: bool = False,
     explain: int = 0,
@@ -250,11 +268,16 @@ def evaluate(
     """Evaluate ``model`` (``.keras`` or SavedModel folder) on ``split`` of ``data``; write the report folder.
 
     Writes ``metrics.json``, ``confusion_matrix.json``/``.png``, ``reliability.png``, ``training_curves.png`` (if
-    ``history`` is given) and ``report.md`` into ``out_dir``; returns the metrics. ``calibrate`` (``.keras`` only)
+    ``history`` names one or more ``history.csv`` files: an ensemble's members each get their lines) and
+    ``report.md`` into ``out_dir``; returns the metrics. ``calibrate`` (``.keras`` only)
     fits a temperature on the run's held-out train images and reports the scaled probabilities (ECE before and
     after); ``export --report`` then puts that temperature into the graph. ``explain`` > 0 draws
     ``explanations.png``: that many correct and wrong images per class with their Grad-CAM maps.
     """
+    histories = [history] if isinstance(history, str | Path) else list(history or [])
+    missing = [str(h) for h in histories if not Path(h).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no training history at {', '.join(missing)}")
     model = Path(model)
     predict, arch, name = load_predictor(model, config_path, test_time_flip, test_time_zoom=test_time_zoom)
     data_split = read_split(data, split)
@@ -307,14 +330,12 @@ def evaluate(
     )
     _plot_confusion(metrics["confusion_matrix"], out / "confusion_matrix.png")
     calibration.plot_reliability(curves, eces, out / "reliability.png")
-    has_curves = history is not None and Path(history).is_file()
-    if history is not None and has_curves:
-        _plot_history(Path(history), out / "training_curves.png")
+    drawn = _plot_history([Path(h) for h in histories], out / "training_curves.png")
     if explain > 0:
         explainer = _explainer(model, arch, config_path)
         metrics["explanations"] = explaining.contact_sheet(
             data_split.images, labels, probabilities, explainer, explain, out / "explanations.png", LABELS
         )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(metrics, name, split, has_curves))
+    (out / "report.md").write_text(_markdown(metrics, name, split, drawn, arch.ensemble))
     return metrics
