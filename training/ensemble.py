@@ -110,6 +110,16 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
     return out / "model.keras"
 
 
+#: An ensemble folder's copy of member N's ``history.csv`` is ``history-member<N>.csv``.
+MEMBER_HISTORY_PREFIX = "history-member"
+
+
+def history_member(history_csv: Path) -> int | None:
+    """The member number N of an ensemble's ``history-member<N>.csv``; None for a single run's ``history.csv``."""
+    stem = history_csv.stem
+    return int(stem.removeprefix(MEMBER_HISTORY_PREFIX)) if stem.startswith(MEMBER_HISTORY_PREFIX) else None
+
+
 def member_histories(run_dir: str | Path) -> list[Path]:
     """The training histories (``history.csv`` of ``train``) a run folder holds: its own, or for an ensemble those
     :func:`combine` carried over, ``history-member<N>.csv`` for member N (a member whose run folder had none, e.g. a
@@ -117,7 +127,7 @@ def member_histories(run_dir: str | Path) -> list[Path]:
     run = Path(run_dir)
     if (run / "history.csv").is_file():
         return [run / "history.csv"]
-    return sorted(run.glob("history-member*.csv"), key=lambda path: int(path.stem.removeprefix("history-member")))
+    return sorted(run.glob(f"{MEMBER_HISTORY_PREFIX}*.csv"), key=lambda path: history_member(path) or 0)
 
 
 def _carry_histories(runs: list[tuple[Path, TrainConfig]], out: Path) -> None:
@@ -126,9 +136,8 @@ def _carry_histories(runs: list[tuple[Path, TrainConfig]], out: Path) -> None:
     offset = 0
     for path, config in runs:
         for history in member_histories(path):
-            own = history.name == "history.csv"
-            number = offset + (1 if own else int(history.stem.removeprefix("history-member")))
-            (out / f"history-member{number}.csv").write_bytes(history.read_bytes())
+            number = offset + (history_member(history) or 1)  # a single run's own history.csv: its one network
+            (out / f"{MEMBER_HISTORY_PREFIX}{number}.csv").write_bytes(history.read_bytes())
         offset += config.arch.ensemble
 
 

@@ -19,6 +19,7 @@ from training import calibration
 from training import explain as explaining
 from training.config import ArchConfig, TrainConfig
 from training.data import read_split
+from training.ensemble import history_member
 from training.inference import (
     Predictor,
     fer_pixels_to_model_input,
@@ -137,8 +138,8 @@ def _plot_confusion(matrix: list[list[int]], path: Path) -> None:
 
 def _history_label(history_csv: Path) -> str:
     """``member 3`` for an ensemble's ``history-member3.csv``; "" for a single run's ``history.csv``."""
-    stem = history_csv.stem
-    return f"member {stem.removeprefix('history-member')}" if stem.startswith("history-member") else ""
+    member = history_member(history_csv)
+    return "" if member is None else f"member {member}"
 
 
 def _plot_history(histories: Sequence[Path], path: Path) -> list[str]:
@@ -210,7 +211,7 @@ def _markdown(metrics: dict[str, Any], model_name: str, split: str, histories: l
             ]
         lines += ["", "![reliability diagram](reliability.png)", ""]
     if histories:
-        if 1 < networks and len(histories) < networks:  # recovered members have no history: say whose these are
+        if len(histories) < networks:  # recovered members have no history: say whose these are
             kept = ", ".join(histories)
             lines += [f"Training curves of {kept} of the {networks} networks (the others kept no history).", ""]
         lines += ["![training curves](training_curves.png)", ""]
