@@ -116,6 +116,18 @@ def test_class_weights_balance_the_classes() -> None:
     assert max(totals) == pytest.approx(min(totals))
 
 
+def test_class_weight_power_leans_less_and_keeps_the_average_weight() -> None:
+    labels = np.array([0] * 10 + [1] * 30 + [2] * 60)
+    full, half = class_weights(labels, num_classes=3), class_weights(labels, num_classes=3, power=0.5)
+    assert half[0] > half[1] > half[2]
+    assert half[0] / half[2] == pytest.approx((full[0] / full[2]) ** 0.5)
+    # the average image weighs 1 whatever the power, so a recipe's learning rate still fits
+    for weights in (full, half, class_weights(labels, num_classes=3, power=0.0)):
+        assert sum(n * weights[c] for c, n in enumerate((10, 30, 60))) / len(labels) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="power"):
+        class_weights(labels, num_classes=3, power=-1.0)
+
+
 # --- train -> evaluate -> export -----------------------------------------------------------------------------------
 
 

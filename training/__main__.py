@@ -72,6 +72,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="weight the loss by inverse class frequency (preset default: on)",
     )
+    p.add_argument(
+        "--class-weight-power",
+        type=float,
+        help="with --class-weights: 1 = fully balanced, 0.5 = its square root (leans less toward rare classes)",
+    )
     p.add_argument("--mixed-precision", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int)
     p.add_argument(

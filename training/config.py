@@ -100,6 +100,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     weight_decay: float = 1e-4
     class_weights: bool = True
+    #: With ``class_weights``: 1 = fully balanced, 0.5 = the square root of it (see ``data.class_weights``).
+    class_weight_power: float = 1.0
     label_smoothing: float = 0.0
     #: 0 disables augmentation; 1 is the default strength; values scale rotation, zoom, shift and contrast.
     augment: float = 1.0

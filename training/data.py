@@ -230,9 +230,18 @@ def pack(
     return out
 
 
-def class_weights(labels: np.ndarray, num_classes: int = len(LABELS)) -> dict[int, float]:
-    """Balanced class weights ``n / (k * count_c)``: rare classes (disgust) count as much as common ones in the loss."""
+def class_weights(labels: np.ndarray, num_classes: int = len(LABELS), power: float = 1.0) -> dict[int, float]:
+    """Class weights ``(n / (k * count_c)) ** power``, rescaled so the average image still weighs 1.
+
+    ``power`` 1 is fully balanced: rare classes (disgust) count as much as common ones in the loss. Between 0 and 1
+    it leans toward the rare classes without ignoring how rare they are (0.5: disgust 4x happy instead of 16x), and
+    the rescaling keeps the loss's scale, so the learning rate of a recipe still fits.
+    """
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     if (counts == 0).any():
         raise ValueError("every class needs at least one example to weight it")
-    return {c: float(len(labels) / (num_classes * counts[c])) for c in range(num_classes)}
+    if power < 0:
+        raise ValueError(f"class weight power must be >= 0, got {power}")
+    raw = (len(labels) / (num_classes * counts)) ** power
+    raw /= (counts * raw).sum() / len(labels)
+    return {c: float(raw[c]) for c in range(num_classes)}
