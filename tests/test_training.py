@@ -759,6 +759,20 @@ def test_an_ensemble_of_two_runs_serves_the_mean_of_their_answers_with_one_tempe
     three = [*members, load_predictor(third.run_dir / "model.keras")[0]]
     np.testing.assert_allclose(load_predictor(grown)[0](crops), sum(p(crops) for p in three) / 3, atol=1e-5)
 
+    # A weaker member is replaced without its run folder: drop it by number, the others keep their order.
+    swapped = combine([tmp_path / "ens3"], tmp_path / "swapped", drop=[1])
+    assert json.loads((tmp_path / "swapped" / "config.json").read_text())["arch"]["ensemble"] == 2
+    kept_records = json.loads((tmp_path / "swapped" / "run.json").read_text())["ensemble_of"]
+    assert kept_records == json.loads((tmp_path / "ens3" / "run.json").read_text())["ensemble_of"][1:]
+    np.testing.assert_allclose(load_predictor(swapped)[0](crops), sum(p(crops) for p in three[1:]) / 2, atol=1e-5)
+    swapped_histories = member_histories(tmp_path / "swapped")
+    assert [h.name for h in swapped_histories] == ["history-member1.csv", "history-member2.csv"]
+    assert swapped_histories[1].read_bytes() == (third.run_dir / "history.csv").read_bytes()
+    with pytest.raises(EnsembleError, match=r"cannot drop network\(s\) \[4\]"):
+        combine([tmp_path / "ens3"], tmp_path / "no-such", drop=[4])
+    with pytest.raises(EnsembleError, match="at least two networks"):
+        combine([tmp_path / "ens3"], tmp_path / "too-few", drop=[1, 2])
+
     # A member that trained on the images the temperature is fitted on is refused, with the reason.
     other = train(dataclasses.replace(smoke, seed=7, epochs=1), tiny_folder_dataset, tmp_path / "c", verbose=0)
     with pytest.raises(EnsembleError, match="holdout-seed"):

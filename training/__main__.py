@@ -407,13 +407,22 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("members", nargs="+", help="run folders (model.keras, config.json, run.json)")
     p.add_argument("--run-dir", required=True, help="output folder of the ensemble")
+    p.add_argument(
+        "--drop",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="leave out network N (1-based, counting each network of an ensemble run; repeatable), "
+        "e.g. to replace the weakest member by a new one",
+    )
     p.set_defaults(func=_ensemble)
 
 
 def _ensemble(args: argparse.Namespace) -> int:
     from training.ensemble import combine
 
-    print(f"ensemble of {len(args.members)} runs: {combine(args.members, args.run_dir)}")
+    print(f"ensemble of {len(args.members)} runs: {combine(args.members, args.run_dir, drop=args.drop)}")
     return 0
 
 

@@ -4,7 +4,8 @@
   that take the same input) -> one run folder whose ``model.keras`` averages their probabilities
   (:func:`training.model.ensemble_of`). A run that is itself an ensemble contributes its members, so an ensemble
   grows by one network without retraining the others. ``evaluate``, ``export`` and ``compile`` then treat it as any
-  other run: test-time flip, the temperature and Grad-CAM apply to the ensemble as a whole.
+  other run: test-time flip, the temperature and Grad-CAM apply to the ensemble as a whole. ``drop`` leaves
+  networks out by number, so a weaker member can be replaced by a new one without its run folder.
 * :func:`recover` — an exported version -> the run folder it came from (``model.keras``, ``config.json``,
   ``run.json``), for when the run folder is gone (runs live outside the work tree; what ships is committed). The
   weights are read from the SavedModel and checked against it.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +54,25 @@ def _read_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     return TrainConfig.load(config_path), json.loads(run_path.read_text()) if run_path.is_file() else {}
 
 
-def combine(members: list[str | Path], run_dir: str | Path) -> Path:
+def combine(members: list[str | Path], run_dir: str | Path, drop: Sequence[int] = ()) -> Path:
     """Write the ensemble of the finished runs ``members`` to ``run_dir`` and return its ``model.keras``. Members
-    may have different architectures (a mixed ensemble) as long as they take the same input.
+    may have different architectures (a mixed ensemble) as long as they take the same input. ``drop``: networks
+    to leave out, by their 1-based number in the runs' networks in order (a run that is an ensemble counts each of
+    its networks); the others keep their order and are renumbered.
 
     Raises:
-        EnsembleError: fewer than two members, or members of different inputs, hold-outs or data.
+        EnsembleError: fewer than two networks (after ``drop``), a ``drop`` number that is no network, or members
+            of different inputs, hold-outs or data.
         FileExistsError: ``run_dir`` already holds a model.
     """
-    if len(members) < 2:
-        raise EnsembleError("an ensemble needs at least two runs")
     runs = [(Path(m), *_read_run(Path(m))) for m in members]
+    total = sum(config.arch.ensemble for _, config, _ in runs)
+    wrong = sorted(set(drop) - set(range(1, total + 1)))
+    if wrong:
+        raise EnsembleError(f"cannot drop network(s) {wrong}: the runs hold networks 1 to {total}")
+    kept = [n for n in range(1, total + 1) if n not in set(drop)]
+    if len(kept) < 2:
+        raise EnsembleError(f"an ensemble needs at least two networks ({len(kept)} left of {total})")
     first_dir, first, _ = runs[0]
     for path, config, record in runs[1:]:
         if (config.arch.input_size, config.arch.color_mode) != (first.arch.input_size, first.arch.color_mode):
@@ -91,22 +101,25 @@ def combine(members: list[str | Path], run_dir: str | Path) -> Path:
         for p, c, _ in runs
         for network in ensemble_members(rebuild_float32(load_inference_model(str(p / "model.keras")), c.arch))
     ]
+    networks = [networks[n - 1] for n in kept]
     model = ensemble_of(networks)
     model.save(out / "model.keras")
     archs = [_single(n) for _, c, _ in runs for n in c.arch.networks()]
+    archs = [archs[n - 1] for n in kept]
     mixed = any(n != archs[0] for n in archs)  # e.g. fer_cnn and fer_resnet members: each keeps its own
     arch = dataclasses.replace(archs[0], ensemble=len(networks), members=tuple(archs) if mixed else ())
     dataclasses.replace(first, arch=arch, holdout_seed=first.split_seed).save(out / "config.json")
     records = [r for _, _, r in runs]
     member_records = [m for p, _, r in runs for m in r.get("ensemble_of", [{"run_dir": str(p), **r}])]
+    member_records = [member_records[n - 1] for n in kept]
     record = {
         "ensemble_of": member_records,
-        "seconds": round(sum(float(r.get("seconds", 0)) for r in records), 1),
+        "seconds": round(sum(float(m.get("seconds", 0)) for m in member_records), 1),
         **{k: records[0][k] for k in ("train_images", "calibration_images", "train_fingerprint") if k in records[0]},
         "member_val_accuracy": [m.get("val_accuracy") for m in member_records],
     }
     (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    _carry_histories([(p, c) for p, c, _ in runs], out)
+    _carry_histories([(p, c) for p, c, _ in runs], out, kept)
     return out / "model.keras"
 
 
@@ -130,14 +143,17 @@ def member_histories(run_dir: str | Path) -> list[Path]:
     return sorted(run.glob(f"{MEMBER_HISTORY_PREFIX}*.csv"), key=lambda path: history_member(path) or 0)
 
 
-def _carry_histories(runs: list[tuple[Path, TrainConfig]], out: Path) -> None:
-    """Copy each member's training history into the ensemble's folder as ``history-member<N>.csv`` (N: its number
-    in the ensemble), so the ensemble's report can draw every member's curves."""
+def _carry_histories(runs: list[tuple[Path, TrainConfig]], out: Path, kept: list[int]) -> None:
+    """Copy each kept member's training history into the ensemble's folder as ``history-member<N>.csv`` (N: its
+    number in the ensemble; ``kept`` lists the runs' network numbers the ensemble keeps, in order), so the
+    ensemble's report can draw every member's curves."""
+    renumber = {old: new for new, old in enumerate(kept, start=1)}
     offset = 0
     for path, config in runs:
         for history in member_histories(path):
             number = offset + (history_member(history) or 1)  # a single run's own history.csv: its one network
-            (out / f"{MEMBER_HISTORY_PREFIX}{number}.csv").write_bytes(history.read_bytes())
+            if number in renumber:
+                (out / f"{MEMBER_HISTORY_PREFIX}{renumber[number]}.csv").write_bytes(history.read_bytes())
         offset += config.arch.ensemble
 
 
