@@ -67,10 +67,11 @@ def combine(members: list[str | Path], run_dir: str | Path, drop: Sequence[int] 
     """
     runs = [(Path(m), *_read_run(Path(m))) for m in members]
     total = sum(config.arch.ensemble for _, config, _ in runs)
-    wrong = sorted(set(drop) - set(range(1, total + 1)))
+    dropped = set(drop)
+    wrong = sorted(dropped - set(range(1, total + 1)))
     if wrong:
         raise EnsembleError(f"cannot drop network(s) {wrong}: the runs hold networks 1 to {total}")
-    kept = [n for n in range(1, total + 1) if n not in set(drop)]
+    kept = [n for n in range(1, total + 1) if n not in dropped]
     if len(kept) < 2:
         raise EnsembleError(f"an ensemble needs at least two networks ({len(kept)} left of {total})")
     first_dir, first, _ = runs[0]

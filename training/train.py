@@ -334,7 +334,7 @@ def _run(
 
     train_split, held_out = training_splits(config, data)
     val_split = read_split(data, "val")
-    weights = class_weights(train_split.labels, power=config.class_weight_power) if config.class_weights else None
+    weights = _class_weights(config, train_split)
     per_epoch = steps_per_epoch(len(train_split), config.batch_size)
     aug = Augmentation.scaled(config.augment, config.random_erasing)
     val_targets = keras.ops.convert_to_numpy(keras.ops.one_hot(val_split.labels, len(LABELS)))
@@ -413,6 +413,12 @@ def _run(
     )
 
 
+def _class_weights(config: TrainConfig, train_split: Split) -> dict[int, float] | None:
+    """The loss's per-class weights under ``config`` (None when it trains unweighted): the run and its record use
+    the same."""
+    return class_weights(train_split.labels, power=config.class_weight_power) if config.class_weights else None
+
+
 def _finish(
     run_dir: Path,
     config: TrainConfig,
@@ -446,9 +452,7 @@ def _finish(
         "train_class_counts": train_split.class_counts(),
         "train_fingerprint": train_split.fingerprint(),
         "val_fingerprint": val_split.fingerprint(),
-        "class_weights": (
-            class_weights(train_split.labels, power=config.class_weight_power) if config.class_weights else None
-        ),
+        "class_weights": _class_weights(config, train_split),
         "seed": config.seed,
     }
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
