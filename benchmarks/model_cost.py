@@ -60,6 +60,10 @@ def measure(
         "test_time_flip": arch.get("test_time_flip", False),
         "test_time_zoom": arch.get("test_time_zoom", 1.0),
         "temperature": arch.get("temperature", 1.0),
+        # network passes per face: every network on every test-time view (what benchmarks/passes_budget.py divides by)
+        "passes": arch.get("ensemble", 1)
+        * (2 if arch.get("test_time_flip") else 1)
+        * (2 if arch.get("test_time_zoom", 1.0) > 1 else 1),
     }
 
 

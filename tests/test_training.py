@@ -131,6 +131,28 @@ def test_class_weight_power_leans_less_and_keeps_the_average_weight() -> None:
 # --- train -> evaluate -> export -----------------------------------------------------------------------------------
 
 
+def test_forced_bf16_on_a_cpu_without_native_bf16_warns_and_auto_stays_float32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import warnings
+
+    from training import train
+
+    # the CPU's answer is the input here (this host may or may not compute bf16 natively); the policy is under test
+    monkeypatch.setattr(train, "native_bf16", lambda: False)
+    with pytest.warns(train.EmulatedBf16Warning, match="no native bfloat16"):
+        assert train.mixed_precision_policy("on") == "mixed_bfloat16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert train.mixed_precision_policy("auto") is None
+        assert train.mixed_precision_policy("off") is None
+    monkeypatch.setattr(train, "native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert train.mixed_precision_policy("on") == "mixed_bfloat16"
+        assert train.mixed_precision_policy("auto") == "mixed_bfloat16"
+
+
 def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:
     for name in ("config.json", "history.csv", "checkpoint.keras", "model.keras", "run.json"):
         assert (trained_run / name).is_file(), name

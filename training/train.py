@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ from training.model import (
 from training.splits import training_splits
 
 
+class EmulatedBf16Warning(UserWarning):
+    """``--mixed-precision on`` on a CPU that does not compute bfloat16 natively: the run is far slower than float32."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
@@ -49,7 +54,9 @@ def mixed_precision_policy(setting: str) -> str | None:
 
     A GPU gets ``mixed_float16``. A CPU gets ``mixed_bfloat16`` only where it computes bf16 natively (AVX512_BF16
     or AMX: measured 1.2-1.4x over float32 for the CPU nets, see ``../shared/notes/cpu-training.md``); elsewhere bf16
-    is emulated and slower, so ``auto`` stays in float32 there.
+    is emulated and slower, so ``auto`` stays in float32 there, and ``on`` warns (:class:`EmulatedBf16Warning`):
+    on an AVX2-only AMD EPYC the cpu preset trained 10 images/s in bf16 against 99 in float32
+    (``benchmarks/TRAINING_THROUGHPUT_AVX2.md``).
     """
     if setting == "off":
         return None
@@ -65,7 +72,15 @@ def mixed_precision_policy(setting: str) -> str | None:
         gpu = bool(tf.config.list_physical_devices("GPU"))
     if gpu:
         return "mixed_float16"
-    if setting == "on" or native_bf16():
+    if native_bf16():
+        return "mixed_bfloat16"
+    if setting == "on":
+        warnings.warn(
+            "--mixed-precision on: this CPU has no native bfloat16 (AVX512_BF16 or AMX), so TensorFlow emulates it "
+            "and training runs several times slower than in float32; --mixed-precision auto would use float32 here",
+            EmulatedBf16Warning,
+            stacklevel=2,
+        )
         return "mixed_bfloat16"
     return None
 
