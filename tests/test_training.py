@@ -138,7 +138,8 @@ def test_forced_bf16_on_a_cpu_without_native_bf16_warns_and_auto_stays_float32(
 
     from training import train
 
-    # the CPU's answer is the input here (this host may or may not compute bf16 natively); the policy is under test
+    # the hardware's answers are the inputs here (this host may or may not have bf16 or a GPU); the policy is tested
+    monkeypatch.setattr(train, "_gpu_available", lambda: False)
     monkeypatch.setattr(train, "native_bf16", lambda: False)
     with pytest.warns(train.EmulatedBf16Warning, match="no native bfloat16"):
         assert train.mixed_precision_policy("on") == "mixed_bfloat16"

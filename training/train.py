@@ -49,34 +49,38 @@ class TrainResult:
     seconds: float
 
 
+def _gpu_available() -> bool:
+    """Whether the Keras backend sees a GPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return False
+
+
 def mixed_precision_policy(setting: str) -> str | None:
     """The Keras mixed-precision policy for ``setting`` on this machine, or None for float32.
 
     A GPU gets ``mixed_float16``. A CPU gets ``mixed_bfloat16`` only where it computes bf16 natively (AVX512_BF16
-    or AMX: measured 1.2-1.4x over float32 for the CPU nets, see ``../shared/notes/cpu-training.md``); elsewhere bf16
+    or AMX: measured 1.38-1.46x over float32 for the cpu preset, ``benchmarks/TRAINING_THROUGHPUT.md``); elsewhere bf16
     is emulated and slower, so ``auto`` stays in float32 there, and ``on`` warns (:class:`EmulatedBf16Warning`):
     on an AVX2-only AMD EPYC the cpu preset trained 10 images/s in bf16 against 99 in float32
     (``benchmarks/TRAINING_THROUGHPUT_AVX2.md``).
     """
     if setting == "off":
         return None
-    backend = keras.backend.backend()
-    gpu = False
-    if backend == "jax":
-        import jax
-
-        gpu = any(d.platform == "gpu" for d in jax.devices())
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        gpu = bool(tf.config.list_physical_devices("GPU"))
-    if gpu:
+    if _gpu_available():
         return "mixed_float16"
     if native_bf16():
         return "mixed_bfloat16"
     if setting == "on":
         warnings.warn(
-            "--mixed-precision on: this CPU has no native bfloat16 (AVX512_BF16 or AMX), so TensorFlow emulates it "
+            "--mixed-precision on: this CPU has no native bfloat16 (AVX512_BF16 or AMX), so bf16 is emulated "
             "and training runs several times slower than in float32; --mixed-precision auto would use float32 here",
             EmulatedBf16Warning,
             stacklevel=2,
