@@ -33,10 +33,9 @@ def adjust(probabilities: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarr
 
 
 def main() -> int:
-    from sklearn.metrics import f1_score
-
     from training.config import TrainConfig
     from training.data import read_split
+    from training.evaluate import compute_metrics
     from training.inference import predict_split, saved_model_predictor
     from training.labels import LABELS
     from training.splits import training_splits
@@ -57,10 +56,10 @@ def main() -> int:
     for tau in TAUS:
         row: dict[str, float] = {"tau": tau}
         for name, split in splits.items():
-            predicted = adjust(probabilities[name], prior, tau).argmax(axis=1)
-            row[f"{name} accuracy"] = float((predicted == split.labels).mean())
-            row[f"{name} macro-F1"] = float(f1_score(split.labels, predicted, average="macro"))
-            row[f"{name} lowest class F1"] = float(f1_score(split.labels, predicted, average=None).min())
+            metrics = compute_metrics(split.labels, adjust(probabilities[name], prior, tau))
+            row[f"{name} accuracy"] = metrics["accuracy"]
+            row[f"{name} macro-F1"] = metrics["macro_f1"]
+            row[f"{name} lowest class F1"] = min(c["f1"] for c in metrics["per_class"].values())
         rows.append(row)
     chosen = max(rows, key=lambda r: r["hold-out macro-F1"])
     columns = [key for key in rows[0] if key != "tau"]
