@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The flagship recipe: ResNet50V2 at 224x224 on FER-2013, trained on a GPU machine that has JAX but no TensorFlow
-# and takes only a small upload (64 MiB, code included), exported to the SavedModel back on a TensorFlow machine.
+# GPU runs: the flagship (ResNet50V2 at 224x224) and CPU-default candidates (48x48 nets) trained on a lent GPU machine
+# that has JAX but no TensorFlow, takes a small upload (64 MiB, code included) and gives back at most 8 files of
+# 16 MiB; the runs come back as compact archives (float16 kernels) and are exported here, on TensorFlow.
 #
-#   1. here (TensorFlow machine, project .venv):   scripts/gpu-train.sh bundle [DATA_DIR]     -> gpu-bundle/ (< 64 MiB)
-#   2. on the GPU machine, inside gpu-bundle/:      bash run.sh                                -> runs/flagship/model.keras
-#   3. bring runs/flagship/ back here, then:        scripts/gpu-train.sh export runs/flagship  -> models/fer-resnet50v2-224/1
+#   1. here (TensorFlow machine, project .venv):  scripts/gpu-train.sh bundle [DATA_DIR]      -> gpu-bundle/ (< 64 MiB)
+#   2. on the GPU machine:                        bash gpu-bundle/run.sh OUT_DIR [SECONDS]    -> OUT_DIR/*.npz.NNN
+#   3. back here, with OUT_DIR's files:           scripts/gpu-train.sh expand OUT_DIR         -> ~/fer-runs/gpu-*/
+#   4. the flagship into the versioned layout:    scripts/gpu-train.sh export ~/fer-runs/gpu-flagship
 #
-# Step 2 needs python3 with jax (CUDA) and pip; it installs keras and tqdm from the carried wheels, offline.
+# Step 2 trains for SECONDS (default 480) of wall time in all: the 48x48 candidates in parallel processes, and the
+# flagship from random weights (a GPU machine here cannot download ImageNet weights either) for as many epochs as
+# fit, counted from its images/s measured first on that GPU. It needs python3 with jax (CUDA) and pip; it installs
+# keras from the carried wheels, offline. A second call could continue a run with --resume (checkpoints each epoch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -17,26 +22,24 @@ case "${1:-}" in
     rm -rf gpu-bundle && mkdir -p gpu-bundle/wheels
     # the original JPEGs back to back: 48 MiB for train+val, vs 71 MiB as deflated pixels
     $PY -m training pack --data "$DATA" --encoding jpeg --out gpu-bundle/fer2013.npz
-    # keras itself and what a bare JAX machine may lack; --no-deps keeps jax/numpy from being carried twice
-    $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 -d gpu-bundle/wheels \
-      keras==3.15.1 tqdm namex optree rich markdown-it-py mdurl pygments h5py ml-dtypes absl-py
+    # keras and what the GPU machine's image lacks of its needs (its python3 is 3.12 with numpy, h5py, ml-dtypes,
+    # rich, absl-py, tqdm); --no-deps keeps jax and numpy from being carried twice
+    $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d gpu-bundle/wheels keras==3.15.1 namex optree
     cp -r training gpu-bundle/training
     find gpu-bundle/training -name __pycache__ -prune -exec rm -rf {} +
-    cat > gpu-bundle/run.sh <<'RUN'
-#!/usr/bin/env bash
-set -euo pipefail
-cd "$(dirname "$0")"
-python3 -m pip install --quiet --no-index --find-links wheels keras tqdm
-export KERAS_BACKEND=jax
-# mixed precision turns on by itself on a GPU (--mixed-precision auto); a large batch keeps the GPU busy
-python3 -m training train --preset flagship --data fer2013.npz --run-dir runs/flagship \
-  --batch-size 256 --head-learning-rate 2e-3 --learning-rate 2e-4 "$@"
-python3 - <<'PY'
-import json; r = json.load(open("runs/flagship/run.json")); print({k: r[k] for k in ("val_accuracy", "seconds", "hardware")})
-PY
-RUN
+    cp scripts/gpu_runs.sh gpu-bundle/run.sh
     chmod +x gpu-bundle/run.sh
     du -sh gpu-bundle
+    ;;
+  expand)
+    OUT_DIR=${2:?usage: scripts/gpu-train.sh expand OUT_DIR [RUNS_ROOT]}
+    ROOT=${3:-$HOME/fer-runs}
+    for first in "$OUT_DIR"/*.npz.000; do
+      name=$(basename "$first" .npz.000)
+      $PY -m training expand "${first%.000}" --run-dir "$ROOT/gpu-$name"
+    done
     ;;
   export)
     RUN_DIR=${2:?usage: scripts/gpu-train.sh export RUN_DIR [DATA_DIR]}
@@ -50,5 +53,5 @@ RUN
       --name fer-resnet50v2-224 --version 1 "${FLIP[@]}"
     ;;
   *)
-    sed -n '2,10p' "$0"; exit 2 ;;
+    sed -n '2,13p' "$0"; exit 2 ;;
 esac

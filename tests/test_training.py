@@ -139,7 +139,7 @@ def test_forced_bf16_on_a_cpu_without_native_bf16_warns_and_auto_stays_float32(
     from training import train
 
     # the hardware's answers are the inputs here (this host may or may not have bf16 or a GPU); the policy is tested
-    monkeypatch.setattr(train, "_gpu_available", lambda: False)
+    monkeypatch.setattr(train, "_gpu_compute_capability", lambda: None)
     monkeypatch.setattr(train, "native_bf16", lambda: False)
     with pytest.warns(train.EmulatedBf16Warning, match="no native bfloat16"):
         assert train.mixed_precision_policy("on") == "mixed_bfloat16"
@@ -152,6 +152,11 @@ def test_forced_bf16_on_a_cpu_without_native_bf16_warns_and_auto_stays_float32(
         warnings.simplefilter("error")
         assert train.mixed_precision_policy("on") == "mixed_bfloat16"
         assert train.mixed_precision_policy("auto") == "mixed_bfloat16"
+    # a GPU: bf16 from compute capability 8.0 (A100, H100/H200), float16 before it, float32 only when asked
+    for capability, policy in ((9.0, "mixed_bfloat16"), (8.0, "mixed_bfloat16"), (7.5, "mixed_float16")):
+        monkeypatch.setattr(train, "_gpu_compute_capability", lambda c=capability: c)
+        assert train.mixed_precision_policy("auto") == policy
+        assert train.mixed_precision_policy("off") is None
 
 
 def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:
@@ -481,6 +486,11 @@ def test_training_batches_are_a_pure_function_of_the_step() -> None:
     assert len(whole) == 14 and len(tail) == 5
     for a, b in zip(whole[9:], tail, strict=True):
         np.testing.assert_array_equal(a, b)
+    # three threads augmenting ahead give the same batches in the same order, across an epoch's end too
+    threaded = [
+        b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=9, end_step=14, aug=aug, workers=3)
+    ]
+    assert len(threaded) == len(tail) and all(np.array_equal(a, b) for a, b in zip(threaded, tail, strict=True))
     # augmentation really changes the pixels, and a different seed gives a different stream
     plain = [b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=1, aug=Augmentation())]
     other = [b[0] for b in training_batches(split, batch_size=16, seed=6, start_step=0, end_step=1, aug=aug)]
@@ -883,3 +893,39 @@ def test_evaluate_refuses_a_history_it_cannot_draw_before_predicting(
     assert not (tmp_path / "b").exists()  # refused before any work
     assert main([*base, "--out", str(tmp_path / "c"), "--history", str(trained_run)]) == 0
     assert (tmp_path / "c" / "training_curves.png").is_file()
+
+
+def test_a_compact_archive_in_parts_rebuilds_the_run_with_float16_kernels(trained_run: Path, tmp_path: Path) -> None:
+    from training.compact import compact, expand
+    from training.evaluate import load_predictor
+
+    # kernels of 16 values or more go float16 (the default, 4096, leaves a smoke model's all float32)
+    parts = compact(trained_run, tmp_path / "out" / "run.npz", part_bytes=4096, half_min_size=16)
+    assert len(parts) > 1 and all(p.stat().st_size <= 4096 for p in parts)
+    assert [p.name for p in parts] == [f"run.npz.{n:03d}" for n in range(len(parts))]
+    model = expand(tmp_path / "out" / "run.npz", tmp_path / "back")
+    for name in ("config.json", "run.json", "history.csv"):
+        assert (tmp_path / "back" / name).read_bytes() == (trained_run / name).read_bytes(), name
+    crops = np.random.default_rng(3).integers(0, 256, (8, 24, 24, 1)).astype(np.float32)
+    original, rebuilt = load_predictor(trained_run / "model.keras")[0](crops), load_predictor(model)[0](crops)
+    assert not np.array_equal(original, rebuilt)  # the kernels did go through float16 ...
+    np.testing.assert_allclose(rebuilt, original, atol=5e-3)  # ... and the answers did not move
+    parts[1].unlink()  # a lost part is an error, not a model with missing weights
+    with pytest.raises(ValueError, match="without gaps"):
+        expand(tmp_path / "out" / "run.npz", tmp_path / "again")
+    with pytest.raises(FileNotFoundError):
+        expand(tmp_path / "out" / "none.npz", tmp_path / "again")
+
+
+def test_compact_and_expand_from_the_command_line(trained_run: Path, tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=ROOT)
+
+    done = cli("compact", str(trained_run), "--out", str(tmp_path / "a.npz"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "a.npz.000").is_file() and "1 part(s)" in done.stdout
+    done = cli("expand", str(tmp_path / "a.npz"), "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "model.keras").is_file()
+    refused = cli("compact", str(tmp_path), "--out", str(tmp_path / "b.npz"))  # no model.keras there
+    assert refused.returncode == 2 and "has no model.keras" in refused.stderr

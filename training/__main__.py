@@ -49,6 +49,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, help="square input size of the served model, pixels")
     p.add_argument("--color-mode", choices=["grayscale", "rgb"], help="colour mode of the served input")
     p.add_argument("--weights", help="imagenet, none, or a path to a backbone weights file")
+    p.add_argument(
+        "--cnn-widths",
+        type=_widths,
+        help="comma-separated widths of the fer_cnn blocks or fer_resnet stages, e.g. 64,128,256,512",
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--head-epochs", type=int, help="phase 1 epochs (backbone frozen; skipped from scratch)")
     p.add_argument("--head-learning-rate", type=float)
@@ -62,6 +67,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", type=float, help="augmentation strength (0 disables)")
     p.add_argument("--random-erasing", type=float, help="probability of random erasing per image")
+    p.add_argument(
+        "--augment-workers", type=int, help="threads augmenting batches ahead (a GPU outruns one; same batches)"
+    )
     p.add_argument(
         "--calibration-fraction", type=float, help="share of each train class held out to fit the temperature on"
     )
@@ -97,6 +105,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="with --init-from an ensemble (python -m training ensemble or recover): start from its N-th network",
     )
     p.set_defaults(func=_train)
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated whole numbers: {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be positive: {text!r}")
+    return widths
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -446,8 +464,59 @@ def _recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compact(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compact",
+        help="write a finished run as a few small files (float16 kernels; to bring it back from a GPU machine)",
+        description="Write RUN_DIR's model.keras, config.json, run.json and history.csv as OUT.000, OUT.001, ... "
+        "(one .npz in parts); python -m training expand rebuilds the run folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", help="a finished run folder (model.keras, config.json)")
+    p.add_argument("--out", required=True, help="archive name, e.g. out/flagship.npz (parts get .000, .001, ...)")
+    p.add_argument("--part-mib", type=float, default=15.0, help="largest part, MiB")
+    p.set_defaults(func=_compact)
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from training.compact import compact
+
+    parts = compact(args.run_dir, args.out, part_bytes=int(args.part_mib * 2**20))
+    print(f"{args.run_dir} -> {len(parts)} part(s), {sum(p.stat().st_size for p in parts) / 2**20:.1f} MiB")
+    return 0
+
+
+def _add_expand(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "expand",
+        help="rebuild a run folder from the parts python -m training compact wrote",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("archive", help="archive name as given to compact --out (its parts: .000, .001, ...)")
+    p.add_argument("--run-dir", required=True, help="output run folder")
+    p.set_defaults(func=_expand)
+
+
+def _expand(args: argparse.Namespace) -> int:
+    from training.compact import expand
+
+    print(f"expanded: {expand(args.archive, args.run_dir)}")
+    return 0
+
+
 #: Every command, in the order ``--help`` lists them.
-COMMANDS = [_add_pack, _add_train, _add_evaluate, _add_export, _add_compile, _add_finalize, _add_ensemble, _add_recover]
+COMMANDS = [
+    _add_pack,
+    _add_train,
+    _add_evaluate,
+    _add_export,
+    _add_compile,
+    _add_finalize,
+    _add_ensemble,
+    _add_recover,
+    _add_compact,
+    _add_expand,
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,11 @@ The augmentation works on FER-2013's 48x48 grayscale pixels (0-255) before any r
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,21 +141,44 @@ def training_batches(
     end_step: int,
     aug: Augmentation,
     sample_weights: dict[int, float] | None = None,
+    workers: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Batches ``start_step .. end_step - 1`` of the deterministic stream: ``(pixels, one-hot labels, weights)``.
 
     ``pixels`` are float32 ``(batch, 48, 48, 1)`` in 0-255; ``weights`` are the class weights of the labels (all 1
     without ``sample_weights``). Label smoothing is left to the loss. Keras' ``fit`` takes the iterator with
-    ``steps_per_epoch`` (and prefetches it on a background thread).
+    ``steps_per_epoch`` (and prefetches it on a background thread). ``workers`` > 1 augments that many batches at
+    once on threads (numpy releases the GIL in its array work) and still yields them in step order, the same
+    batches as one worker: one thread feeds about 3,000-4,000 images/s, which bounds a GPU that trains faster.
     """
     per_epoch = steps_per_epoch(len(split), batch_size)
     weight_table = np.array([(sample_weights or {}).get(c, 1.0) for c in range(len(LABELS))], np.float32)
-    order, order_epoch = np.arange(0), -1
-    for step in range(start_step, end_step):
-        epoch, index = divmod(step, per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(len(split), seed, epoch), epoch
-        picked = order[index * batch_size : (index + 1) * batch_size]
+
+    def picks() -> Iterator[tuple[int, np.ndarray]]:
+        order, order_epoch = np.arange(0), -1
+        for step in range(start_step, end_step):
+            epoch, index = divmod(step, per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(len(split), seed, epoch), epoch
+            yield step, order[index * batch_size : (index + 1) * batch_size]
+
+    def batch(step: int, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = augment(split.images[picked], np.random.default_rng([seed, step]), aug)
         y = split.labels[picked]
-        yield x, np.eye(len(LABELS), dtype=np.float32)[y], weight_table[y]
+        return x, np.eye(len(LABELS), dtype=np.float32)[y], weight_table[y]
+
+    if workers <= 1:
+        for step, picked in picks():
+            yield batch(step, picked)
+        return
+    queued = picks()
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque(pool.submit(batch, *p) for p in itertools.islice(queued, 2 * workers))
+        try:
+            while pending:
+                ready = pending.popleft().result()
+                pending.extend(pool.submit(batch, *p) for p in itertools.islice(queued, 1))
+                yield ready
+        finally:  # the consumer stopped early (end of fit, an error): drop what was queued
+            for future in pending:
+                future.cancel()

@@ -107,12 +107,17 @@ class TrainConfig:
     augment: float = 1.0
     #: Probability of random erasing per training image (0 = off).
     random_erasing: float = 0.0
+    #: Threads that augment batches ahead of the training step. 1 suits a CPU, whose cores train; a GPU trains
+    #: ResNet50V2 at 224 faster (4,849 images/s on an H200) than one thread augments (about 2,800-4,000 images/s).
+    #: The batches are the same whatever the number.
+    augment_workers: int = 1
     #: Share of each class of the train split held out (seeded) to fit the temperature on; 0 = none.
     calibration_fraction: float = 0.0
     #: 0 disables early stopping.
     early_stopping_patience: int = 8
     reduce_lr_patience: int = 3
-    #: ``auto``: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native bf16 (AVX512_BF16/AMX), else off;
+    #: ``auto``: mixed_bfloat16 on a GPU of compute capability 8.0+ (mixed_float16 on older ones) and on a CPU with
+    #: native bf16 (AVX512_BF16/AMX), else off;
     #: ``on`` forces the device's mixed policy, ``off`` trains in float32.
     mixed_precision: str = "auto"
     seed: int = 1337

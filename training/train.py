@@ -49,33 +49,47 @@ class TrainResult:
     seconds: float
 
 
-def _gpu_available() -> bool:
-    """Whether the Keras backend sees a GPU."""
+def _gpu_compute_capability() -> float | None:
+    """The CUDA compute capability of the GPU the Keras backend sees (9.0 for an H100/H200), 0.0 if it does not
+    say, None without a GPU."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        return any(d.platform == "gpu" for d in jax.devices())
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if not gpus:
+            return None
+        try:
+            return float(getattr(gpus[0], "compute_capability", 0.0))
+        except (TypeError, ValueError):
+            return 0.0
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return bool(tf.config.list_physical_devices("GPU"))
-    return False
+        devices = tf.config.list_physical_devices("GPU")
+        if not devices:
+            return None
+        major, minor = tf.config.experimental.get_device_details(devices[0]).get("compute_capability", (0, 0))
+        return major + minor / 10
+    return None
 
 
 def mixed_precision_policy(setting: str) -> str | None:
     """The Keras mixed-precision policy for ``setting`` on this machine, or None for float32.
 
-    A GPU gets ``mixed_float16``. A CPU gets ``mixed_bfloat16`` only where it computes bf16 natively (AVX512_BF16
-    or AMX: measured 1.38-1.46x over float32 for the cpu preset, ``benchmarks/TRAINING_THROUGHPUT.md``); elsewhere bf16
-    is emulated and slower, so ``auto`` stays in float32 there, and ``on`` warns (:class:`EmulatedBf16Warning`):
-    on an AVX2-only AMD EPYC the cpu preset trained 10 images/s in bf16 against 99 in float32
-    (``benchmarks/TRAINING_THROUGHPUT_AVX2.md``).
+    A GPU gets ``mixed_bfloat16`` where it computes bf16 natively (compute capability 8.0 and later: A100, H100,
+    H200), as bf16 has float32's range: in ``mixed_float16`` ResNet50V2's validation loss went to NaN in early
+    epochs on an H200 (float16 ends at 65,504); older GPUs get ``mixed_float16`` (with loss scaling). A CPU gets
+    ``mixed_bfloat16`` only where it computes bf16 natively (AVX512_BF16 or AMX: measured 1.38-1.46x over float32
+    for the cpu preset, ``benchmarks/TRAINING_THROUGHPUT.md``); elsewhere bf16 is emulated and slower, so ``auto``
+    stays in float32 there, and ``on`` warns (:class:`EmulatedBf16Warning`): on an AVX2-only AMD EPYC the cpu
+    preset trained 10 images/s in bf16 against 99 in float32 (``benchmarks/TRAINING_THROUGHPUT_AVX2.md``).
     """
     if setting == "off":
         return None
-    if _gpu_available():
-        return "mixed_float16"
+    capability = _gpu_compute_capability()
+    if capability is not None:
+        return "mixed_bfloat16" if capability >= 8.0 else "mixed_float16"
     if native_bf16():
         return "mixed_bfloat16"
     if setting == "on":
@@ -398,6 +412,7 @@ def _run(
             end_step=end * per_epoch,
             aug=aug,
             sample_weights=weights,
+            workers=config.augment_workers,
         )
         history = model.fit(
             stream,
