@@ -13,7 +13,8 @@
 # Augmentation runs on threads (--augment-workers): one thread feeds ~2,800 images/s there, the GPU trains the
 # flagship at ~4,800. Settings (environment): CANDIDATES=0 skips the 48x48 candidates; FLAGSHIP_EPOCHS=N skips the
 # probe and trains N epochs; STOP_AFTER=K stops the flagship after K epochs, resumable (a throughput measurement);
-# SMOKE=1: a few images per class and one epoch each, to check the whole script on any machine.
+# SMOKE=1: a few images per class and one epoch each (the flagship too, unless FLAGSHIP_EPOCHS=0), no probe, to
+# check the whole script on any machine (KERAS_BACKEND=tensorflow works too; tests/test_training.py runs it so).
 set -uo pipefail
 cd "$(dirname "$0")"
 OUT_DIR=$(realpath -m "${1:?usage: run.sh OUT_DIR [SECONDS]}")
@@ -27,10 +28,11 @@ if [ -d wheels ] && ls wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install --quiet --no-index --no-deps --no-compile --target /tmp/fer-site wheels/*.whl || exit 1
   export PYTHONPATH=/tmp/fer-site:$PWD
 fi
-export KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee runs/gpu.txt
-python3 -c "import jax, keras, numpy; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, \
-'numpy', numpy.__version__)" 2>&1 | tee -a runs/gpu.txt || exit 1
+python3 -c "import importlib, keras, numpy; b = keras.backend.backend(); m = importlib.import_module(b); \
+print(b, m.__version__, getattr(m, 'devices', list)(), 'keras', keras.__version__, 'numpy', numpy.__version__)" \
+  2>&1 | tee -a runs/gpu.txt || exit 1
 
 EXTRA=()
 FLAGSHIP_BATCH=256
@@ -86,6 +88,7 @@ FLAGSHIP=(--preset flagship --weights none --batch-size "$FLAGSHIP_BATCH" --opti
   --learning-rate 0.1 --warmup-epochs 2 --weight-decay 5e-4 --label-smoothing 0.1 --random-erasing 0.5
   --no-class-weights --calibration-fraction 0.05 --seed 301 --augment-workers 8)
 [ -n "${STOP_AFTER:-}" ] && FLAGSHIP+=(--stop-after "$STOP_AFTER")
+[ "${SMOKE:-0}" = 1 ] && [ -z "${FLAGSHIP_EPOCHS:-}" ] && FLAGSHIP_EPOCHS=1
 [ -z "${FLAGSHIP_EPOCHS:-}" ] && FLAGSHIP_EPOCHS=$(python3 - "$(left)" "$FLAGSHIP_BATCH" <<'PY' 2> >(tee runs/flagship-probe.txt >&2)
 import dataclasses, statistics, sys, time
 import keras
@@ -118,9 +121,8 @@ print(f"flagship: {keras.mixed_precision.global_policy().name}, batch {batch}: b
 print(max(0, epochs))
 PY
 )
-[ "${SMOKE:-0}" = 1 ] && [ -z "${STOP_AFTER:-}" ] && FLAGSHIP_EPOCHS=1
 echo "flagship: ${FLAGSHIP_EPOCHS:-0} epochs"
-if [ "${FLAGSHIP_EPOCHS:-0}" -ge 3 ] || [ "${SMOKE:-0}" = 1 ]; then
+if [ "${FLAGSHIP_EPOCHS:-0}" -ge 3 ] || { [ "${SMOKE:-0}" = 1 ] && [ "${FLAGSHIP_EPOCHS:-0}" -ge 1 ]; }; then
   began=$(date +%s)
   train_run flagship "${FLAGSHIP[@]}" --epochs "$FLAGSHIP_EPOCHS"
   grep -E "^[0-9]+/[0-9]+ - " runs/flagship.log | awk -v s="$(($(date +%s) - began))" \

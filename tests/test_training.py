@@ -929,3 +929,39 @@ def test_compact_and_expand_from_the_command_line(trained_run: Path, tmp_path: P
     assert (tmp_path / "run" / "model.keras").is_file()
     refused = cli("compact", str(tmp_path), "--out", str(tmp_path / "b.npz"))  # no model.keras there
     assert refused.returncode == 2 and "has no model.keras" in refused.stderr
+
+
+def test_the_gpu_run_script_trains_finishes_and_archives_every_candidate(tmp_path: Path) -> None:
+    """scripts/gpu_runs.sh end to end on tiny data: what a lent GPU machine runs, here on the CPU (TensorFlow
+    backend, SMOKE=1: one epoch each; the flagship left out, a ResNet50V2 epoch is minutes here). Its three
+    candidates train in parallel processes, come back as compact archives and expand into runs that evaluate."""
+    import os
+    import tarfile
+
+    from training.compact import expand
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "run.sh").write_bytes((ROOT / "scripts" / "gpu_runs.sh").read_bytes())
+    (bundle / "training").symlink_to(ROOT / "training")
+    pack(write_folder_dataset(tmp_path / "data", per_class=20), bundle / "fer2013.npz", encoding="jpeg")
+    env = dict(
+        os.environ,
+        SMOKE="1",
+        FLAGSHIP_EPOCHS="0",
+        KERAS_BACKEND="tensorflow",
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+    done = subprocess.run(
+        ["bash", str(bundle / "run.sh"), str(tmp_path / "out"), "600"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["cpu1.npz.000", "cpu2.npz.000", "logs.tar.gz", "wide1.npz.000"]
+    with tarfile.open(out / "logs.tar.gz") as logs:
+        assert {"runs/cpu1.log", "runs/wide1/history.csv", "runs/cpu2/run.json"} <= set(logs.getnames())
+    expand(out / "wide1.npz", tmp_path / "wide1")
+    run = json.loads((tmp_path / "wide1" / "run.json").read_text())
+    assert run["epochs_run"] == 1 and run["backend"] == "tensorflow"
+    config = json.loads((tmp_path / "wide1" / "config.json").read_text())
+    assert config["arch"]["cnn_widths"] == [64, 128, 256, 512] and config["augment_workers"] == 3
