@@ -5,17 +5,22 @@ training step), the augmentation rate per thread count, and each run's per-epoch
 val accuracy per epoch (``history.csv``). This script reads a folder of those logs (one sub-folder per device call,
 committed under ``benchmarks/gpu-runs/<date>/``) and, with ``--runs``, evaluates the runs that came back (expanded by
 ``scripts/gpu-train.sh expand``) on FER-2013 val here: the 48x48 nets on their own crop and on the four views
-the shipped model averages (crop, zoomed centre 1.1, their mirror images), the flagship on its crop. Writes
+the shipped model averages (crop, zoomed centre 1.1, their mirror images), the flagship on its crop. With
+``--ensemble-cache`` (the shipped ensemble's per-network probabilities, as ``benchmarks/passes_budget.py --cache``
+writes them) it also asks whether the 48x48 runs improve the shipped ensemble: every subset of its networks and the
+new ones, scored on the calibration hold-out (where the choice is made); val only for the rows shown. Writes
 ``benchmarks/GPU_RUNS.md`` (and ``.json``):
 
     .venv/bin/python benchmarks/gpu_runs_report.py --logs benchmarks/gpu-runs/2026-12-04 \\
-        --runs ~/fer-runs/gpu-cpu1 ~/fer-runs/gpu-cpu2 ~/fer-runs/gpu-wide1 ~/fer-runs/gpu-flagship
+        --runs ~/fer-runs/gpu-cpu1 ~/fer-runs/gpu-cpu2 ~/fer-runs/gpu-wide1 ~/fer-runs/gpu-flagship \\
+        --ensemble-cache ~/fer-runs/pb10.npz
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import re
 import sys
 from pathlib import Path
@@ -78,8 +83,9 @@ def run_rows(call: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluate(run: Path, data: str) -> dict[str, Any]:
-    """Val accuracy and macro-F1 of a returned run here (float32 rebuild of its weights)."""
+def evaluate(run: Path, data: str, views_out: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Val accuracy and macro-F1 of a returned run here (float32 rebuild of its weights); a 48x48 run's
+    per-view probabilities on the hold-out and val go into ``views_out[run name]``."""
     from sklearn.metrics import f1_score
 
     from benchmarks.passes_budget import view_probabilities
@@ -91,6 +97,7 @@ def evaluate(run: Path, data: str) -> dict[str, Any]:
     config = TrainConfig.load(run / "config.json")
     if config.arch.input_size == 48:
         probs = view_probabilities(run, data, 1.1)
+        views_out[run.name] = probs
         val, labels = probs["val"][0], probs["val_y"]
         crop, views = val[0], val.mean(axis=0)
     else:  # the flagship at 224: its crop only (four views would take ~15 min of these CPUs)
@@ -117,6 +124,47 @@ def evaluate(run: Path, data: str) -> dict[str, Any]:
     }
 
 
+def ensemble_rows(cache: Path, new: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """The shipped ensemble (all views averaged), with each new network, with all of them, and the subset of all
+    networks that scores best on the hold-out; hold-out and val accuracy, val macro-F1 of each."""
+    from sklearn.metrics import f1_score
+
+    shipped = np.load(cache)
+    names = [f"shipped {i + 1}" for i in range(shipped["hold"].shape[0])]
+    hold, val = list(shipped["hold"]), list(shipped["val"])
+    for name, probs in new.items():
+        if not (
+            np.array_equal(probs["hold_y"], shipped["hold_y"]) and np.array_equal(probs["val_y"], shipped["val_y"])
+        ):
+            raise ValueError(f"{name} was not held out on the shipped ensemble's images: its hold-out differs")
+        names.append(name)
+        hold.append(probs["hold"][0])
+        val.append(probs["val"][0])
+
+    def row(label: str, members: tuple[int, ...]) -> dict[str, Any]:
+        h = np.mean([hold[i].mean(axis=0) for i in members], axis=0).argmax(axis=1)
+        v = np.mean([val[i].mean(axis=0) for i in members], axis=0).argmax(axis=1)
+        return {
+            "networks": label,
+            "members": [names[i] for i in members],
+            "hold_out_accuracy": float((h == shipped["hold_y"]).mean()),
+            "val_accuracy": float((v == shipped["val_y"]).mean()),
+            "val_macro_f1": float(f1_score(shipped["val_y"], v, average="macro")),
+        }
+
+    base = tuple(range(len(shipped["hold"])))
+    rows = [row("the shipped ensemble", base)]
+    rows += [row(f"shipped + {names[i]}", (*base, i)) for i in range(len(base), len(names))]
+    if len(names) > len(base) + 1:
+        rows.append(row("shipped + all new", tuple(range(len(names)))))
+    subsets = itertools.chain.from_iterable(
+        itertools.combinations(range(len(names)), k) for k in range(1, len(names) + 1)
+    )
+    best = max(subsets, key=lambda m: row("", m)["hold_out_accuracy"])
+    rows.append(row("the hold-out's best subset: " + ", ".join(names[i] for i in best), best))
+    return rows
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None or value != value else f"{100 * value:.2f} %"
 
@@ -125,6 +173,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--logs", type=Path, required=True, help="folder of device calls' log folders")
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="expanded run folders to evaluate here")
+    parser.add_argument(
+        "--ensemble-cache", type=Path, help="the shipped ensemble's probabilities (passes_budget.py --cache)"
+    )
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fer2013"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "GPU_RUNS.md")
     args = parser.parse_args()
@@ -164,7 +215,8 @@ def main() -> int:
             f"| {r['call']} | {r['run']} | {r['epochs']} | {r['first_epoch_s']} s | {r['epoch_s']:.1f} s | "
             f"{r['images_per_s']} | {_pct(r['best_val_in_training'])} ({r['best_epoch']}) | {cut} |"
         )
-    evaluated = [evaluate(run, args.data) for run in args.runs]
+    views: dict[str, dict[str, np.ndarray]] = {}
+    evaluated = [evaluate(run, args.data, views) for run in args.runs]
     if evaluated:
         lines += [
             "",
@@ -180,7 +232,24 @@ def main() -> int:
                 f"| {e['run']} | {e['network']} | {_pct(e['crop_accuracy'])} | {f1} | "
                 f"{_pct(e['four_views_accuracy'])} | {f1v} |"
             )
-    write_results(args.out, lines, rows + evaluated)
+    combined = ensemble_rows(args.ensemble_cache, views) if args.ensemble_cache and views else []
+    if combined:
+        lines += [
+            "",
+            "## With the shipped ensemble (all four views; networks chosen on the calibration hold-out)",
+            "",
+            f"`{args.ensemble_cache.name}`: the shipped ensemble's networks as `benchmarks/passes_budget.py --cache` "
+            "wrote them.",
+            "",
+            "| networks | hold-out accuracy | val accuracy | val macro-F1 |",
+            "|---|---|---|---|",
+        ]
+        for c in combined:
+            lines.append(
+                f"| {c['networks']} | {_pct(c['hold_out_accuracy'])} | {_pct(c['val_accuracy'])} | "
+                f"{c['val_macro_f1']:.3f} |"
+            )
+    write_results(args.out, lines, rows + evaluated + combined)
     print("\n".join(lines))
     return 0
 

@@ -8,10 +8,10 @@
 #   3. back here, with OUT_DIR's files:           scripts/gpu-train.sh expand OUT_DIR         -> ~/fer-runs/gpu-*/
 #   4. the flagship into the versioned layout:    scripts/gpu-train.sh export ~/fer-runs/gpu-flagship
 #
-# Step 2 trains for SECONDS (default 480) of wall time in all: the 48x48 candidates in parallel processes, and the
-# flagship from random weights (a GPU machine here cannot download ImageNet weights either) for as many epochs as
-# fit, counted from its images/s measured first on that GPU. It needs python3 with jax (CUDA) and pip; it installs
-# keras from the carried wheels, offline. A second call could continue a run with --resume (checkpoints each epoch).
+# Step 2 trains for SECONDS of wall time (finishing and archiving included): 48x48 candidates in parallel processes
+# and the flagship from random weights (a GPU machine here cannot download ImageNet weights either) for as many
+# epochs as fit, counted from its images/s measured first on that GPU; scripts/gpu_runs.sh says more. It needs
+# python3 with jax (CUDA) and pip; it installs keras from the carried wheels, offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -36,7 +36,10 @@ case "${1:-}" in
   expand)
     OUT_DIR=${2:?usage: scripts/gpu-train.sh expand OUT_DIR [RUNS_ROOT]}
     ROOT=${3:-$HOME/fer-runs}
-    for first in "$OUT_DIR"/*.npz.000; do
+    shopt -s nullglob
+    archives=("$OUT_DIR"/*.npz.000)
+    [ ${#archives[@]} -gt 0 ] || { echo "no archives (*.npz.000) in $OUT_DIR" >&2; exit 1; }
+    for first in "${archives[@]}"; do
       name=$(basename "$first" .npz.000)
       $PY -m training expand "${first%.000}" --run-dir "$ROOT/gpu-$name"
     done
@@ -53,5 +56,5 @@ case "${1:-}" in
       --name fer-resnet50v2-224 --version 1 "${FLIP[@]}"
     ;;
   *)
-    sed -n '2,13p' "$0"; exit 2 ;;
+    sed -n '2,14p' "$0"; exit 2 ;;
 esac

@@ -487,10 +487,20 @@ def test_training_batches_are_a_pure_function_of_the_step() -> None:
     for a, b in zip(whole[9:], tail, strict=True):
         np.testing.assert_array_equal(a, b)
     # three threads augmenting ahead give the same batches in the same order, across an epoch's end too
-    threaded = [
-        b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=9, end_step=14, aug=aug, workers=3)
-    ]
-    assert len(threaded) == len(tail) and all(np.array_equal(a, b) for a, b in zip(threaded, tail, strict=True))
+    weights = {c: 1.0 + c for c in range(len(LABELS))}
+    one, three = (
+        list(
+            training_batches(
+                split, batch_size=16, seed=5, start_step=9, end_step=14, aug=aug, sample_weights=weights, workers=w
+            )
+        )
+        for w in (1, 3)
+    )
+    assert len(three) == len(one) == len(tail)
+    for a, b in zip(three, one, strict=True):  # pixels, one-hot labels and weights alike
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(one[0][0], tail[0])
     # augmentation really changes the pixels, and a different seed gives a different stream
     plain = [b[0] for b in training_batches(split, batch_size=16, seed=5, start_step=0, end_step=1, aug=Augmentation())]
     other = [b[0] for b in training_batches(split, batch_size=16, seed=6, start_step=0, end_step=1, aug=aug)]
@@ -915,6 +925,8 @@ def test_a_compact_archive_in_parts_rebuilds_the_run_with_float16_kernels(traine
         expand(tmp_path / "out" / "run.npz", tmp_path / "again")
     with pytest.raises(FileNotFoundError):
         expand(tmp_path / "out" / "none.npz", tmp_path / "again")
+    with pytest.raises(ValueError, match="must be positive"):
+        compact(trained_run, tmp_path / "out" / "zero.npz", part_bytes=0)
 
 
 def test_compact_and_expand_from_the_command_line(trained_run: Path, tmp_path: Path) -> None:
@@ -949,19 +961,29 @@ def test_the_gpu_run_script_trains_finishes_and_archives_every_candidate(tmp_pat
         os.environ,
         SMOKE="1",
         FLAGSHIP_EPOCHS="0",
+        CANDIDATES="cpu2 wide1",
         KERAS_BACKEND="tensorflow",
         PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     )
+    # OUT_DIR relative to where it is called from, as a device call passes it
     done = subprocess.run(
-        ["bash", str(bundle / "run.sh"), str(tmp_path / "out"), "600"], capture_output=True, text=True, env=env
+        ["bash", "bundle/run.sh", "out", "600"], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["cpu1.npz.000", "cpu2.npz.000", "logs.tar.gz", "wide1.npz.000"]
+    assert sorted(p.name for p in out.iterdir()) == ["cpu2.npz.000", "logs.tar.gz", "wide1.npz.000"]
     with tarfile.open(out / "logs.tar.gz") as logs:
-        assert {"runs/cpu1.log", "runs/wide1/history.csv", "runs/cpu2/run.json"} <= set(logs.getnames())
+        assert {"runs/cpu2.log", "runs/wide1/history.csv", "runs/cpu2/run.json"} <= set(logs.getnames())
     expand(out / "wide1.npz", tmp_path / "wide1")
+    with pytest.raises(FileExistsError):  # an expanded run is never overwritten
+        expand(out / "wide1.npz", tmp_path / "wide1")
     run = json.loads((tmp_path / "wide1" / "run.json").read_text())
     assert run["epochs_run"] == 1 and run["backend"] == "tensorflow"
     config = json.loads((tmp_path / "wide1" / "config.json").read_text())
     assert config["arch"]["cnn_widths"] == [64, 128, 256, 512] and config["augment_workers"] == 3
+    # a candidate it does not know is refused before anything trains, with a failing exit status
+    env["CANDIDATES"] = "wide9"
+    refused = subprocess.run(
+        ["bash", "bundle/run.sh", "out2", "600"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert refused.returncode == 1 and "unknown candidate wide9" in refused.stderr

@@ -68,7 +68,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", type=float, help="augmentation strength (0 disables)")
     p.add_argument("--random-erasing", type=float, help="probability of random erasing per image")
     p.add_argument(
-        "--augment-workers", type=int, help="threads augmenting batches ahead (a GPU outruns one; same batches)"
+        "--augment-workers",
+        type=_positive,
+        help="threads augmenting batches ahead (a GPU outruns one; same batches)",
     )
     p.add_argument(
         "--calibration-fraction", type=float, help="share of each train class held out to fit the temperature on"
@@ -115,6 +117,16 @@ def _widths(text: str) -> tuple[int, ...]:
     if not widths or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"widths must be positive: {text!r}")
     return widths
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -21,8 +21,9 @@ import numpy as np
 
 #: Arrays with at least this many values are stored as float16 (convolution and dense kernels).
 HALF_MIN_SIZE = 4096
-#: The run folder's text files an archive carries (those present).
-RUN_FILES = ("config.json", "run.json", "history.csv")
+#: The run folder's text files an archive carries (those present; an ensemble run's members' histories too).
+RUN_FILES = ("config.json", "run.json", "history.csv", "history-member*.csv")
+_MAX_PARTS = 1000
 _WEIGHT_PREFIX = "weight_"
 _FILE_PREFIX = "file_"
 _PART_SUFFIX_DIGITS = 3
@@ -44,21 +45,26 @@ def compact(
 
     Raises:
         FileNotFoundError: the run folder has no ``model.keras`` or no ``config.json``.
+        ValueError: ``part_bytes`` is not positive, or so small that the archive would need over 1000 parts.
     """
     from training.model import load_inference_model
 
+    if part_bytes < 1:
+        raise ValueError(f"the part size must be positive, not {part_bytes} bytes")
     run_dir, out = Path(run_dir), Path(out)
     for needed in ("model.keras", "config.json"):
         if not (run_dir / needed).is_file():
             raise FileNotFoundError(f"{run_dir} has no {needed} (finish the run first: python -m training finalize)")
     weights = load_inference_model(str(run_dir / "model.keras")).get_weights()
     arrays = {f"{_WEIGHT_PREFIX}{i:04d}": _half_if_large(np.asarray(w), half_min_size) for i, w in enumerate(weights)}
-    for name in RUN_FILES:
-        if (run_dir / name).is_file():
-            arrays[f"{_FILE_PREFIX}{name}"] = np.frombuffer((run_dir / name).read_bytes(), np.uint8)
+    for pattern in RUN_FILES:
+        for path in sorted(run_dir.glob(pattern)):
+            arrays[f"{_FILE_PREFIX}{path.name}"] = np.frombuffer(path.read_bytes(), np.uint8)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
     data = buffer.getvalue()
+    if -(-len(data) // part_bytes) > _MAX_PARTS:
+        raise ValueError(f"{len(data):,} bytes in parts of {part_bytes:,} would be over {_MAX_PARTS} parts")
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f"{out.name}.[0-9][0-9][0-9]"):
         stale.unlink()
@@ -76,12 +82,17 @@ def expand(archive: str | Path, run_dir: str | Path) -> Path:
 
     Raises:
         FileNotFoundError: no part of the archive exists.
+        FileExistsError: ``run_dir`` exists and is not empty (nothing is overwritten).
         ValueError: the parts do not form an archive of a model of the architecture its config describes.
     """
+    import keras
+
     from training.config import TrainConfig
     from training.model import build_inference_model
 
     archive, run_dir = Path(archive), Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} already holds files; expand into a new folder")
     parts = sorted(archive.parent.glob(f"{archive.name}.[0-9][0-9][0-9]"))
     if not parts:
         raise FileNotFoundError(f"no parts {archive}.000, .001, ... to expand")
@@ -98,7 +109,12 @@ def expand(archive: str | Path, run_dir: str | Path) -> Path:
     if "config.json" not in files:
         raise ValueError(f"{archive} carries no config.json")
     config = TrainConfig.from_dict(json.loads(files["config.json"]))
-    model = build_inference_model(config.arch, pretrained=False)
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")  # the weights are float32 whatever the run trained in
+    try:
+        model = build_inference_model(config.arch, pretrained=False)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     mine = model.get_weights()
     if len(mine) != len(weights) or any(a.shape != b.shape for a, b in zip(mine, weights, strict=True)):
         raise ValueError(f"{archive}: its weights are not those of the architecture in its config.json")

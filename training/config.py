@@ -108,7 +108,7 @@ class TrainConfig:
     #: Probability of random erasing per training image (0 = off).
     random_erasing: float = 0.0
     #: Threads that augment batches ahead of the training step. 1 suits a CPU, whose cores train; a GPU trains
-    #: ResNet50V2 at 224 faster (4,849 images/s on an H200) than one thread augments (about 2,800-4,000 images/s).
+    #: ResNet50V2 at 224 faster (4,849 images/s on an H200) than one thread augments there (2,843-4,154 images/s).
     #: The batches are the same whatever the number.
     augment_workers: int = 1
     #: Share of each class of the train split held out (seeded) to fit the temperature on; 0 = none.

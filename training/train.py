@@ -7,6 +7,7 @@ model, written at the end) and ``run.json`` (data fingerprints, timings, hardwar
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -414,16 +415,17 @@ def _run(
             sample_weights=weights,
             workers=config.augment_workers,
         )
-        history = model.fit(
-            stream,
-            epochs=end,
-            initial_epoch=done,
-            steps_per_epoch=per_epoch,
-            shuffle=False,  # the stream is already in its (seeded) order
-            validation_data=(val_split.images, val_targets),
-            callbacks=_callbacks(run_dir, config, float(state["seconds"]) + time.time() - started),
-            verbose=verbose,
-        )
+        with contextlib.closing(stream):  # ends its augmentation threads when fit stops early too
+            history = model.fit(
+                stream,
+                epochs=end,
+                initial_epoch=done,
+                steps_per_epoch=per_epoch,
+                shuffle=False,  # the stream is already in its (seeded) order
+                validation_data=(val_split.images, val_targets),
+                callbacks=_callbacks(run_dir, config, float(state["seconds"]) + time.time() - started),
+                verbose=verbose,
+            )
         done += len(history.epoch)
         stopped_early = done < end
         first_epoch = last_epoch
