@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -142,7 +142,7 @@ def training_batches(
     aug: Augmentation,
     sample_weights: dict[int, float] | None = None,
     workers: int = 1,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+) -> Generator[tuple[np.ndarray, np.ndarray, np.ndarray], None, None]:
     """Batches ``start_step .. end_step - 1`` of the deterministic stream: ``(pixels, one-hot labels, weights)``.
 
     ``pixels`` are float32 ``(batch, 48, 48, 1)`` in 0-255; ``weights`` are the class weights of the labels (all 1
