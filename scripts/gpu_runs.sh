@@ -5,8 +5,8 @@
 #
 # Trains for SECONDS of wall time (default 480; finishing and archiving take up to FINISH_S = 75 s of them), then
 # writes each finished run as a compact archive (python -m training compact) into OUT_DIR, with logs.tar.gz (logs,
-# histories, the probes). Exits 1 if a run left no archive or OUT_DIR holds more than the 8 files such a machine
-# returns.
+# histories, the probes). Exits 1 if a run left no archive or OUT_DIR holds more than the 8 files or 64 MiB such a
+# machine returns (the flagship's archive is ~42-46 MiB, a wide candidate's ~8.4 MiB: the flagship and two fit).
 # * 48x48 candidates for the CPU default (CANDIDATES, default "wide1 wide2": VGG-style nets twice as wide as the cpu
 #   preset's, the second with square-root class weights; also cpu1, cpu2, wide3), each in its own process with
 #   3 augmentation threads, with as many epochs as the measured augmentation rate lets finish in time;
@@ -184,4 +184,6 @@ for name in ${EXPECTED[@]+"${EXPECTED[@]}"}; do
 done
 files=$(find "$OUT_DIR" -maxdepth 1 -type f | wc -l)
 [ "$files" -le 8 ] || { echo "$OUT_DIR holds $files files: more than the 8 a device call returns" >&2; status=1; }
+mib=$(du -sm "$OUT_DIR" | cut -f1)
+[ "$mib" -le 63 ] || { echo "$OUT_DIR holds $mib MiB: a device call returns 64 MiB at most" >&2; status=1; }
 exit $status
