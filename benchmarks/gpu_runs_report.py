@@ -32,9 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import machine_description, write_results  # noqa: E402
+from benchmarks.training_throughput import EPOCH_IMAGES  # noqa: E402
 
-#: Training images per epoch (28,709 less the 5 % calibration hold-out), as in benchmarks/training_throughput.py.
-EPOCH_IMAGES = 27_272
 _EPOCH_LINE = re.compile(r"^(\d+)/\d+ - (\d+)s - ")
 
 
@@ -91,7 +90,7 @@ def evaluate(run: Path, data: str, views_out: dict[str, dict[str, np.ndarray]]) 
     from benchmarks.passes_budget import view_probabilities
     from training.config import TrainConfig
     from training.data import read_split
-    from training.inference import fer_pixels_to_model_input
+    from training.inference import keras_predictor, predict_split
     from training.model import load_inference_model
 
     config = TrainConfig.load(run / "config.json")
@@ -103,8 +102,8 @@ def evaluate(run: Path, data: str, views_out: dict[str, dict[str, np.ndarray]]) 
     else:  # the flagship at 224: its crop only (four views would take ~15 min of these CPUs)
         split = read_split(data, "val")
         model = load_inference_model(str(run / "model.keras"))
-        x = np.asarray(fer_pixels_to_model_input(config.arch, split.images.astype(np.float32)))
-        crop, views, labels = np.asarray(model.predict(x, batch_size=64, verbose=0)), None, split.labels
+        # batches of 32: 256 crops at 224 need over 20 GB of activations on a CPU
+        crop, views, labels = predict_split(keras_predictor(model), config.arch, split, 32), None, split.labels
 
     def scores(p: np.ndarray | None) -> tuple[float | None, float | None]:
         if p is None:

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import machine_description, write_results  # noqa: E402
+from training.config import ArchConfig  # noqa: E402
 
 
 def measure(
@@ -61,9 +62,7 @@ def measure(
         "test_time_zoom": arch.get("test_time_zoom", 1.0),
         "temperature": arch.get("temperature", 1.0),
         # network passes per face: every network on every test-time view (what benchmarks/passes_budget.py divides by)
-        "passes": arch.get("ensemble", 1)
-        * (2 if arch.get("test_time_flip") else 1)
-        * (2 if arch.get("test_time_zoom", 1.0) > 1 else 1),
+        "passes": ArchConfig.from_dict(arch).passes,
     }
 
 

@@ -987,3 +987,13 @@ def test_the_gpu_run_script_trains_finishes_and_archives_every_candidate(tmp_pat
         ["bash", "bundle/run.sh", "out2", "600"], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert refused.returncode == 1 and "unknown candidate wide9" in refused.stderr
+
+
+def test_an_architecture_counts_its_test_time_views_and_network_passes() -> None:
+    from training.config import ArchConfig
+
+    assert (ArchConfig().views, ArchConfig().passes) == (1, 1)
+    shipped_like = ArchConfig(ensemble=5, test_time_flip=True, test_time_zoom=1.1)
+    assert (shipped_like.views, shipped_like.passes) == (4, 20)
+    mixed = ArchConfig(test_time_flip=True, members=(ArchConfig(backbone="fer_cnn"), ArchConfig(backbone="fer_resnet")))
+    assert (mixed.views, mixed.passes) == (2, 4)

@@ -109,16 +109,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not comma-separated whole numbers: {text!r}") from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"widths must be positive: {text!r}")
-    return widths
-
-
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -127,6 +117,11 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
     return value
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """Comma-separated positive widths (``64,128,256,512``)."""
+    return tuple(_positive(w) for w in text.split(","))
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -85,9 +85,8 @@ def expand(archive: str | Path, run_dir: str | Path) -> Path:
         FileExistsError: ``run_dir`` exists and is not empty (nothing is overwritten).
         ValueError: the parts do not form an archive of a model of the architecture its config describes.
     """
-    import keras
-
     from training.config import TrainConfig
+    from training.inference import global_policy
     from training.model import build_inference_model
 
     archive, run_dir = Path(archive), Path(run_dir)
@@ -109,12 +108,8 @@ def expand(archive: str | Path, run_dir: str | Path) -> Path:
     if "config.json" not in files:
         raise ValueError(f"{archive} carries no config.json")
     config = TrainConfig.from_dict(json.loads(files["config.json"]))
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("float32")  # the weights are float32 whatever the run trained in
-    try:
+    with global_policy("float32"):  # the weights are float32 whatever the run trained in
         model = build_inference_model(config.arch, pretrained=False)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     mine = model.get_weights()
     if len(mine) != len(weights) or any(a.shape != b.shape for a, b in zip(mine, weights, strict=True)):
         raise ValueError(f"{archive}: its weights are not those of the architecture in its config.json")

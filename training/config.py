@@ -60,6 +60,16 @@ class ArchConfig:
         """Row and column where that centre square starts."""
         return (self.input_size - self.test_time_crop) // 2
 
+    @property
+    def views(self) -> int:
+        """Test-time views the served graph answers each crop with: the crop, its zoomed centre, their mirrors."""
+        return (2 if self.test_time_flip else 1) * (2 if self.test_time_zoom > 1 else 1)
+
+    @property
+    def passes(self) -> int:
+        """Network passes per crop: every network on every view (what the served graph's CPU cost scales with)."""
+        return len(self.networks()) * self.views
+
     def networks(self) -> list[ArchConfig]:
         """The architecture of each network of the inference model, in order (one for a single network)."""
         if self.members:

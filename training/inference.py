@@ -3,6 +3,7 @@
 This module sits below the three commands (they import it, it imports none of them):
 
 * :func:`fer_pixels_to_model_input` — FER-2013's 48x48 grayscale pixels -> the model's input size and channels;
+* :func:`global_policy` — a Keras mixed-precision policy for the models built inside a ``with`` block;
 * :func:`rebuild_float32` — the trained network rebuilt under float32 (training may have used mixed precision);
 * :func:`served_model` / :func:`served_graph` — the graph that is exported: the float32 network, optionally
   averaged with its answer for the mirror image (test-time flip), optionally temperature-scaled;
@@ -12,9 +13,10 @@ This module sits below the three commands (they import it, it imports none of th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +49,22 @@ def fer_pixels_to_model_input(arch: ArchConfig, images: Any) -> Any:
     return x
 
 
-def rebuild_float32(model: keras.Model, arch: ArchConfig) -> keras.Model:
-    """The same network rebuilt under float32 with ``model``'s weights (training may have used mixed precision)."""
+@contextlib.contextmanager
+def global_policy(name: str) -> Iterator[None]:
+    """Keras' global mixed-precision policy is ``name`` inside the block and what it was after it, also when the
+    block fails: models built later in the process must not inherit it."""
     previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("float32")
+    keras.mixed_precision.set_global_policy(name)
     try:
-        clean = build_inference_model(arch, num_classes=model.output_shape[-1], pretrained=False)
+        yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def rebuild_float32(model: keras.Model, arch: ArchConfig) -> keras.Model:
+    """The same network rebuilt under float32 with ``model``'s weights (training may have used mixed precision)."""
+    with global_policy("float32"):
+        clean = build_inference_model(arch, num_classes=model.output_shape[-1], pretrained=False)
     clean.set_weights(model.get_weights())
     return clean
 

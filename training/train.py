@@ -25,7 +25,7 @@ from training.batches import Augmentation, steps_per_epoch, training_batches
 from training.config import TrainConfig
 from training.data import Split, class_weights, read_split
 from training.hardware import native_bf16
-from training.inference import fer_pixels_to_model_input, keras_predictor, predict_split
+from training.inference import fer_pixels_to_model_input, global_policy, keras_predictor, predict_split
 from training.labels import IMAGE_SIZE, LABELS
 from training.model import (
     BACKBONE_NAME,
@@ -344,12 +344,8 @@ def train(
         config.save(run_dir / "config.json")
         state = {"epochs_done": 0, "seconds": 0.0, "random_states": []}
     policy = mixed_precision_policy(config.mixed_precision)
-    previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(policy or "float32")
-    try:
+    with global_policy(policy or "float32"):  # not inherited by later models in this process, even on failure
         return _run(config, data, run_dir, state, stop_after=stop_after, mixed=policy is not None, verbose=verbose)
-    finally:  # also when the run fails: later models in this process must not inherit the training policy
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def _run(
