@@ -142,18 +142,24 @@ def training_batches(
     aug: Augmentation,
     sample_weights: dict[int, float] | None = None,
     workers: int = 1,
+    targets: np.ndarray | None = None,
 ) -> Generator[tuple[np.ndarray, np.ndarray, np.ndarray], None, None]:
-    """Batches ``start_step .. end_step - 1`` of the deterministic stream: ``(pixels, one-hot labels, weights)``.
+    """Batches ``start_step .. end_step - 1`` of the deterministic stream: ``(pixels, targets, weights)``.
 
-    ``pixels`` are float32 ``(batch, 48, 48, 1)`` in 0-255; ``weights`` are the class weights of the labels (all 1
-    without ``sample_weights``). Label smoothing is left to the loss. Keras' ``fit`` takes the iterator with
-    ``steps_per_epoch`` (and prefetches it on a background thread). ``workers`` > 1 augments that many batches at
-    once on threads (numpy releases the GIL in its array work) and still yields them in step order, the same
-    batches as one worker: one thread fed 2,843-4,154 images/s on the H200 machine, which bounds a GPU that trains
-    faster.
+    ``pixels`` are float32 ``(batch, 48, 48, 1)`` in 0-255; the targets are the labels one-hot, or the rows of
+    ``targets`` (``(len(split), 7)``, e.g. ``distill.distillation_targets``) when given; ``weights`` are the class
+    weights of the labels (all 1 without ``sample_weights``). Label smoothing is left to the loss. Keras' ``fit``
+    takes the iterator with ``steps_per_epoch`` (and prefetches it on a background thread). ``workers`` > 1
+    augments that many batches at once on threads (numpy releases the GIL in its array work) and still yields them
+    in step order, the same batches as one worker: one thread fed 2,843-4,154 images/s on the H200 machine, which
+    bounds a GPU that trains faster.
     """
     per_epoch = steps_per_epoch(len(split), batch_size)
     weight_table = np.array([(sample_weights or {}).get(c, 1.0) for c in range(len(LABELS))], np.float32)
+    if targets is None:
+        targets = np.eye(len(LABELS), dtype=np.float32)[split.labels]
+    elif targets.shape != (len(split), len(LABELS)):
+        raise ValueError(f"targets of shape {targets.shape} for {len(split)} images and {len(LABELS)} classes")
 
     def picks() -> Iterator[tuple[int, np.ndarray]]:
         order, order_epoch = np.arange(0), -1
@@ -165,8 +171,7 @@ def training_batches(
 
     def batch(step: int, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = augment(split.images[picked], np.random.default_rng([seed, step]), aug)
-        y = split.labels[picked]
-        return x, np.eye(len(LABELS), dtype=np.float32)[y], weight_table[y]
+        return x, targets[picked], weight_table[split.labels[picked]]
 
     if workers <= 1:
         for step, picked in picks():

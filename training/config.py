@@ -142,6 +142,10 @@ class TrainConfig:
     init_from: str = ""
     #: When ``init_from`` is an ensemble: start from its member number ``init_member`` (1-based). 0 = a single network.
     init_member: int = 0
+    #: Distillation: a ``.npz`` of an export's probabilities on the images this run trains on (``python -m training
+    #: teach``); each target is then ``(1 - distill_weight) * one-hot + distill_weight * teacher``. "" = off.
+    teacher: str = ""
+    distill_weight: float = 0.5
 
     @property
     def trains_from_scratch(self) -> bool:

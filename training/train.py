@@ -24,6 +24,7 @@ import numpy as np
 from training.batches import Augmentation, steps_per_epoch, training_batches
 from training.config import TrainConfig
 from training.data import Split, class_weights, read_split
+from training.distill import distillation_targets, load_teacher
 from training.hardware import native_bf16
 from training.inference import fer_pixels_to_model_input, global_policy, keras_predictor, predict_split
 from training.labels import IMAGE_SIZE, LABELS
@@ -365,6 +366,11 @@ def _run(
     train_split, held_out = training_splits(config, data)
     val_split = read_split(data, "val")
     weights = _class_weights(config, train_split)
+    targets = (
+        distillation_targets(train_split.labels, load_teacher(config.teacher, train_split), config.distill_weight)
+        if config.teacher
+        else None
+    )
     per_epoch = steps_per_epoch(len(train_split), config.batch_size)
     aug = Augmentation.scaled(config.augment, config.random_erasing)
     val_targets = keras.ops.convert_to_numpy(keras.ops.one_hot(val_split.labels, len(LABELS)))
@@ -410,6 +416,7 @@ def _run(
             aug=aug,
             sample_weights=weights,
             workers=config.augment_workers,
+            targets=targets,
         )
         with contextlib.closing(stream):  # ends its augmentation threads when fit stops early too
             history = model.fit(
