@@ -70,6 +70,22 @@ def view_probabilities(run: Path, data: str, zoom: float) -> dict[str, np.ndarra
     return out
 
 
+def cached_view_probabilities(run: Path, cache: Path | None, data: str, zoom: float) -> dict[str, np.ndarray]:
+    """``view_probabilities`` of ``run``, read from ``cache`` when it holds them (an ``.npz`` that names its run
+    and zoom), else computed and written there."""
+    source = f"{run.expanduser().resolve()} zoom {zoom:g}"
+    if cache and cache.is_file():
+        probs = dict(np.load(cache))
+        cached = str(probs.pop("source", "an unnamed run"))
+        if cached != source:
+            raise SystemExit(f"{cache} holds the probabilities of {cached}, not of {source}")
+        return probs
+    probs = view_probabilities(run.expanduser(), data, zoom)
+    if cache:
+        np.savez(cache, source=np.array(source), **probs)  # type: ignore[arg-type]
+    return probs
+
+
 def _scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     from sklearn.metrics import f1_score
 
@@ -150,7 +166,18 @@ def cascade(probs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["hold_passes"])[:CASCADES_SHOWN]
 
 
-def _cost_cells(row: dict[str, Any], passes: float, per_pass: dict[str, float], target_ms: float) -> str:
+def per_pass_ms(cost: dict[str, Any], path: Path) -> dict[str, float]:
+    """runtime -> CPU ms per network pass: the whole graph's measured cost (the file's first model) over its
+    passes, from ``benchmarks/model_cost.py``'s .json at ``path``."""
+    per_pass: dict[str, float] = {}
+    for row in cost["rows"]:
+        if "passes" not in row:
+            raise SystemExit(f"{path} predates the passes column: rerun benchmarks/model_cost.py")
+        per_pass.setdefault(row["runtime"], row["cpu_ms_per_face"] / row["passes"])
+    return per_pass
+
+
+def cost_cells(row: dict[str, Any], passes: float, per_pass: dict[str, float], target_ms: float) -> str:
     """The estimated CPU ms per face of ``passes`` on each runtime, recorded in ``row`` and as table cells."""
     cells = []
     for runtime, ms_per_pass in per_pass.items():
@@ -176,22 +203,8 @@ def main() -> int:
     args = parser.parse_args()
 
     cost = json.loads(args.cost.read_text())
-    # runtime -> CPU ms per network pass: the whole graph's measured cost (the file's first model) over its passes
-    per_pass: dict[str, float] = {}
-    for row in cost["rows"]:
-        if "passes" not in row:
-            raise SystemExit(f"{args.cost} predates the passes column: rerun benchmarks/model_cost.py")
-        per_pass.setdefault(row["runtime"], row["cpu_ms_per_face"] / row["passes"])
-    source = np.array(f"{args.run.expanduser().resolve()} zoom {args.zoom:g}")
-    if args.cache and args.cache.is_file():
-        probs = dict(np.load(args.cache))
-        cached = str(probs.pop("source", "an unnamed run"))
-        if cached != str(source):
-            raise SystemExit(f"{args.cache} holds the probabilities of {cached}, not of {source}")
-    else:
-        probs = view_probabilities(args.run.expanduser(), args.data, args.zoom)
-        if args.cache:
-            np.savez(args.cache, source=source, **probs)  # type: ignore[arg-type]
+    per_pass = per_pass_ms(cost, args.cost)
+    probs = cached_view_probabilities(args.run, args.cache, args.data, args.zoom)
     rows = frontier(probs)
     cascades = cascade(probs)
     runtimes = list(per_pass)
@@ -215,7 +228,7 @@ def main() -> int:
         lines.append(
             f"| {row['passes']} | {', '.join(map(str, row['networks']))} | {row['views']} | "
             f"{row['hold_accuracy']:.2%} | {row['hold_macro_f1']:.3f} | {row['val_accuracy']:.2%} | "
-            f"{row['val_macro_f1']:.3f} | {_cost_cells(row, row['passes'], per_pass, args.target_ms)} |"
+            f"{row['val_macro_f1']:.3f} | {cost_cells(row, row['passes'], per_pass, args.target_ms)} |"
         )
     lines += [
         "",
@@ -237,7 +250,7 @@ def main() -> int:
             f"| {row['first_stage']} | {row['threshold']:g} | {row['hold_accuracy']:.2%} | "
             f"{row['hold_macro_f1']:.3f} | {row['hold_passes']:.1f} | {row['val_accuracy']:.2%} | "
             f"{row['val_macro_f1']:.3f} | {row['val_passes']:.1f} | "
-            f"{_cost_cells(row, row['val_passes'], per_pass, args.target_ms)} |"
+            f"{cost_cells(row, row['val_passes'], per_pass, args.target_ms)} |"
         )
     write_results(Path(args.out), lines, rows + [{"cascade": True, **row} for row in cascades])
     print("\n".join(lines))
