@@ -28,13 +28,14 @@ from benchmarks.harness import machine_description, write_results  # noqa: E402
 from benchmarks.passes_budget import VIEW_SETS, cached_view_probabilities, cost_cells, per_pass_ms  # noqa: E402
 
 
-def _row(name: str, passes: int, hold: np.ndarray, val: np.ndarray, teacher: dict[str, np.ndarray]) -> dict:
-    """Scores of the averaged probabilities ``hold`` / ``val`` ``(n, classes)``."""
+def _row(name: str, passes: int, hold: np.ndarray, val: np.ndarray, labels: dict[str, np.ndarray]) -> dict:
+    """Scores of the averaged probabilities ``hold`` / ``val`` ``(n, classes)`` against ``labels["hold_y"]`` and
+    ``labels["val_y"]``."""
     from training.evaluate import compute_metrics
 
     row: dict[str, Any] = {"model": name, "passes": passes}
     for split, probabilities in (("hold", hold), ("val", val)):
-        metrics = compute_metrics(teacher[f"{split}_y"], probabilities)
+        metrics = compute_metrics(labels[f"{split}_y"], probabilities)
         row[f"{split}_accuracy"] = metrics["accuracy"]
         row[f"{split}_macro_f1"] = metrics["macro_f1"]
         row[f"{split}_lowest_f1"] = min(c["f1"] for c in metrics["per_class"].values())
@@ -59,9 +60,15 @@ def main() -> int:
     config = TrainConfig.load(args.student.expanduser() / "config.json")
     if not config.teacher:
         raise SystemExit(f"{args.student} was not trained with --teacher")
-    start = config.init_member  # the teacher network the student started from (1-based; 0 = none of them)
+    teacher_model = (args.teacher_run.expanduser() / "model.keras").resolve()
+    started_there = bool(config.init_from) and Path(config.init_from).expanduser().resolve() == teacher_model
+    # the teacher network the student started from (1-based); 0: it started elsewhere
+    start = config.init_member if started_there else 0
     teacher = cached_view_probabilities(args.teacher_run, args.teacher_cache, args.data, args.zoom)
     student = cached_view_probabilities(args.student, args.student_cache, args.data, args.zoom)
+    for split in ("hold", "val"):
+        if not np.array_equal(teacher[f"{split}_y"], student[f"{split}_y"]):
+            raise SystemExit(f"teacher and student were scored on different {split} images (another hold-out?)")
     networks = teacher["val"].shape[0]
     everything = VIEW_SETS["all four"]
 
@@ -135,7 +142,8 @@ def main() -> int:
         f"epochs (cosine from {config.learning_rate:g})"
         + (f", starting from the teacher's network {start}" if start else "")
         + f". CPU ms per face: the teacher's measured cost per pass in `{args.cost.name}` "
-        f"({cost['machine'].split(',')[0]}) times the passes; budget {args.target_ms:g} ms.",
+        f"({cost['machine'].split(',')[0]}) times the passes (the student has the teacher networks' architecture); "
+        f"budget {args.target_ms:g} ms.",
         "",
         "| model | passes | hold-out accuracy | hold-out macro-F1 | val accuracy | val macro-F1 | "
         "val lowest class F1 | " + " | ".join(f"CPU ms/face ({r})" for r in runtimes) + " |",

@@ -82,7 +82,8 @@ def cached_view_probabilities(run: Path, cache: Path | None, data: str, zoom: fl
         return probs
     probs = view_probabilities(run.expanduser(), data, zoom)
     if cache:
-        np.savez(cache, source=np.array(source), **probs)  # type: ignore[arg-type]
+        with cache.open("wb") as f:  # np.savez would append .npz to a name without it
+            np.savez(f, source=np.array(source), **probs)  # type: ignore[arg-type]
     return probs
 
 

@@ -412,7 +412,7 @@ def test_export_refuses_to_overwrite_and_self_check_catches_a_mismatch(trained_r
 
 
 def test_cli_help_for_every_command() -> None:
-    for command in ("pack", "train", "evaluate", "export", "finalize"):
+    for command in ("pack", "train", "evaluate", "export", "finalize", "teach"):
         out = subprocess.run(
             [sys.executable, "-m", "training", command, "--help"], capture_output=True, text=True, cwd=ROOT, check=True
         ).stdout

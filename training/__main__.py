@@ -521,6 +521,8 @@ def _expand(args: argparse.Namespace) -> int:
 
 
 def _add_teach(sub: argparse._SubParsersAction) -> None:
+    from training.distill import RUNTIMES
+
     p = sub.add_parser(
         "teach",
         help="write an export's answers on the images a training run trains on (targets for train --teacher)",
@@ -534,7 +536,7 @@ def _add_teach(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the .npz to write")
     p.add_argument(
         "--runtime",
-        choices=["tensorflow", "fp32", "int8"],
+        choices=RUNTIMES,
         default="tensorflow",
         help="the SavedModel, or its compiled OpenVINO IR (python -m training compile): 3x faster on a CPU",
     )
@@ -542,19 +544,9 @@ def _add_teach(sub: argparse._SubParsersAction) -> None:
 
 
 def _teach(args: argparse.Namespace) -> int:
-    import json
+    from training.distill import teach
 
-    from training.compile import resolve_version_dir
-    from training.config import TrainConfig
-    from training.distill import save_teacher, teacher_probabilities
-    from training.splits import training_splits
-
-    version = resolve_version_dir(args.export)
-    metadata = json.loads((version / "metadata.json").read_text())
-    trained, _ = training_splits(TrainConfig.from_dict(metadata["training"]["config"]), args.data)
-    probabilities = teacher_probabilities(version, trained, args.runtime)
-    source = f"{metadata['name']} v{metadata['version']} ({args.runtime}) on {len(trained)} train images"
-    print(f"{source} -> {save_teacher(args.out, probabilities, trained, source)}")
+    print(f"{teach(args.export, args.data, args.out, args.runtime).source} -> {args.out}")
     return 0
 
 

@@ -147,6 +147,12 @@ class TrainConfig:
     teacher: str = ""
     distill_weight: float = 0.5
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be between 0 and 1, not {self.distill_weight}")
+        if not self.teacher and self.distill_weight != TrainConfig.distill_weight:
+            raise ValueError("a distillation weight without a teacher (--teacher): nothing to weigh")
+
     @property
     def trains_from_scratch(self) -> bool:
         return self.arch.weights == "none"

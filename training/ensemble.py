@@ -109,7 +109,10 @@ def combine(members: list[str | Path], run_dir: str | Path, drop: Sequence[int] 
     archs = [archs[n - 1] for n in kept]
     mixed = any(n != archs[0] for n in archs)  # e.g. fer_cnn and fer_resnet members: each keeps its own
     arch = dataclasses.replace(archs[0], ensemble=len(networks), members=tuple(archs) if mixed else ())
-    dataclasses.replace(first, arch=arch, holdout_seed=first.split_seed).save(out / "config.json")
+    # A member's own teacher (distillation) is in its run record, not the ensemble's config
+    dataclasses.replace(
+        first, arch=arch, holdout_seed=first.split_seed, teacher="", distill_weight=TrainConfig.distill_weight
+    ).save(out / "config.json")
     records = [r for _, _, r in runs]
     member_records = [m for p, _, r in runs for m in r.get("ensemble_of", [{"run_dir": str(p), **r}])]
     member_records = [member_records[n - 1] for n in kept]

@@ -24,7 +24,7 @@ import numpy as np
 from training.batches import Augmentation, steps_per_epoch, training_batches
 from training.config import TrainConfig
 from training.data import Split, class_weights, read_split
-from training.distill import distillation_targets, load_teacher
+from training.distill import distillation_targets, run_teacher
 from training.hardware import native_bf16
 from training.inference import fer_pixels_to_model_input, global_policy, keras_predictor, predict_split
 from training.labels import IMAGE_SIZE, LABELS
@@ -367,7 +367,9 @@ def _run(
     val_split = read_split(data, "val")
     weights = _class_weights(config, train_split)
     targets = (
-        distillation_targets(train_split.labels, load_teacher(config.teacher, train_split), config.distill_weight)
+        distillation_targets(
+            train_split.labels, run_teacher(run_dir, config.teacher, train_split).probabilities, config.distill_weight
+        )
         if config.teacher
         else None
     )
@@ -494,6 +496,12 @@ def _finish(
         "class_weights": _class_weights(config, train_split),
         "seed": config.seed,
     }
+    if config.teacher:
+        record["teacher"] = {
+            "file": config.teacher,
+            "source": run_teacher(run_dir, config.teacher, train_split).source,
+            "weight": config.distill_weight,
+        }
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return TrainResult(run_dir, model_path, val_accuracy, epochs_run, seconds)
 
