@@ -33,6 +33,7 @@ import datetime as dt
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,21 +141,26 @@ def check_sample(
     return crops, None, f"random uint8 crops ({count}, seed {seed}; no val data at {data})"
 
 
-def _batched(run: Any, sample: np.ndarray, batch: int = 32) -> np.ndarray:
-    return np.concatenate([run(sample[i : i + batch]) for i in range(0, len(sample), batch)])
+#: What runs a compiled or saved export: float32 crops ``(n, h, w, c)`` -> probabilities ``(n, classes)``, in
+#: batches of 32 (as the service batches them).
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def savedmodel_outputs(version_dir: Path, metadata: dict[str, Any], sample: np.ndarray) -> np.ndarray:
-    """The reference: the SavedModel's serving signature in TensorFlow fp32."""
+def _batched(run: Callable[[np.ndarray], np.ndarray], batch: int = 32) -> Runner:
+    return lambda sample: np.concatenate([run(sample[i : i + batch]) for i in range(0, len(sample), batch)])
+
+
+def savedmodel_runner(version_dir: Path, metadata: dict[str, Any]) -> Runner:
+    """The SavedModel's serving signature in TensorFlow fp32, loaded once."""
     import tensorflow as tf
 
     signature = metadata["signature"]
     fn = tf.saved_model.load(str(version_dir)).signatures[signature["key"]]
-    return _batched(lambda x: fn(**{signature["input"]: tf.constant(x)})[signature["output"]].numpy(), sample)
+    return _batched(lambda x: fn(**{signature["input"]: tf.constant(x)})[signature["output"]].numpy())
 
 
-def ir_outputs(xml: Path, precision: str, metadata: dict[str, Any], sample: np.ndarray) -> np.ndarray:
-    """The IR's outputs as the service runs it (same precision hint, CPU plugin)."""
+def ir_runner(xml: Path, precision: str, metadata: dict[str, Any]) -> Runner:
+    """The IR as the service runs it (same precision hint, CPU plugin), compiled once."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": HINTS[precision]})
@@ -165,7 +171,17 @@ def ir_outputs(xml: Path, precision: str, metadata: dict[str, Any], sample: np.n
         request.infer({compiled.input(metadata["signature"]["input"]): np.ascontiguousarray(x)})
         return np.array(request.get_tensor(port).data, copy=True)
 
-    return _batched(run, sample)
+    return _batched(run)
+
+
+def savedmodel_outputs(version_dir: Path, metadata: dict[str, Any], sample: np.ndarray) -> np.ndarray:
+    """The reference: the SavedModel's serving signature in TensorFlow fp32."""
+    return savedmodel_runner(version_dir, metadata)(sample)
+
+
+def ir_outputs(xml: Path, precision: str, metadata: dict[str, Any], sample: np.ndarray) -> np.ndarray:
+    """The IR's outputs as the service runs it (same precision hint, CPU plugin)."""
+    return ir_runner(xml, precision, metadata)(sample)
 
 
 def compare(

@@ -18,7 +18,7 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,58 +47,36 @@ class Teacher(NamedTuple):
     source: str
 
 
-def _export_metadata(version: Path) -> dict[str, Any]:
-    metadata = json.loads((version / "metadata.json").read_text())
-    if list(metadata["labels"]) != list(LABELS):
-        raise ValueError(f"{version} answers with labels {metadata['labels']}, not {list(LABELS)}")
-    return metadata
-
-
-def teacher_probabilities(version_dir: str | Path, split: Split, runtime: str = "tensorflow") -> np.ndarray:
-    """The export's served probabilities ``(len(split), 7)`` for ``split``'s images, as ``runtime`` computes them.
+def teach(export: str | Path, data: str | Path, out: str | Path, runtime: str = "tensorflow") -> Teacher:
+    """Run ``export`` (as ``runtime`` computes it) over the train images its own training config trained on and
+    write its probabilities to ``out``.
 
     Raises:
         FileNotFoundError: no export there, or ``runtime`` is an IR the export was not compiled to.
-        ValueError: an unknown ``runtime``, or an export with other labels.
-    """
-    from training.compile import FILES, OUT_DIR, ir_outputs, model_input, resolve_version_dir, savedmodel_outputs
-
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-    version = resolve_version_dir(version_dir)
-    metadata = _export_metadata(version)
-    xml = (version / OUT_DIR / FILES.get(runtime, "")).with_suffix(".xml")
-    if runtime != "tensorflow" and not xml.is_file():
-        raise FileNotFoundError(f"{xml} is missing: compile the export first (python -m training compile)")
-    chunks = []
-    for start in range(0, len(split), _CHUNK):
-        sample = model_input(metadata, split.images[start : start + _CHUNK])
-        if runtime == "tensorflow":
-            chunks.append(savedmodel_outputs(version, metadata, sample))
-        else:
-            chunks.append(ir_outputs(xml, runtime, metadata, sample))
-    return np.concatenate(chunks)
-
-
-def teach(export: str | Path, data: str | Path, out: str | Path, runtime: str = "tensorflow") -> Teacher:
-    """Run ``export`` over the train images its own training config trained on and write them to ``out``.
-
-    Raises:
-        FileNotFoundError, ValueError: as ``teacher_probabilities``; ValueError also for an export whose metadata
-            has no training config.
+        ValueError: an unknown ``runtime``, an export with other labels or without a training config in its metadata.
         training.data.DataError: ``data`` is unusable.
     """
-    from training.compile import resolve_version_dir
+    from training.compile import FILES, OUT_DIR, ir_runner, model_input, resolve_version_dir, savedmodel_runner
     from training.config import TrainConfig
     from training.splits import training_splits
 
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     version = resolve_version_dir(export)
-    metadata = _export_metadata(version)
+    metadata = json.loads((version / "metadata.json").read_text())
+    if list(metadata["labels"]) != list(LABELS):
+        raise ValueError(f"{version} answers with labels {metadata['labels']}, not {list(LABELS)}")
     config = (metadata.get("training") or {}).get("config")
     if config is None:
         raise ValueError(f"{version} has no training config in its metadata: which images it trained on is unknown")
+    xml = (version / OUT_DIR / FILES.get(runtime, "")).with_suffix(".xml")
+    if runtime != "tensorflow" and not xml.is_file():
+        raise FileNotFoundError(f"{xml} is missing: compile the export first (python -m training compile)")
     trained, _ = training_splits(TrainConfig.from_dict(config), data)
-    probabilities = teacher_probabilities(version, trained, runtime)
+    run = savedmodel_runner(version, metadata) if runtime == "tensorflow" else ir_runner(xml, runtime, metadata)
+    probabilities = np.concatenate(
+        [run(model_input(metadata, trained.images[i : i + _CHUNK])) for i in range(0, len(trained), _CHUNK)]
+    )
     source = f"{metadata['name']} v{metadata['version']} ({runtime}) on {len(trained)} train images"
     save_teacher(out, probabilities, trained, source)
     return Teacher(probabilities, source)
@@ -159,8 +137,9 @@ def run_teacher(run_dir: Path, teacher: str, split: Split) -> Teacher:
         if not Path(teacher).is_file():
             raise FileNotFoundError(f"teacher file {teacher} (config.json's teacher) is missing and {copy} too")
         loaded = load_teacher(teacher, split)  # a bad file is refused before it is copied
-        shutil.copyfile(teacher, copy.with_name(RUN_COPY + ".partial"))
-        os.replace(copy.with_name(RUN_COPY + ".partial"), copy)
+        partial = copy.with_name(RUN_COPY + ".partial")
+        shutil.copyfile(teacher, partial)
+        os.replace(partial, copy)
         return loaded
     return load_teacher(copy, split)
 
