@@ -45,9 +45,10 @@ VIEW_SETS: dict[str, tuple[int, ...]] = {
 }
 
 
-def view_probabilities(run: Path, data: str, zoom: float) -> dict[str, np.ndarray]:
+def view_probabilities(run: Path, data: str, zoom: float, model_file: str = "model.keras") -> dict[str, np.ndarray]:
     """Each network's probabilities for each view of the hold-out's and val's images:
-    ``{"hold": (networks, 4, n, classes), "val": ..., "hold_y": labels, "val_y": labels}``."""
+    ``{"hold": (networks, 4, n, classes), "val": ..., "hold_y": labels, "val_y": labels}``, of the run's finished
+    model or of another of its ``.keras`` files (``last.keras``: the last epoch's weights)."""
     from training.config import TrainConfig
     from training.data import read_split
     from training.inference import fer_pixels_to_model_input, rebuild_float32
@@ -56,7 +57,7 @@ def view_probabilities(run: Path, data: str, zoom: float) -> dict[str, np.ndarra
 
     config = TrainConfig.load(run / "config.json")
     arch = dataclasses.replace(config.arch, test_time_zoom=zoom)
-    networks = ensemble_members(rebuild_float32(load_inference_model(str(run / "model.keras")), config.arch))
+    networks = ensemble_members(rebuild_float32(load_inference_model(str(run / model_file)), config.arch))
     _, held = training_splits(config, data)
     out: dict[str, np.ndarray] = {}
     for name, split in (("hold", held), ("val", read_split(data, "val"))):
@@ -70,17 +71,21 @@ def view_probabilities(run: Path, data: str, zoom: float) -> dict[str, np.ndarra
     return out
 
 
-def cached_view_probabilities(run: Path, cache: Path | None, data: str, zoom: float) -> dict[str, np.ndarray]:
-    """``view_probabilities`` of ``run``, read from ``cache`` when it holds them (an ``.npz`` that names its run
-    and zoom), else computed and written there."""
+def cached_view_probabilities(
+    run: Path, cache: Path | None, data: str, zoom: float, model_file: str = "model.keras"
+) -> dict[str, np.ndarray]:
+    """``view_probabilities`` of ``run``, read from ``cache`` when it holds them (an ``.npz`` that names its run,
+    model file and zoom), else computed and written there."""
     source = f"{run.expanduser().resolve()} zoom {zoom:g}"
+    if model_file != "model.keras":  # the finished model's caches, written before this option, name only the run
+        source = f"{run.expanduser().resolve()}/{model_file} zoom {zoom:g}"
     if cache and cache.is_file():
         probs = dict(np.load(cache))
         cached = str(probs.pop("source", "an unnamed run"))
         if cached != source:
             raise SystemExit(f"{cache} holds the probabilities of {cached}, not of {source}")
         return probs
-    probs = view_probabilities(run.expanduser(), data, zoom)
+    probs = view_probabilities(run.expanduser(), data, zoom, model_file)
     if cache:
         with cache.open("wb") as f:  # np.savez would append .npz to a name without it
             np.savez(f, source=np.array(source), **probs)  # type: ignore[arg-type]

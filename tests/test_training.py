@@ -523,10 +523,12 @@ def test_the_affine_warp_mirrors_exactly() -> None:
     assert any(mirrored) and not all(mirrored)
 
 
+@pytest.mark.parametrize("ema_momentum", [0.0, 0.9], ids=["plain", "weight-averaging"])
 def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
-    tiny_folder_dataset: Path, tmp_path: Path
+    tiny_folder_dataset: Path, tmp_path: Path, ema_momentum: float
 ) -> None:
-    """Weights, optimizer state and step, schedule, dropout masks and the data stream all continue exactly."""
+    """Weights, optimizer state and step (with the weights' moving average when there is one), schedule, dropout
+    masks and the data stream all continue exactly."""
     import dataclasses
 
     import keras
@@ -542,6 +544,7 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
         warmup_epochs=1,
         random_erasing=0.5,
         label_smoothing=0.1,
+        ema_momentum=ema_momentum,
     )
     whole = train(config, tiny_folder_dataset, tmp_path / "whole", verbose=0)
     stopped = train(config, tiny_folder_dataset, tmp_path / "parts", stop_after=1, verbose=0)
@@ -568,6 +571,43 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     with open(tmp_path / "whole" / "history.csv") as w, open(tmp_path / "parts" / "history.csv") as p:
         assert len(w.readlines()) == len(p.readlines()) == 4
+
+
+def test_weight_averaging_validates_and_keeps_the_average_and_logs_the_last_steps_weights_beside_it(
+    tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
+    import csv
+    import dataclasses
+
+    import keras
+
+    from training.config import PRESETS
+    from training.train import train
+
+    config = dataclasses.replace(PRESETS["smoke"], epochs=2, ema_momentum=0.9)
+    train(config, tiny_folder_dataset, tmp_path / "run", stop_after=1, verbose=0)
+    last = keras.saving.load_model(tmp_path / "run" / "last.keras")
+    assert last.optimizer.use_ema and last.optimizer.ema_momentum == pytest.approx(0.9)
+    average = [np.asarray(v) for v in last.optimizer.variables if "average" in v.path]
+    trainable = [np.asarray(v) for v in last.trainable_weights]
+    assert len(average) == len(trainable) > 0
+    # the resume point holds the last step's weights (the average rides in the optimizer) ...
+    assert any(not np.allclose(a, w) for a, w in zip(average, trainable, strict=True))
+    # ... and the best checkpoint (epoch 1, the only one) holds the average
+    best = keras.saving.load_model(tmp_path / "run" / "checkpoint.keras")
+    for a, w in zip(average, [np.asarray(v) for v in best.trainable_weights], strict=True):
+        np.testing.assert_allclose(a, w, rtol=0, atol=1e-6)
+
+    train(None, tiny_folder_dataset, tmp_path / "run", resume=True, verbose=0)
+    with open(tmp_path / "run" / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2
+    assert {"val_accuracy", "val_loss", "raw_val_accuracy", "raw_val_loss"} <= set(rows[0])
+    # validation judged other weights than the last step's
+    assert any(row["val_loss"] != row["raw_val_loss"] for row in rows)
+
+    with pytest.raises(ValueError, match="ema_momentum"):
+        dataclasses.replace(config, ema_momentum=1.0)
 
 
 def test_resume_needs_a_resumable_run(tmp_path: Path, tiny_folder_dataset: Path) -> None:

@@ -115,6 +115,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="with --teacher: the teacher's share of each target (the rest is the one-hot label)",
     )
+    p.add_argument(
+        "--ema",
+        type=float,
+        dest="ema_momentum",
+        metavar="MOMENTUM",
+        help="keep an exponential moving average of the weights (e.g. 0.998) and select, save and export it (0 = off)",
+    )
     p.set_defaults(func=_train)
 
 

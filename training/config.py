@@ -146,8 +146,14 @@ class TrainConfig:
     #: teach``); each target is then ``(1 - distill_weight) * one-hot + distill_weight * teacher``. "" = off.
     teacher: str = ""
     distill_weight: float = 0.5
+    #: Weight averaging: the optimizer keeps an exponential moving average of the weights with this momentum
+    #: (Polyak averaging; 0.998 averages over the last ~500 steps), and validation, the best checkpoint and the
+    #: finished model use the average, not the last step's weights. 0 = off.
+    ema_momentum: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum must be at least 0 and below 1, not {self.ema_momentum}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be between 0 and 1, not {self.distill_weight}")
         if not self.teacher and self.distill_weight != TrainConfig.distill_weight:

@@ -17,6 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -187,19 +188,51 @@ def _best_so_far(run_dir: Path) -> float | None:
     return max(values, default=None)
 
 
-def _callbacks(run_dir: Path, config: TrainConfig, seconds_before: float) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / BEST_CHECKPOINT),
-            monitor="val_accuracy",
-            mode="max",
-            save_best_only=True,
-            # a resumed run must beat the best epoch before the stop, not overwrite it with its first epoch
-            initial_value_threshold=_best_so_far(run_dir),
-        ),
-        _ResumePoint(run_dir, seconds_before),
-    ]
+class _RawValidation(keras.callbacks.Callback):
+    """With weight averaging: the val accuracy and loss of the last step's weights as ``raw_val_accuracy`` and
+    ``raw_val_loss`` in the epoch's logs (``val_*`` are the average's), so ``history.csv`` shows what averaging
+    gains. Must come before :class:`keras.callbacks.SwapEMAWeights` in the list: the model then still holds the
+    last step's weights."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray) -> None:
+        super().__init__()
+        self.images = images
+        self.targets = targets
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        result = self.model.evaluate(self.images, self.targets, batch_size=256, verbose=0, return_dict=True)
+        if logs is not None:
+            logs["raw_val_accuracy"] = result["accuracy"]
+            logs["raw_val_loss"] = result["loss"]
+
+
+def _callbacks(
+    run_dir: Path, config: TrainConfig, seconds_before: float, val: tuple[np.ndarray, np.ndarray]
+) -> list[keras.callbacks.Callback]:
+    best = keras.callbacks.ModelCheckpoint(
+        str(run_dir / BEST_CHECKPOINT),
+        monitor="val_accuracy",
+        mode="max",
+        save_best_only=True,
+        # a resumed run must beat the best epoch before the stop, not overwrite it with its first epoch
+        initial_value_threshold=_best_so_far(run_dir),
+    )
+    history = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)
+    resume_point = _ResumePoint(run_dir, seconds_before)
+    callbacks: list[keras.callbacks.Callback]
+    if config.ema_momentum > 0:
+        # Order matters: the resume point saves the last step's weights (the average travels in the optimizer's
+        # state); then the average is swapped in for the best checkpoint, and swapped back when the next epoch
+        # begins. Validation itself always sees the average (SwapEMAWeights swaps around every evaluation).
+        callbacks = [
+            _RawValidation(*val),
+            history,
+            resume_point,
+            keras.callbacks.SwapEMAWeights(swap_on_epoch=True),
+            best,
+        ]
+    else:
+        callbacks = [history, best, resume_point]
     if config.early_stopping_patience > 0:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.early_stopping_patience)
@@ -236,12 +269,14 @@ def compile_training_model(
     """Compile ``model`` as a run of ``config`` does: its optimizer, schedule over ``epochs`` of ``per_epoch`` steps
     from ``learning_rate``, and label-smoothed cross-entropy."""
     rate = _learning_rate(config, learning_rate, epochs, per_epoch)
+    # The average lives in the optimizer's variables, so last.keras carries it and a resumed run continues it.
+    ema: dict[str, Any] = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum > 0 else {}
     if config.optimizer == "sgd":
         optimizer: keras.optimizers.Optimizer = keras.optimizers.SGD(
-            rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+            rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay, **ema
         )
     elif config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **ema)
     else:
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', not '{config.optimizer}'")
     model.compile(
@@ -428,7 +463,9 @@ def _run(
                 steps_per_epoch=per_epoch,
                 shuffle=False,  # the stream is already in its (seeded) order
                 validation_data=(val_split.images, val_targets),
-                callbacks=_callbacks(run_dir, config, float(state["seconds"]) + time.time() - started),
+                callbacks=_callbacks(
+                    run_dir, config, float(state["seconds"]) + time.time() - started, (val_split.images, val_targets)
+                ),
                 verbose=verbose,
             )
         done += len(history.epoch)

@@ -1,0 +1,204 @@
+"""Does one retrained network do better than the network it started from, alone and inside the ensemble? (issue 11)
+
+The retrained network (a run of ``python -m training train --init-from ENSEMBLE --init-member N``, changed by
+distillation ``--teacher`` and/or weight averaging ``--ema``) is compared with the network it started from on the
+same views, and with the ensemble as served; then tried inside the ensemble: in its starting network's place, and
+beside it. With weight averaging, the run's last-step weights (``last.keras``) are scored beside the average (what
+the run selected and saved). Hold-out = the calibration hold-out (train images none of the networks trained on),
+val = the reported split. CPU ms per face: the ensemble's measured cost per network pass
+(``benchmarks/model_cost.py``'s .json) times the passes, as in ``passes_budget.py``. Needs FER-2013 and the run
+folders, for instance:
+
+    .venv/bin/python benchmarks/retrained_network.py --ensemble-run ~/fer-runs/r10 --ensemble-cache \
+        ~/fer-runs/pb10.npz --run ~/fer-runs/s1 --cost benchmarks/MODEL_COST_AVX2.json \
+        --out benchmarks/DISTILLATION.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import machine_description, write_results  # noqa: E402
+from benchmarks.passes_budget import VIEW_SETS, cached_view_probabilities, cost_cells, per_pass_ms  # noqa: E402
+
+
+def _row(name: str, passes: int, hold: np.ndarray, val: np.ndarray, labels: dict[str, np.ndarray]) -> dict:
+    """Scores of the averaged probabilities ``hold`` / ``val`` ``(n, classes)`` against ``labels["hold_y"]`` and
+    ``labels["val_y"]``."""
+    from training.evaluate import compute_metrics
+
+    row: dict[str, Any] = {"model": name, "passes": passes}
+    for split, probabilities in (("hold", hold), ("val", val)):
+        metrics = compute_metrics(labels[f"{split}_y"], probabilities)
+        row[f"{split}_accuracy"] = metrics["accuracy"]
+        row[f"{split}_macro_f1"] = metrics["macro_f1"]
+        row[f"{split}_lowest_f1"] = min(c["f1"] for c in metrics["per_class"].values())
+    return row
+
+
+def _method(config: Any) -> tuple[str, str]:
+    """What the run changed: in words (distillation and/or weight averaging), and its training options."""
+    names, options = [], []
+    if config.teacher:
+        names.append("distillation")
+        options.append(f"`--teacher {config.teacher} --distill-weight {config.distill_weight:g}`")
+    if config.ema_momentum:
+        names.append("weight averaging")
+        options.append(f"`--ema {config.ema_momentum:g}`")
+    return " and ".join(names) or "more epochs", " and ".join(options) or "the labels alone"
+
+
+def _cache_beside(cache: Path | None, suffix: str) -> Path | None:
+    return None if cache is None else cache.with_name(f"{cache.stem}-{suffix}{cache.suffix}")
+
+
+def main() -> int:
+    from training.config import TrainConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ensemble-run", type=Path, required=True, help="the ensemble's run folder")
+    parser.add_argument("--ensemble-cache", type=Path, help="passes_budget.py's --cache of the ensemble (reused)")
+    parser.add_argument("--run", type=Path, required=True, help="the retrained network's run folder (model.keras)")
+    parser.add_argument(
+        "--run-cache",
+        type=Path,
+        help="the same for the retrained network (written if missing; its last-step weights beside it, '-last')",
+    )
+    parser.add_argument("--data", default="../shared/data/fer2013")
+    parser.add_argument("--zoom", type=float, default=1.1, help="the zoomed view's enlargement (the export's)")
+    parser.add_argument("--cost", type=Path, required=True, help="benchmarks/model_cost.py's .json of the ensemble")
+    parser.add_argument("--target-ms", type=float, default=10.0, help="the budget of CPU per face (issue 11)")
+    parser.add_argument("--out", type=Path, required=True, help="results file (.md; a .json beside it)")
+    args = parser.parse_args()
+
+    config = TrainConfig.load(args.run.expanduser() / "config.json")
+    ensemble_model = (args.ensemble_run.expanduser() / "model.keras").resolve()
+    started_there = bool(config.init_from) and Path(config.init_from).expanduser().resolve() == ensemble_model
+    # the ensemble's network the run started from (1-based); 0: it started elsewhere
+    start = config.init_member if started_there else 0
+    ensemble = cached_view_probabilities(args.ensemble_run, args.ensemble_cache, args.data, args.zoom)
+    retrained = cached_view_probabilities(args.run, args.run_cache, args.data, args.zoom)
+    # with weight averaging, the last step's weights (the resume point) beside the average the run kept
+    last = (
+        cached_view_probabilities(
+            args.run, _cache_beside(args.run_cache, "last"), args.data, args.zoom, model_file="last.keras"
+        )
+        if config.ema_momentum
+        else None
+    )
+    for split in ("hold", "val"):
+        if not np.array_equal(ensemble[f"{split}_y"], retrained[f"{split}_y"]):
+            raise SystemExit(f"the ensemble and the run were scored on different {split} images (another hold-out?)")
+    networks = ensemble["val"].shape[0]
+    everything = VIEW_SETS["all four"]
+
+    def mean(probs: dict[str, np.ndarray], split: str, nets: list[int], views: tuple[int, ...]) -> np.ndarray:
+        return probs[split][nets][:, list(views)].mean(axis=(0, 1))
+
+    rows = [
+        _row(
+            "the ensemble as served (all its networks, all four views)",
+            networks * len(everything),
+            mean(ensemble, "hold", list(range(networks)), everything),
+            mean(ensemble, "val", list(range(networks)), everything),
+            ensemble,
+        )
+    ]
+    for view_name in ("crop", "crop+mirror", "all four"):
+        views = VIEW_SETS[view_name]
+        if start:
+            rows.append(
+                _row(
+                    f"the ensemble's network {start}, the run's start ({view_name})",
+                    len(views),
+                    mean(ensemble, "hold", [start - 1], views),
+                    mean(ensemble, "val", [start - 1], views),
+                    ensemble,
+                )
+            )
+        if last is not None:
+            rows.append(
+                _row(
+                    f"the run's last-step weights ({view_name})",
+                    len(views),
+                    mean(last, "hold", [0], views),
+                    mean(last, "val", [0], views),
+                    ensemble,
+                )
+            )
+        rows.append(
+            _row(
+                f"the retrained network ({view_name})",
+                len(views),
+                mean(retrained, "hold", [0], views),
+                mean(retrained, "val", [0], views),
+                ensemble,
+            )
+        )
+    joined = {s: np.concatenate([ensemble[s], retrained[s]]) for s in ("hold", "val")} | {
+        f"{s}_y": ensemble[f"{s}_y"] for s in ("hold", "val")
+    }
+    if start:
+        swapped = [n for n in range(networks) if n != start - 1] + [networks]
+        rows.append(
+            _row(
+                f"the ensemble with the retrained network in network {start}'s place (all four views)",
+                networks * len(everything),
+                mean(joined, "hold", swapped, everything),
+                mean(joined, "val", swapped, everything),
+                ensemble,
+            )
+        )
+    rows.append(
+        _row(
+            "the ensemble and the retrained network (all four views)",
+            (networks + 1) * len(everything),
+            mean(joined, "hold", list(range(networks + 1)), everything),
+            mean(joined, "val", list(range(networks + 1)), everything),
+            ensemble,
+        )
+    )
+
+    cost = json.loads(args.cost.read_text())
+    per_pass = per_pass_ms(cost, args.cost)
+    runtimes = list(per_pass)
+    method, options = _method(config)
+    lines = [
+        f"# A retrained network ({method}): {args.run.name}",
+        "",
+        f"Measured on {machine_description()}, by",
+        f"`{' '.join(['.venv/bin/python', 'benchmarks/retrained_network.py', *sys.argv[1:]])}`.",
+        f"Ensemble: the networks of `{args.ensemble_run}` (test-time zoom {args.zoom:g}); retrained network: "
+        f"`{args.run}`, trained with {options} for {config.epochs} epochs (cosine from "
+        f"{config.learning_rate:g})"
+        + (f", starting from the ensemble's network {start}" if start else "")
+        + f". CPU ms per face: the ensemble's measured cost per pass in `{args.cost.name}` "
+        f"({cost['machine'].split(',')[0]}) times the passes (the retrained network has the ensemble networks' "
+        f"architecture); budget {args.target_ms:g} ms.",
+        "",
+        "| model | passes | hold-out accuracy | hold-out macro-F1 | val accuracy | val macro-F1 | "
+        "val lowest class F1 | " + " | ".join(f"CPU ms/face ({r})" for r in runtimes) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(runtimes),
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['passes']} | {row['hold_accuracy']:.2%} | {row['hold_macro_f1']:.3f} | "
+            f"{row['val_accuracy']:.2%} | {row['val_macro_f1']:.3f} | {row['val_lowest_f1']:.3f} | "
+            f"{cost_cells(row, row['passes'], per_pass, args.target_ms)} |"
+        )
+    write_results(Path(args.out), lines, rows)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
