@@ -3,20 +3,22 @@
 The retrained network (a run of ``python -m training train --init-from ENSEMBLE --init-member N``, changed by
 distillation ``--teacher`` and/or weight averaging ``--ema``) is compared with the network it started from on the
 same views, and with the ensemble as served; then tried inside the ensemble: in its starting network's place, and
-beside it. With weight averaging, the run's last-step weights (``last.keras``) are scored beside the average (what
-the run selected and saved). Hold-out = the calibration hold-out (train images none of the networks trained on),
+beside it. With weight averaging, the last step's weights at the run's last epoch (``last.keras``) are scored
+beside the average the run kept (its best epoch on val: the labels give both epochs, so a gain that is partly the
+choice of epoch shows). Hold-out = the calibration hold-out (train images none of the networks trained on),
 val = the reported split. CPU ms per face: the ensemble's measured cost per network pass
 (``benchmarks/model_cost.py``'s .json) times the passes, as in ``passes_budget.py``. Needs FER-2013 and the run
 folders, for instance:
 
-    .venv/bin/python benchmarks/retrained_network.py --ensemble-run ~/fer-runs/r10 --ensemble-cache \
-        ~/fer-runs/pb10.npz --run ~/fer-runs/s1 --cost benchmarks/MODEL_COST_AVX2.json \
+    .venv/bin/python benchmarks/retrained_network.py --ensemble-run ~/fer-runs/r10 --ensemble-cache \\
+        ~/fer-runs/pb10.npz --run ~/fer-runs/s1 --cost benchmarks/MODEL_COST_AVX2.json \\
         --out benchmarks/DISTILLATION.md
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -55,6 +57,13 @@ def _method(config: Any) -> tuple[str, str]:
         names.append("weight averaging")
         options.append(f"`--ema {config.ema_momentum:g}`")
     return " and ".join(names) or "more epochs", " and ".join(options) or "the labels alone"
+
+
+def _epochs(run: Path) -> tuple[int, int]:
+    """The run's epochs (``history.csv``'s rows) and its best on val, 1-based."""
+    with open(run / "history.csv", newline="") as handle:
+        scores = [float(row["val_accuracy"]) for row in csv.DictReader(handle)]
+    return len(scores), int(np.argmax(scores)) + 1
 
 
 def _cache_beside(cache: Path | None, suffix: str) -> Path | None:
@@ -96,8 +105,10 @@ def main() -> int:
         else None
     )
     for split in ("hold", "val"):
-        if not np.array_equal(ensemble[f"{split}_y"], retrained[f"{split}_y"]):
+        if any(not np.array_equal(ensemble[f"{split}_y"], p[f"{split}_y"]) for p in (retrained, last) if p):
             raise SystemExit(f"the ensemble and the run were scored on different {split} images (another hold-out?)")
+    epochs_run, best_epoch = _epochs(args.run.expanduser())
+    kept = f": the average, best epoch on val ({best_epoch})" if last is not None else ""
     networks = ensemble["val"].shape[0]
     everything = VIEW_SETS["all four"]
 
@@ -128,7 +139,7 @@ def main() -> int:
         if last is not None:
             rows.append(
                 _row(
-                    f"the run's last-step weights ({view_name})",
+                    f"the last step's weights, last epoch ({epochs_run}; {view_name})",
                     len(views),
                     mean(last, "hold", [0], views),
                     mean(last, "val", [0], views),
@@ -137,7 +148,7 @@ def main() -> int:
             )
         rows.append(
             _row(
-                f"the retrained network ({view_name})",
+                f"the retrained network{kept} ({view_name})",
                 len(views),
                 mean(retrained, "hold", [0], views),
                 mean(retrained, "val", [0], views),
@@ -178,7 +189,7 @@ def main() -> int:
         f"Measured on {machine_description()}, by",
         f"`{' '.join(['.venv/bin/python', 'benchmarks/retrained_network.py', *sys.argv[1:]])}`.",
         f"Ensemble: the networks of `{args.ensemble_run}` (test-time zoom {args.zoom:g}); retrained network: "
-        f"`{args.run}`, trained with {options} for {config.epochs} epochs (cosine from "
+        f"`{args.run}`, trained with {options} for {epochs_run} epochs ({config.schedule} from "
         f"{config.learning_rate:g})"
         + (f", starting from the ensemble's network {start}" if start else "")
         + f". CPU ms per face: the ensemble's measured cost per pass in `{args.cost.name}` "

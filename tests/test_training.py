@@ -523,22 +523,34 @@ def test_the_affine_warp_mirrors_exactly() -> None:
     assert any(mirrored) and not all(mirrored)
 
 
-@pytest.mark.parametrize("ema_momentum", [0.0, 0.9], ids=["plain", "weight-averaging"])
+@pytest.mark.parametrize(
+    ("ema_momentum", "head_epochs"),
+    [(0.0, 0), (0.9, 0), (0.9, 1)],
+    ids=["plain", "weight-averaging", "weight-averaging-stopped-between-the-head-and-fine-tuning-phases"],
+)
 def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
-    tiny_folder_dataset: Path, tmp_path: Path, ema_momentum: float
+    tiny_folder_dataset: Path, tmp_path: Path, ema_momentum: float, head_epochs: int
 ) -> None:
     """Weights, optimizer state and step (with the weights' moving average when there is one), schedule, dropout
-    masks and the data stream all continue exactly."""
+    masks and the data stream all continue exactly, also when the stop falls between the phases of a run from a
+    pretrained backbone."""
     import dataclasses
 
     import keras
 
     from training.config import PRESETS
+    from training.model import BACKBONE_NAME, build_inference_model
     from training.train import train
 
+    config = PRESETS["smoke"]
+    if head_epochs:  # a head phase needs a pretrained backbone: this one's own initial weights, from a file
+        weights = tmp_path / "backbone.weights.h5"
+        build_inference_model(config.arch).get_layer(BACKBONE_NAME).save_weights(weights)
+        config = dataclasses.replace(config, arch=dataclasses.replace(config.arch, weights=str(weights)))
     config = dataclasses.replace(
-        PRESETS["smoke"],
-        epochs=3,
+        config,
+        head_epochs=head_epochs,
+        epochs=3 - head_epochs,
         optimizer="sgd",
         schedule="cosine",
         warmup_epochs=1,

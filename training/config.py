@@ -146,9 +146,10 @@ class TrainConfig:
     #: teach``); each target is then ``(1 - distill_weight) * one-hot + distill_weight * teacher``. "" = off.
     teacher: str = ""
     distill_weight: float = 0.5
-    #: Weight averaging: the optimizer keeps an exponential moving average of the weights with this momentum
-    #: (Polyak averaging; 0.998 averages over the last ~500 steps), and validation, the best checkpoint and the
-    #: finished model use the average, not the last step's weights. 0 = off.
+    #: Weight averaging: the optimizer keeps an exponential moving average of the trainable weights with this
+    #: momentum (0.998 averages over the last ~500 steps), and validation (hence early stopping and the plateau
+    #: schedule), the best checkpoint and the finished model use the average, not the last step's weights.
+    #: Batch-norm statistics are not averaged: the average uses the last step's moving mean and variance. 0 = off.
     ema_momentum: float = 0.0
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,19 +124,60 @@ def _hardware() -> str:
     return f"{cpu} x{os.cpu_count()}" + (f"; {accel}" if accel else "")
 
 
+class _AverageSwap(keras.callbacks.SwapEMAWeights):
+    """Keras' ``SwapEMAWeights`` with ``swap_on_epoch``: the weights' moving average is in the model for every
+    validation and from the end of an epoch to the start of the next (so the best checkpoint saves it), the last
+    step's weights otherwise. Two changes make a stopped and resumed run continue exactly:
+
+    * swaps copy (TensorFlow's own swap adds and subtracts, rounding both sets of weights at every swap);
+    * the end of a ``fit`` leaves the last step's weights in the model, as any other epoch end does (Keras puts the
+      average there): the next phase continues from them, as a run resumed at that boundary from ``last.keras``
+      does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(swap_on_epoch=True)
+
+    def _tf_swap_variables(self, optimizer: keras.optimizers.Optimizer) -> None:
+        self._backend_swap_variables(optimizer)
+
+    def _finalize_ema_values(self) -> None:
+        # Keras copies the model's weights (the average, swapped in) into the average slot here, so that fit's own
+        # finalize_variable_values leaves the average in the model; without it that step restores the last step's.
+        pass
+
+    @contextlib.contextmanager
+    def last_step_weights(self) -> Iterator[None]:
+        """The last step's weights in the model (the average in the optimizer) for the duration."""
+        swapped = self._ema_weights_in_model
+        if swapped:
+            self._swap_variables()
+            self._ema_weights_in_model = False
+        try:
+            yield
+        finally:
+            if swapped:
+                self._swap_variables()
+                self._ema_weights_in_model = True
+
+
 class _ResumePoint(keras.callbacks.Callback):
     """After every epoch: the whole training state (weights, optimizer and its step) to ``last.keras`` and the
-    epoch count to ``state.json``, each replaced atomically, so a killed run loses at most the epoch in progress."""
+    epoch count to ``state.json``, each replaced atomically, so a killed run loses at most the epoch in progress.
+    Comes after the best checkpoint: once the epoch counts as done, its checkpoint is on disk. With weight
+    averaging, ``last.keras`` holds the last step's weights and the average in the optimizer's variables."""
 
-    def __init__(self, run_dir: Path, seconds_before: float) -> None:
+    def __init__(self, run_dir: Path, seconds_before: float, average: _AverageSwap | None = None) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.seconds_before = seconds_before
         self.started = time.time()
+        self.average = average
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         partial = self.run_dir / "last.partial.keras"
-        self.model.save(partial)
+        with self.average.last_step_weights() if self.average else contextlib.nullcontext():
+            self.model.save(partial)
         os.replace(partial, self.run_dir / LAST_CHECKPOINT)
         _write_state(
             self.run_dir,
@@ -200,10 +242,11 @@ class _RawValidation(keras.callbacks.Callback):
         self.targets = targets
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
         result = self.model.evaluate(self.images, self.targets, batch_size=256, verbose=0, return_dict=True)
-        if logs is not None:
-            logs["raw_val_accuracy"] = result["accuracy"]
-            logs["raw_val_loss"] = result["loss"]
+        logs["raw_val_accuracy"] = result["accuracy"]
+        logs["raw_val_loss"] = result["loss"]
 
 
 def _callbacks(
@@ -218,21 +261,16 @@ def _callbacks(
         initial_value_threshold=_best_so_far(run_dir),
     )
     history = keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True)
-    resume_point = _ResumePoint(run_dir, seconds_before)
     callbacks: list[keras.callbacks.Callback]
     if config.ema_momentum > 0:
-        # Order matters: the resume point saves the last step's weights (the average travels in the optimizer's
-        # state); then the average is swapped in for the best checkpoint, and swapped back when the next epoch
-        # begins. Validation itself always sees the average (SwapEMAWeights swaps around every evaluation).
-        callbacks = [
-            _RawValidation(*val),
-            history,
-            resume_point,
-            keras.callbacks.SwapEMAWeights(swap_on_epoch=True),
-            best,
-        ]
+        # Order matters: fit's validation has seen the average (swapped in around it); the last step's weights are
+        # scored next, while the model holds them; then the average goes in for the best checkpoint (whose optimizer
+        # state then holds the last step's weights in the average's place: it is read for its inference model
+        # only), and the resume point saves the last step's weights with the average in the optimizer.
+        average = _AverageSwap()
+        callbacks = [_RawValidation(*val), history, average, best, _ResumePoint(run_dir, seconds_before, average)]
     else:
-        callbacks = [history, best, resume_point]
+        callbacks = [history, best, _ResumePoint(run_dir, seconds_before)]
     if config.early_stopping_patience > 0:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.early_stopping_patience)
@@ -533,6 +571,8 @@ def _finish(
         "class_weights": _class_weights(config, train_split),
         "seed": config.seed,
     }
+    if config.ema_momentum > 0:
+        record["ema_momentum"] = config.ema_momentum
     if config.teacher:
         record["teacher"] = {
             "file": config.teacher,
