@@ -137,6 +137,7 @@ class _AverageSwap(keras.callbacks.SwapEMAWeights):
 
     def __init__(self) -> None:
         super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model: bool = False
 
     def _tf_swap_variables(self, optimizer: keras.optimizers.Optimizer) -> None:
         self._backend_swap_variables(optimizer)
