@@ -162,11 +162,16 @@ def _plot_history(histories: Sequence[Path], path: Path) -> list[str]:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for label, rows in runs:
         x = list(range(1, len(rows) + 1))
-        for ax, keys in ((left, ("accuracy", "val_accuracy")), (right, ("loss", "val_loss"))):
+        # raw_val_*: a weight-averaged run's last-step weights (its val_* are the average's)
+        for ax, keys in (
+            (left, ("accuracy", "val_accuracy", "raw_val_accuracy")),
+            (right, ("loss", "val_loss", "raw_val_loss")),
+        ):
             for key in keys:
                 if key in rows[0]:
                     name = f"{label} {key}".strip()
-                    ax.plot(x, [float(r[key]) for r in rows], label=name, linestyle="--" if "val" in key else "-")
+                    style = ":" if key.startswith("raw") else "--" if "val" in key else "-"
+                    ax.plot(x, [float(r[key]) for r in rows], label=name, linestyle=style)
     for ax, title in ((left, "accuracy"), (right, "loss")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
