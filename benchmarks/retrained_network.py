@@ -112,71 +112,36 @@ def main() -> int:
     networks = ensemble["val"].shape[0]
     everything = VIEW_SETS["all four"]
 
-    def mean(probs: dict[str, np.ndarray], split: str, nets: list[int], views: tuple[int, ...]) -> np.ndarray:
-        return probs[split][nets][:, list(views)].mean(axis=(0, 1))
+    def scored(name: str, probs: dict[str, np.ndarray], nets: list[int], views: tuple[int, ...]) -> dict:
+        """The row of the mean of networks ``nets`` (0-based) of ``probs`` over ``views``."""
+        hold, val = (probs[split][nets][:, list(views)].mean(axis=(0, 1)) for split in ("hold", "val"))
+        return _row(name, len(nets) * len(views), hold, val, ensemble)
 
     rows = [
-        _row(
-            "the ensemble as served (all its networks, all four views)",
-            networks * len(everything),
-            mean(ensemble, "hold", list(range(networks)), everything),
-            mean(ensemble, "val", list(range(networks)), everything),
-            ensemble,
-        )
+        scored("the ensemble as served (all its networks, all four views)", ensemble, [*range(networks)], everything)
     ]
     for view_name in ("crop", "crop+mirror", "all four"):
         views = VIEW_SETS[view_name]
         if start:
             rows.append(
-                _row(
-                    f"the ensemble's network {start}, the run's start ({view_name})",
-                    len(views),
-                    mean(ensemble, "hold", [start - 1], views),
-                    mean(ensemble, "val", [start - 1], views),
-                    ensemble,
-                )
+                scored(f"the ensemble's network {start}, the run's start ({view_name})", ensemble, [start - 1], views)
             )
         if last is not None:
-            rows.append(
-                _row(
-                    f"the last step's weights, last epoch ({epochs_run}; {view_name})",
-                    len(views),
-                    mean(last, "hold", [0], views),
-                    mean(last, "val", [0], views),
-                    ensemble,
-                )
-            )
-        rows.append(
-            _row(
-                f"the retrained network{kept} ({view_name})",
-                len(views),
-                mean(retrained, "hold", [0], views),
-                mean(retrained, "val", [0], views),
-                ensemble,
-            )
-        )
-    joined = {s: np.concatenate([ensemble[s], retrained[s]]) for s in ("hold", "val")} | {
-        f"{s}_y": ensemble[f"{s}_y"] for s in ("hold", "val")
-    }
+            rows.append(scored(f"the last step's weights, last epoch ({epochs_run}; {view_name})", last, [0], views))
+        rows.append(scored(f"the retrained network{kept} ({view_name})", retrained, [0], views))
+    joined = {s: np.concatenate([ensemble[s], retrained[s]]) for s in ("hold", "val")}
     if start:
         swapped = [n for n in range(networks) if n != start - 1] + [networks]
         rows.append(
-            _row(
+            scored(
                 f"the ensemble with the retrained network in network {start}'s place (all four views)",
-                networks * len(everything),
-                mean(joined, "hold", swapped, everything),
-                mean(joined, "val", swapped, everything),
-                ensemble,
+                joined,
+                swapped,
+                everything,
             )
         )
     rows.append(
-        _row(
-            "the ensemble and the retrained network (all four views)",
-            (networks + 1) * len(everything),
-            mean(joined, "hold", list(range(networks + 1)), everything),
-            mean(joined, "val", list(range(networks + 1)), everything),
-            ensemble,
-        )
+        scored("the ensemble and the retrained network (all four views)", joined, [*range(networks + 1)], everything)
     )
 
     cost = json.loads(args.cost.read_text())
