@@ -140,6 +140,15 @@ def main() -> int:
                 everything,
             )
         )
+    if start and last is not None:
+        rows.append(
+            scored(
+                f"the ensemble with the last step's weights in network {start}'s place (all four views)",
+                {s: np.concatenate([ensemble[s], last[s]]) for s in ("hold", "val")},
+                swapped,
+                everything,
+            )
+        )
     rows.append(
         scored("the ensemble and the retrained network (all four views)", joined, [*range(networks + 1)], everything)
     )
