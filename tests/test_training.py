@@ -524,16 +524,26 @@ def test_the_affine_warp_mirrors_exactly() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ema_momentum", "head_epochs"),
-    [(0.0, 0), (0.9, 0), (0.9, 1)],
-    ids=["plain", "weight-averaging", "weight-averaging-stopped-between-the-head-and-fine-tuning-phases"],
+    "overrides",
+    [
+        {},
+        {"ema_momentum": 0.9},
+        {"ema_momentum": 0.9, "head_epochs": 1},
+        {"schedule": "plateau", "reduce_lr_patience": 1, "early_stopping_patience": 5, "learning_rate": 0.5},
+    ],
+    ids=[
+        "plain",
+        "weight-averaging",
+        "weight-averaging-stopped-between-the-head-and-fine-tuning-phases",
+        "plateau-schedule-and-early-stopping",
+    ],
 )
 def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
-    tiny_folder_dataset: Path, tmp_path: Path, ema_momentum: float, head_epochs: int
+    tiny_folder_dataset: Path, tmp_path: Path, overrides: dict
 ) -> None:
-    """Weights, optimizer state and step (with the weights' moving average when there is one), schedule, dropout
-    masks and the data stream all continue exactly, also when the stop falls between the phases of a run from a
-    pretrained backbone."""
+    """Weights, optimizer state and step (with the weights' moving average when there is one), schedule (the
+    plateau schedule's cuts and counters too), dropout masks and the data stream all continue exactly, also when
+    the stop falls between the phases of a run from a pretrained backbone."""
     import dataclasses
 
     import keras
@@ -543,24 +553,32 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
     from training.train import train
 
     config = PRESETS["smoke"]
+    head_epochs = overrides.get("head_epochs", 0)
     if head_epochs:  # a head phase needs a pretrained backbone: this one's own initial weights, from a file
         weights = tmp_path / "backbone.weights.h5"
         build_inference_model(config.arch).get_layer(BACKBONE_NAME).save_weights(weights)
         config = dataclasses.replace(config, arch=dataclasses.replace(config.arch, weights=str(weights)))
     config = dataclasses.replace(
         config,
-        head_epochs=head_epochs,
-        epochs=3 - head_epochs,
-        optimizer="sgd",
-        schedule="cosine",
-        warmup_epochs=1,
-        random_erasing=0.5,
-        label_smoothing=0.1,
-        ema_momentum=ema_momentum,
+        **{
+            "head_epochs": 0,
+            "epochs": 3 - head_epochs,
+            "optimizer": "sgd",
+            "schedule": "cosine",
+            "warmup_epochs": 1,
+            "random_erasing": 0.5,
+            "label_smoothing": 0.1,
+            "early_stopping_patience": 0,
+        }
+        | overrides,
     )
     whole = train(config, tiny_folder_dataset, tmp_path / "whole", verbose=0)
     stopped = train(config, tiny_folder_dataset, tmp_path / "parts", stop_after=1, verbose=0)
     assert stopped.epochs_run == 1 and not (tmp_path / "parts" / "model.keras").exists()
+    if config.ema_momentum:  # the stop is not trivially exact: the average is not the last step's weights
+        saved = keras.saving.load_model(tmp_path / "parts" / "last.keras")
+        average = [np.asarray(v) for v in saved.optimizer.variables if "average" in v.path]
+        assert any(not np.allclose(a, np.asarray(w)) for a, w in zip(average, saved.trainable_weights, strict=True))
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, tiny_folder_dataset, tmp_path / "parts", verbose=0)
     train(None, tiny_folder_dataset, tmp_path / "parts", resume=True, stop_after=1, verbose=0)
@@ -569,6 +587,8 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
 
     a = keras.saving.load_model(tmp_path / "whole" / "last.keras")
     b = keras.saving.load_model(tmp_path / "parts" / "last.keras")
+    if config.schedule == "plateau":  # the schedule did cut the rate, so the resumed run had cuts to repeat
+        assert float(np.asarray(a.optimizer.learning_rate)) < config.learning_rate
     assert int(a.optimizer.iterations) == int(b.optimizer.iterations) > 0
     for x, y in zip(
         a.get_weights() + [np.asarray(v) for v in a.optimizer.variables],
@@ -583,6 +603,53 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     with open(tmp_path / "whole" / "history.csv") as w, open(tmp_path / "parts" / "history.csv") as p:
         assert len(w.readlines()) == len(p.readlines()) == 4
+
+
+def test_a_run_killed_after_logging_an_epoch_but_before_its_resume_point_repeats_it_once(
+    tiny_folder_dataset: Path, tmp_path: Path
+) -> None:
+    """The repeated epoch is logged once, and what the lost one logged does not stand as the best to beat."""
+    import csv
+    import dataclasses
+
+    from training.config import PRESETS
+    from training.train import train
+
+    config = dataclasses.replace(PRESETS["smoke"], epochs=2)
+    train(config, tiny_folder_dataset, tmp_path / "run", stop_after=1, verbose=0)
+    history = tmp_path / "run" / "history.csv"
+    with open(history, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # the second epoch's line as a kill right after CSVLogger would leave it, claiming a val accuracy nothing reaches
+    with open(history, "a", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=list(rows[0])).writerow(rows[0] | {"epoch": "1", "val_accuracy": "2.0"})
+    train(None, tiny_folder_dataset, tmp_path / "run", resume=True, verbose=0)
+    with open(history, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert all(float(row["val_accuracy"]) <= 1.0 for row in rows)
+
+
+def test_swapping_the_weights_average_in_and_out_is_exact() -> None:
+    """The swap copies: TensorFlow's own swap (add, subtract) rounds both sets of weights at every swap."""
+    import keras
+
+    from training.train import _AverageSwap
+
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.9), loss="mse")
+    model.fit(rng.normal(size=(16, 3)), rng.normal(size=(16, 4)), batch_size=4, verbose=0)
+    model.set_weights([w + rng.normal(size=w.shape).astype(w.dtype) * 1e3 for w in model.get_weights()])
+    weights = [np.asarray(v).copy() for v in model.trainable_weights]
+    average = [np.asarray(v).copy() for v in model.optimizer.variables if "average" in v.path]
+    swap = _AverageSwap()
+    swap.set_model(model)
+    for _ in range(3):
+        swap.on_test_begin()
+        assert all(np.array_equal(np.asarray(v), a) for v, a in zip(model.trainable_weights, average, strict=True))
+        swap.on_test_end()
+        assert all(np.array_equal(np.asarray(v), w) for v, w in zip(model.trainable_weights, weights, strict=True))
 
 
 def test_weight_averaging_validates_and_keeps_the_average_and_logs_the_last_steps_weights_beside_it(

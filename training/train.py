@@ -162,18 +162,47 @@ class _AverageSwap(keras.callbacks.SwapEMAWeights):
                 self._ema_weights_in_model = True
 
 
-class _ResumePoint(keras.callbacks.Callback):
-    """After every epoch: the whole training state (weights, optimizer and its step) to ``last.keras`` and the
-    epoch count to ``state.json``, each replaced atomically, so a killed run loses at most the epoch in progress.
-    Comes after the best checkpoint: once the epoch counts as done, its checkpoint is on disk. With weight
-    averaging, ``last.keras`` holds the last step's weights and the average in the optimizer's variables."""
+#: What early stopping and the plateau schedule count between epochs: Keras resets it when a fit begins, so the
+#: resume point keeps it in ``state.json`` and puts it back when a run resumes inside the same phase.
+_COUNTERS: dict[str, tuple[str, ...]] = {
+    "early_stopping": ("wait", "best", "best_epoch"),
+    "plateau": ("wait", "best", "cooldown_counter"),
+}
 
-    def __init__(self, run_dir: Path, seconds_before: float, average: _AverageSwap | None = None) -> None:
+
+def _plain(value: Any) -> Any:
+    """A counter's value as JSON can hold it (Keras keeps ``best`` as a NumPy or backend scalar)."""
+    return None if value is None else float(value) if not isinstance(value, int) else value
+
+
+class _ResumePoint(keras.callbacks.Callback):
+    """After every epoch: the whole training state (weights, optimizer and its step, the counters of early stopping
+    and of the plateau schedule) to ``last.keras`` and ``state.json``, each replaced atomically, so a killed run
+    loses at most the epoch in progress. Comes last: once the epoch counts as done, its best checkpoint is on disk
+    and a learning-rate cut at its end is in the saved optimizer. With weight averaging, ``last.keras`` holds the
+    last step's weights and the average in the optimizer's variables."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        seconds_before: float,
+        average: _AverageSwap | None = None,
+        counters: dict[str, keras.callbacks.Callback] | None = None,
+        restored: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.seconds_before = seconds_before
         self.started = time.time()
         self.average = average
+        self.counters = counters or {}
+        self.restored = restored or {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # after the counting callbacks' own on_train_begin (they come earlier in the list), which zeroes them
+        for name, callback in self.counters.items():
+            for attribute, value in self.restored.get(name, {}).items():
+                setattr(callback, attribute, value)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         partial = self.run_dir / "last.partial.keras"
@@ -185,6 +214,10 @@ class _ResumePoint(keras.callbacks.Callback):
             epochs_done=epoch + 1,
             seconds=self.seconds_before + time.time() - self.started,
             random_states=[np.asarray(v).tolist() for v in _random_states(self.model)],
+            counters={
+                name: {attribute: _plain(getattr(callback, attribute)) for attribute in _COUNTERS[name]}
+                for name, callback in self.counters.items()
+            },
         )
 
 
@@ -203,12 +236,26 @@ def _restore_random_states(model: keras.Model, state: dict) -> None:
         variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
-def _write_state(run_dir: Path, *, epochs_done: int, seconds: float, random_states: list) -> None:
+def _write_state(
+    run_dir: Path, *, epochs_done: int, seconds: float, random_states: list, counters: dict | None = None
+) -> None:
+    state = {"epochs_done": epochs_done, "seconds": round(seconds, 1), "random_states": random_states}
     partial = run_dir / "state.partial.json"
-    partial.write_text(
-        json.dumps({"epochs_done": epochs_done, "seconds": round(seconds, 1), "random_states": random_states}) + "\n"
-    )
+    partial.write_text(json.dumps(state | {"counters": counters or {}}) + "\n")
     os.replace(partial, run_dir / "state.json")
+
+
+def _trim_history(run_dir: Path, epochs_done: int) -> None:
+    """Cut ``history.csv`` back to the epochs ``state.json`` counts: a run killed after an epoch's log line but
+    before its resume point repeats that epoch, which must neither be logged twice nor count as already saved."""
+    history = run_dir / "history.csv"
+    if not history.is_file():
+        return
+    lines = history.read_text().splitlines(keepends=True)
+    if len(lines) > epochs_done + 1:
+        partial = run_dir / "history.partial.csv"
+        partial.write_text("".join(lines[: epochs_done + 1]))
+        os.replace(partial, history)
 
 
 def _read_state(run_dir: Path) -> dict:
@@ -251,8 +298,14 @@ class _RawValidation(keras.callbacks.Callback):
 
 
 def _callbacks(
-    run_dir: Path, config: TrainConfig, seconds_before: float, val: tuple[np.ndarray, np.ndarray]
+    run_dir: Path,
+    config: TrainConfig,
+    seconds_before: float,
+    val: tuple[np.ndarray, np.ndarray],
+    restored: dict[str, dict[str, Any]],
 ) -> list[keras.callbacks.Callback]:
+    """The callbacks of one fit; ``restored``: the counters of early stopping and of the plateau schedule when the
+    fit continues a phase a stopped run was in (else empty: they start afresh, as in an uninterrupted run)."""
     best = keras.callbacks.ModelCheckpoint(
         str(run_dir / BEST_CHECKPOINT),
         monitor="val_accuracy",
@@ -268,21 +321,21 @@ def _callbacks(
         # scored next, while the model holds them; then the average goes in for the best checkpoint (whose optimizer
         # state then holds the last step's weights in the average's place: it is read for its inference model
         # only), and the resume point saves the last step's weights with the average in the optimizer.
-        average = _AverageSwap()
-        callbacks = [_RawValidation(*val), history, average, best, _ResumePoint(run_dir, seconds_before, average)]
+        average: _AverageSwap | None = _AverageSwap()
+        callbacks = [_RawValidation(*val), history, average, best]
     else:
-        callbacks = [history, best, _ResumePoint(run_dir, seconds_before)]
+        average = None
+        callbacks = [history, best]
+    counters: dict[str, keras.callbacks.Callback] = {}
     if config.early_stopping_patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.early_stopping_patience)
+        counters["early_stopping"] = keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=config.early_stopping_patience
         )
     if config.schedule == "plateau":
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-6
-            )
+        counters["plateau"] = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-6
         )
-    return callbacks
+    return [*callbacks, *counters.values(), _ResumePoint(run_dir, seconds_before, average, counters, restored)]
 
 
 def _learning_rate(
@@ -409,6 +462,7 @@ def train(
         if config is not None:
             raise ValueError("--resume continues the run's own config.json; give no other training options")
         state = _read_state(run_dir)
+        _trim_history(run_dir, int(state["epochs_done"]))
         config = TrainConfig.load(run_dir / "config.json")
     else:
         if config is None:
@@ -461,10 +515,12 @@ def _run(
         if done >= last_epoch or stopped_early:
             first_epoch = last_epoch
             continue
+        restored: dict[str, dict[str, Any]] = {}
         if model is None and done > first_epoch:
             # Resuming inside this phase: the saved training model carries its optimizer, step and trainability.
             model = keras.saving.load_model(run_dir / LAST_CHECKPOINT)
             _restore_random_states(model, state)
+            restored = state.get("counters", {})
         else:
             if model is None:
                 inference_model = build_inference_model(config.arch, pretrained=not config.init_from and done == 0)
@@ -503,7 +559,11 @@ def _run(
                 shuffle=False,  # the stream is already in its (seeded) order
                 validation_data=(val_split.images, val_targets),
                 callbacks=_callbacks(
-                    run_dir, config, float(state["seconds"]) + time.time() - started, (val_split.images, val_targets)
+                    run_dir,
+                    config,
+                    float(state["seconds"]) + time.time() - started,
+                    (val_split.images, val_targets),
+                    restored,
                 ),
                 verbose=verbose,
             )
