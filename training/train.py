@@ -26,7 +26,7 @@ import numpy as np
 from training.batches import Augmentation, steps_per_epoch, training_batches
 from training.config import TrainConfig
 from training.data import Split, class_weights, read_split
-from training.distill import distillation_targets, run_teacher
+from training.distill import Teacher, distillation_targets, run_teacher
 from training.hardware import native_bf16
 from training.inference import fer_pixels_to_model_input, global_policy, keras_predictor, predict_split
 from training.labels import IMAGE_SIZE, LABELS
@@ -172,7 +172,7 @@ _COUNTERS: dict[str, tuple[str, ...]] = {
 
 def _plain(value: Any) -> Any:
     """A counter's value as JSON can hold it (Keras keeps ``best`` as a NumPy or backend scalar)."""
-    return None if value is None else float(value) if not isinstance(value, int) else value
+    return value if value is None or isinstance(value, int) else float(value)
 
 
 class _ResumePoint(keras.callbacks.Callback):
@@ -239,9 +239,14 @@ def _restore_random_states(model: keras.Model, state: dict) -> None:
 def _write_state(
     run_dir: Path, *, epochs_done: int, seconds: float, random_states: list, counters: dict | None = None
 ) -> None:
-    state = {"epochs_done": epochs_done, "seconds": round(seconds, 1), "random_states": random_states}
+    state = {
+        "epochs_done": epochs_done,
+        "seconds": round(seconds, 1),
+        "random_states": random_states,
+        "counters": counters or {},
+    }
     partial = run_dir / "state.partial.json"
-    partial.write_text(json.dumps(state | {"counters": counters or {}}) + "\n")
+    partial.write_text(json.dumps(state) + "\n")
     os.replace(partial, run_dir / "state.json")
 
 
@@ -494,16 +499,13 @@ def _run(
     train_split, held_out = training_splits(config, data)
     val_split = read_split(data, "val")
     weights = _class_weights(config, train_split)
+    teacher = run_teacher(run_dir, config.teacher, train_split) if config.teacher else None
     targets = (
-        distillation_targets(
-            train_split.labels, run_teacher(run_dir, config.teacher, train_split).probabilities, config.distill_weight
-        )
-        if config.teacher
-        else None
+        distillation_targets(train_split.labels, teacher.probabilities, config.distill_weight) if teacher else None
     )
     per_epoch = steps_per_epoch(len(train_split), config.batch_size)
     aug = Augmentation.scaled(config.augment, config.random_erasing)
-    val_targets = keras.ops.convert_to_numpy(keras.ops.one_hot(val_split.labels, len(LABELS)))
+    val = (val_split.images, keras.ops.convert_to_numpy(keras.ops.one_hot(val_split.labels, len(LABELS))))
 
     done = int(state["epochs_done"])
     budget_end = done + stop_after if stop_after > 0 else None
@@ -557,14 +559,8 @@ def _run(
                 initial_epoch=done,
                 steps_per_epoch=per_epoch,
                 shuffle=False,  # the stream is already in its (seeded) order
-                validation_data=(val_split.images, val_targets),
-                callbacks=_callbacks(
-                    run_dir,
-                    config,
-                    float(state["seconds"]) + time.time() - started,
-                    (val_split.images, val_targets),
-                    restored,
-                ),
+                validation_data=val,
+                callbacks=_callbacks(run_dir, config, float(state["seconds"]) + time.time() - started, val, restored),
                 verbose=verbose,
             )
         done += len(history.epoch)
@@ -587,6 +583,7 @@ def _run(
         seconds=float(seconds),
         mixed=mixed,
         held_out=len(held_out),
+        teacher=teacher,
     )
 
 
@@ -607,9 +604,11 @@ def _finish(
     seconds: float,
     mixed: bool,
     held_out: int,
+    teacher: Teacher | None,
     interrupted: bool = False,
 ) -> TrainResult:
-    """Save ``model.keras``, measure it on val and write ``run.json`` (the run record export puts in metadata)."""
+    """Save ``model.keras``, measure it on val and write ``run.json`` (the run record export puts in metadata;
+    ``teacher``: the run's copy of its teacher file, when it distils)."""
     model_path = run_dir / "model.keras"
     inference_model.save(model_path)
     probabilities = predict_split(keras_predictor(inference_model), config.arch, val_split)
@@ -634,12 +633,8 @@ def _finish(
     }
     if config.ema_momentum > 0:
         record["ema_momentum"] = config.ema_momentum
-    if config.teacher:
-        record["teacher"] = {
-            "file": config.teacher,
-            "source": run_teacher(run_dir, config.teacher, train_split).source,
-            "weight": config.distill_weight,
-        }
+    if teacher:
+        record["teacher"] = {"file": config.teacher, "source": teacher.source, "weight": config.distill_weight}
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return TrainResult(run_dir, model_path, val_accuracy, epochs_run, seconds)
 
@@ -657,6 +652,7 @@ def finalize(run_dir: str | Path, data: str | Path) -> TrainResult:
         epochs_run = max(0, sum(1 for _ in handle) - 1)
     seconds = history.stat().st_mtime - (run_dir / "config.json").stat().st_mtime
     train_split, held_out = training_splits(config, data)
+    teacher = run_teacher(run_dir, config.teacher, train_split) if config.teacher else None
     inference_model = load_inference_model(str(run_dir / "checkpoint.keras"))
     return _finish(
         run_dir,
@@ -668,5 +664,6 @@ def finalize(run_dir: str | Path, data: str | Path) -> TrainResult:
         seconds=seconds,
         mixed=False,
         held_out=len(held_out),
+        teacher=teacher,
         interrupted=True,
     )
