@@ -510,6 +510,63 @@ def test_training_batches_are_a_pure_function_of_the_step() -> None:
     np.testing.assert_array_equal(plain[0], split.images[np.random.default_rng([5, 0]).permutation(100)[:16]])
 
 
+@pytest.mark.parametrize("kind", ["mixup", "cutmix", "both"])
+def test_mixing_blends_images_targets_and_weights_in_one_proportion(kind: str) -> None:
+    """Image ``i`` is flat grey ``10 * i`` with one-hot target ``i``: after mixing, each image's mean must be its
+    target row times the greys (the pasted area or the blend weight is the target's share), and each loss weight
+    its target row times the class weights; CutMix pastes pixels without blending them."""
+    from training.batches import Mixing, mix
+
+    n = len(LABELS)
+    greys = 10.0 * np.arange(n, dtype=np.float32)
+    images = np.broadcast_to(greys[:, None, None, None], (n, 48, 48, 1)).astype(np.float32)
+    targets = np.eye(n, dtype=np.float32)
+    class_weights = np.linspace(0.5, 2.0, n, dtype=np.float32)
+    mixing = Mixing(mixup=0.4 if kind != "cutmix" else 0.0, cutmix=1.0 if kind != "mixup" else 0.0)
+    changed = 0
+    for seed in range(12):
+        x, t, w = mix(images, targets, class_weights, np.random.default_rng(seed), mixing)
+        assert x.shape == images.shape and x.dtype == np.float32
+        np.testing.assert_allclose(t.sum(axis=1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), t @ greys, atol=1e-3)
+        np.testing.assert_allclose(w, t @ class_weights, atol=1e-5)
+        if kind == "cutmix":
+            assert np.isin(x, greys).all()
+        changed += not np.array_equal(x, images)
+    assert changed >= 10  # almost every draw mixes (a draw can pair most images with themselves or paste nothing)
+    # off, or no batch chosen: the batch as it was
+    for off in (Mixing(), Mixing(mixup=0.4, probability=0.0)):
+        x, t, w = mix(images, targets, class_weights, np.random.default_rng(0), off)
+        assert x is images and t is targets and w is class_weights
+    with pytest.raises(ValueError, match="alphas"):
+        Mixing(mixup=-0.1)
+    with pytest.raises(ValueError, match="share"):
+        Mixing(cutmix=1.0, probability=1.5)
+
+
+def test_a_mixed_stream_is_a_pure_function_of_the_step_and_leaves_the_unmixed_stream_as_it_was() -> None:
+    from training.batches import Augmentation, Mixing, training_batches
+    from training.data import Split
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (100, 48, 48, 1), dtype=np.uint8), rng.integers(0, 7, 100).astype(np.int32))
+    aug = Augmentation.scaled(1.0, erasing=0.5)
+    mixing = Mixing(mixup=0.2, cutmix=1.0, probability=0.5)
+    common = {"batch_size": 16, "seed": 5, "end_step": 14, "aug": aug}
+    whole = list(training_batches(split, start_step=0, mixing=mixing, **common))  # type: ignore[arg-type]
+    tail = list(training_batches(split, start_step=9, mixing=mixing, workers=2, **common))  # type: ignore[arg-type]
+    for a, b in zip(whole[9:], tail, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    plain = list(training_batches(split, start_step=0, **common))  # type: ignore[arg-type]
+    mixed = [not np.array_equal(a[1], b[1]) for a, b in zip(whole, plain, strict=True)]
+    assert 2 <= sum(mixed) <= 12  # about half the batches are mixed; the others are the plain stream's
+    for (x, t, _), (px, pt, _), was_mixed in zip(whole, plain, mixed, strict=True):
+        if not was_mixed:
+            np.testing.assert_array_equal(x, px)
+            np.testing.assert_array_equal(t, pt)
+
+
 def test_the_affine_warp_mirrors_exactly() -> None:
     from training.batches import Augmentation, augment
 
@@ -530,12 +587,14 @@ def test_the_affine_warp_mirrors_exactly() -> None:
         {"ema_momentum": 0.9},
         {"ema_momentum": 0.9, "head_epochs": 1},
         {"schedule": "plateau", "reduce_lr_patience": 1, "early_stopping_patience": 5, "learning_rate": 0.5},
+        {"mixup": 0.4, "cutmix": 1.0, "mix_probability": 0.8},
     ],
     ids=[
         "plain",
         "weight-averaging",
         "weight-averaging-stopped-between-the-head-and-fine-tuning-phases",
         "plateau-schedule-and-early-stopping",
+        "mixup-and-cutmix",
     ],
 )
 def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
@@ -603,6 +662,12 @@ def test_a_stopped_and_resumed_run_ends_exactly_where_an_uninterrupted_one_does(
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     with open(tmp_path / "whole" / "history.csv") as w, open(tmp_path / "parts" / "history.csv") as p:
         assert len(w.readlines()) == len(p.readlines()) == 4
+    record = json.loads((tmp_path / "parts" / "run.json").read_text())
+    assert record.get("mixing") == (
+        {"mixup": config.mixup, "cutmix": config.cutmix, "probability": config.mix_probability}
+        if config.mixing.enabled
+        else None
+    )
 
 
 def test_a_run_killed_after_logging_an_epoch_but_before_its_resume_point_repeats_it_once(

@@ -68,6 +68,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", type=float, help="augmentation strength (0 disables)")
     p.add_argument("--random-erasing", type=float, help="probability of random erasing per image")
     p.add_argument(
+        "--mixup",
+        type=float,
+        metavar="ALPHA",
+        help="mix each batch's images pairwise, weighted (Beta(ALPHA, ALPHA) ratio, e.g. 0.2; 0 = off)",
+    )
+    p.add_argument(
+        "--cutmix",
+        type=float,
+        metavar="ALPHA",
+        help="paste a rectangle of another image of the batch into each (Beta(ALPHA, ALPHA) area, e.g. 1; 0 = off)",
+    )
+    p.add_argument("--mix-probability", type=float, help="share of batches mixed (with --mixup or --cutmix)")
+    p.add_argument(
         "--augment-workers",
         type=_positive,
         help="threads augmenting batches ahead (a GPU outruns one; same batches)",

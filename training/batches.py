@@ -13,6 +13,13 @@ The augmentation works on FER-2013's 48x48 grayscale pixels (0-255) before any r
 * random brightness and contrast;
 * random erasing (Zhong et al. 2017): with probability ``erasing`` one rectangle of 2-25 % of the image is filled
   with uniform noise, which makes the network use the whole face instead of one cue.
+
+After the per-image augmentation, a batch may be **mixed** (:class:`Mixing`): each image with another of the same
+batch, the targets and loss weights in the same proportion: mixup (Zhang et al. 2018, a weighted sum of the two
+images) or CutMix (Yun et al. 2019, a rectangle of the other image pasted in). Keras has both as layers
+(``keras.layers.MixUp``, ``keras.layers.CutMix``), but they draw from a backend seed generator inside the graph and
+mix only images and labels; here the draws come from the step's generator like every other, so a mixed stream keeps
+the exact resume and is the same on TensorFlow and JAX, and the class weights are mixed with the targets.
 """
 
 from __future__ import annotations
@@ -122,6 +129,58 @@ def augment(images: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> 
     return x
 
 
+@dataclass(frozen=True)
+class Mixing:
+    """Mixing of image pairs within a batch; each ``alpha`` is the Beta(alpha, alpha) the mixing ratio is drawn from
+    (1 = uniform; 0 = that kind off). With both on, each mixed batch is mixup or CutMix with even odds."""
+
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    #: Share of batches mixed (the others are left as they are).
+    probability: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"mixing alphas must be 0 (off) or positive, not {self.mixup} and {self.cutmix}")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"the share of mixed batches must be between 0 and 1, not {self.probability}")
+
+    @property
+    def enabled(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.probability > 0
+
+
+def mix(
+    images: np.ndarray, targets: np.ndarray, weights: np.ndarray, rng: np.random.Generator, mixing: Mixing
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mix a batch with a permutation of itself: images ``(n, h, w, c)``, targets ``(n, classes)`` and loss weights
+    ``(n,)`` in the proportion ``lam`` (one draw per batch, as both papers do). CutMix pastes a rectangle of
+    ``1 - lam`` of the area (clipped at the edges, ``lam`` then recomputed from the pasted area)."""
+    if not mixing.enabled or rng.uniform() >= mixing.probability:
+        return images, targets, weights
+    use_cutmix = mixing.cutmix > 0 and (mixing.mixup <= 0 or rng.uniform() < 0.5)
+    alpha = mixing.cutmix if use_cutmix else mixing.mixup
+    lam = float(rng.beta(alpha, alpha))
+    partner = rng.permutation(len(images))
+    if use_cutmix:
+        height, width = images.shape[1:3]
+        side = math.sqrt(1.0 - lam)
+        centre_y, centre_x = rng.uniform(0, height), rng.uniform(0, width)
+        top, bottom = (int(np.clip(round(centre_y + d * side * height / 2), 0, height)) for d in (-1, 1))
+        left, right = (int(np.clip(round(centre_x + d * side * width / 2), 0, width)) for d in (-1, 1))
+        mixed = images.copy()
+        mixed[:, top:bottom, left:right] = images[partner, top:bottom, left:right]
+        lam = 1.0 - (bottom - top) * (right - left) / (height * width)
+    else:
+        mixed = (lam * images + (1.0 - lam) * images[partner]).astype(images.dtype)
+    share = np.float32(lam)
+    return (
+        mixed,
+        (share * targets + (1 - share) * targets[partner]).astype(np.float32),
+        (share * weights + (1 - share) * weights[partner]).astype(np.float32),
+    )
+
+
 def steps_per_epoch(images: int, batch_size: int) -> int:
     """Whole batches per epoch (the remainder of each epoch's permutation is left out, differently each epoch)."""
     return max(1, images // batch_size)
@@ -143,12 +202,14 @@ def training_batches(
     sample_weights: dict[int, float] | None = None,
     workers: int = 1,
     targets: np.ndarray | None = None,
+    mixing: Mixing | None = None,
 ) -> Generator[tuple[np.ndarray, np.ndarray, np.ndarray], None, None]:
     """Batches ``start_step .. end_step - 1`` of the deterministic stream: ``(pixels, targets, weights)``.
 
     ``pixels`` are float32 ``(batch, 48, 48, 1)`` in 0-255; the targets are the labels one-hot, or the rows of
     ``targets`` (``(len(split), 7)``, e.g. ``distill.distillation_targets``) when given; ``weights`` are the class
-    weights of the labels (all 1 without ``sample_weights``). Label smoothing is left to the loss. Keras' ``fit``
+    weights of the labels (all 1 without ``sample_weights``); ``mixing`` then mixes each batch (:func:`mix`, targets
+    and weights alike). Label smoothing is left to the loss. Keras' ``fit``
     takes the iterator with ``steps_per_epoch`` (and prefetches it on a background thread). ``workers`` > 1
     augments that many batches at once on threads (numpy releases the GIL in its array work) and still yields them
     in step order, the same batches as one worker: one thread fed 2,843-4,154 images/s on the H200 machine, which
@@ -170,8 +231,11 @@ def training_batches(
             yield step, order[index * batch_size : (index + 1) * batch_size]
 
     def batch(step: int, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = augment(split.images[picked], np.random.default_rng([seed, step]), aug)
-        return x, targets[picked], weight_table[split.labels[picked]]
+        rng = np.random.default_rng([seed, step])
+        x = augment(split.images[picked], rng, aug)
+        batch = x, targets[picked], weight_table[split.labels[picked]]
+        # Drawn after the augmentation's draws, so a stream without mixing is the one it always was.
+        return mix(*batch, rng, mixing) if mixing is not None else batch
 
     if workers <= 1:
         for step, picked in picks():

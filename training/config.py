@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.batches import Mixing
+
 
 @dataclass(frozen=True)
 class ArchConfig:
@@ -117,6 +119,11 @@ class TrainConfig:
     augment: float = 1.0
     #: Probability of random erasing per training image (0 = off).
     random_erasing: float = 0.0
+    #: Mixing of image pairs within each batch (``batches.Mixing``): the Beta alpha of mixup and of CutMix (0 = off;
+    #: both on: even odds per batch) and the share of batches mixed.
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_probability: float = 1.0
     #: Threads that augment batches ahead of the training step. 1 suits a CPU, whose cores train; a GPU trains
     #: ResNet50V2 at 224 faster (4,849 images/s on an H200) than one thread augments there (2,843-4,154 images/s).
     #: The batches are the same whatever the number.
@@ -159,6 +166,12 @@ class TrainConfig:
             raise ValueError(f"distill_weight must be between 0 and 1, not {self.distill_weight}")
         if not self.teacher and self.distill_weight != TrainConfig.distill_weight:
             raise ValueError("a distillation weight without a teacher (--teacher): nothing to weigh")
+        Mixing(self.mixup, self.cutmix, self.mix_probability)  # checks the alphas and the share
+
+    @property
+    def mixing(self) -> Mixing:
+        """How the training batches are mixed (``Mixing.enabled`` is false when they are not)."""
+        return Mixing(self.mixup, self.cutmix, self.mix_probability)
 
     @property
     def trains_from_scratch(self) -> bool:

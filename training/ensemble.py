@@ -109,7 +109,8 @@ def combine(members: list[str | Path], run_dir: str | Path, drop: Sequence[int] 
     archs = [archs[n - 1] for n in kept]
     mixed = any(n != archs[0] for n in archs)  # e.g. fer_cnn and fer_resnet members: each keeps its own
     arch = dataclasses.replace(archs[0], ensemble=len(networks), members=tuple(archs) if mixed else ())
-    # A member's own teacher (distillation) and weight averaging are in its run record, not the ensemble's config
+    # A member's own teacher (distillation), weight averaging and batch mixing are in its run record, not the
+    # ensemble's config
     dataclasses.replace(
         first,
         arch=arch,
@@ -117,6 +118,9 @@ def combine(members: list[str | Path], run_dir: str | Path, drop: Sequence[int] 
         teacher="",
         distill_weight=TrainConfig.distill_weight,
         ema_momentum=0.0,
+        mixup=0.0,
+        cutmix=0.0,
+        mix_probability=TrainConfig.mix_probability,
     ).save(out / "config.json")
     records = [r for _, _, r in runs]
     member_records = [m for p, _, r in runs for m in r.get("ensemble_of", [{"run_dir": str(p), **r}])]

@@ -551,6 +551,7 @@ def _run(
             sample_weights=weights,
             workers=config.augment_workers,
             targets=targets,
+            mixing=config.mixing if config.mixing.enabled else None,
         )
         with contextlib.closing(stream):  # ends its augmentation threads when fit stops early too
             history = model.fit(
@@ -633,6 +634,8 @@ def _finish(
     }
     if config.ema_momentum > 0:
         record["ema_momentum"] = config.ema_momentum
+    if config.mixing.enabled:
+        record["mixing"] = {"mixup": config.mixup, "cutmix": config.cutmix, "probability": config.mix_probability}
     if teacher:
         record["teacher"] = {"file": config.teacher, "source": teacher.source, "weight": config.distill_weight}
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
