@@ -8,7 +8,8 @@
 # histories, the probes). Exits 1 if a run left no archive or OUT_DIR holds more than the 8 files or 64 MiB such a
 # machine returns (the flagship's archive is ~42-46 MiB, a wide candidate's ~8.4 MiB: the flagship and two fit).
 # * 48x48 candidates for the CPU default (CANDIDATES, default "wide1 wide2": VGG-style nets twice as wide as the cpu
-#   preset's, the second with square-root class weights; also cpu1, cpu2, wide3), each in its own process with
+#   preset's, the second with square-root class weights; also cpu1, cpu2, wide3, and mix1: cpu1's recipe and seed
+#   with CutMix and mixup, an ablation of batch mixing beside cpu1), each in its own process with
 #   3 augmentation threads, with as many epochs as the measured augmentation rate lets finish in time;
 # * the flagship ResNet50V2 at 224 from random weights: its images/s are measured first (the compiled training step
 #   and 8 augmentation threads, whichever is slower), and its epochs are what fits in the time left.
@@ -100,11 +101,12 @@ candidate() {  # NAME: the recipe of each 48x48 candidate
     wide1) train_run wide1 --preset cpu "${wide[@]}" --seed 203 --epochs "$SMALL_EPOCHS" --augment-workers 3 ;;
     wide2) train_run wide2 --preset cpu "${wide[@]}" --seed 204 "${sqrt[@]}" --epochs "$SMALL_EPOCHS" --augment-workers 3 ;;
     wide3) train_run wide3 --preset cpu "${wide[@]}" --seed 205 --epochs "$SMALL_EPOCHS" --augment-workers 3 ;;
-    *) echo "unknown candidate $1 (cpu1, cpu2, wide1, wide2, wide3)" >&2; return 1 ;;
+    mix1) train_run mix1 --preset cpu --seed 201 --cutmix 1 --mixup 0.2 --epochs "$SMALL_EPOCHS" --augment-workers 3 ;;
+    *) echo "unknown candidate $1 (cpu1, cpu2, wide1, wide2, wide3, mix1)" >&2; return 1 ;;
   esac
 }
 for name in $CANDIDATES; do
-  case "$name" in cpu1 | cpu2 | wide1 | wide2 | wide3) ;; *) echo "unknown candidate $name" >&2; exit 1 ;; esac
+  case "$name" in cpu1 | cpu2 | wide1 | wide2 | wide3 | mix1) ;; *) echo "unknown candidate $name" >&2; exit 1 ;; esac
   EXPECTED+=("$name")
   candidate "$name" &
 done

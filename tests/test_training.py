@@ -1145,7 +1145,7 @@ def test_the_gpu_run_script_trains_finishes_and_archives_every_candidate(tmp_pat
         os.environ,
         SMOKE="1",
         FLAGSHIP_EPOCHS="0",
-        CANDIDATES="cpu2 wide1",
+        CANDIDATES="mix1 wide1",
         KERAS_BACKEND="tensorflow",
         PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     )
@@ -1155,9 +1155,11 @@ def test_the_gpu_run_script_trains_finishes_and_archives_every_candidate(tmp_pat
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["cpu2.npz.000", "logs.tar.gz", "wide1.npz.000"]
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "mix1.npz.000", "wide1.npz.000"]
     with tarfile.open(out / "logs.tar.gz") as logs:
-        assert {"runs/cpu2.log", "runs/wide1/history.csv", "runs/cpu2/run.json"} <= set(logs.getnames())
+        assert {"runs/mix1.log", "runs/wide1/history.csv", "runs/mix1/run.json"} <= set(logs.getnames())
+        mixed = logs.extractfile("runs/mix1/run.json")
+        assert mixed is not None and json.load(mixed)["mixing"] == {"mixup": 0.2, "cutmix": 1.0, "probability": 1.0}
     expand(out / "wide1.npz", tmp_path / "wide1")
     with pytest.raises(FileExistsError):  # an expanded run is never overwritten
         expand(out / "wide1.npz", tmp_path / "wide1")
