@@ -48,7 +48,7 @@ def _row(name: str, passes: int, hold: np.ndarray, val: np.ndarray, labels: dict
 
 
 def _method(config: Any) -> tuple[str, str]:
-    """What the run changed: in words (distillation and/or weight averaging), and its training options."""
+    """What the run changed: in words (distillation, weight averaging, batch mixing), and its training options."""
     names, options = [], []
     if config.teacher:
         names.append("distillation")
@@ -56,6 +56,11 @@ def _method(config: Any) -> tuple[str, str]:
     if config.ema_momentum:
         names.append("weight averaging")
         options.append(f"`--ema {config.ema_momentum:g}`")
+    if config.mixing.enabled:
+        names.append("batch mixing")
+        options.append(
+            f"`--mixup {config.mixup:g} --cutmix {config.cutmix:g} --mix-probability {config.mix_probability:g}`"
+        )
     return " and ".join(names) or "more epochs", " and ".join(options) or "the labels alone"
 
 

@@ -512,36 +512,55 @@ def test_training_batches_are_a_pure_function_of_the_step() -> None:
 
 @pytest.mark.parametrize("kind", ["mixup", "cutmix", "both"])
 def test_mixing_blends_images_targets_and_weights_in_one_proportion(kind: str) -> None:
-    """Image ``i`` is flat grey ``10 * i`` with one-hot target ``i``: after mixing, each image's mean must be its
-    target row times the greys (the pasted area or the blend weight is the target's share), and each loss weight
-    its target row times the class weights; CutMix pastes pixels without blending them."""
+    """Image ``i`` is flat grey ``10 * i`` with one-hot target ``i`` and class weight ``c_i``. After mixing image
+    ``i`` with ``j`` in the share ``s`` (``s_i = lam``, ``s_j = 1 - lam``), the loss ``w * CE(t)`` must be
+    ``sum_k s_k * c_k * CE(e_k)``: so ``w * t = s * c``, ``w = s @ c``, and the image's mean is ``s @ greys`` (the
+    blend weight or the pasted area is the share). CutMix pastes pixels without blending them, a rectangle of at
+    most ``1 - lam`` of the area for the ratio ``lam`` it drew; with both on, some batches are each."""
     from training.batches import Mixing, mix
 
     n = len(LABELS)
     greys = 10.0 * np.arange(n, dtype=np.float32)
     images = np.broadcast_to(greys[:, None, None, None], (n, 48, 48, 1)).astype(np.float32)
     targets = np.eye(n, dtype=np.float32)
-    class_weights = np.linspace(0.5, 2.0, n, dtype=np.float32)
+    class_weights = np.linspace(0.5, 4.0, n, dtype=np.float32)
     mixing = Mixing(mixup=0.4 if kind != "cutmix" else 0.0, cutmix=1.0 if kind != "mixup" else 0.0)
-    changed = 0
-    for seed in range(12):
+    pasted = blended = 0
+    for seed in range(24):
         x, t, w = mix(images, targets, class_weights, np.random.default_rng(seed), mixing)
-        assert x.shape == images.shape and x.dtype == np.float32
+        assert x.shape == images.shape and x.dtype == t.dtype == w.dtype == np.float32
         np.testing.assert_allclose(t.sum(axis=1), 1.0, atol=1e-6)
-        np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), t @ greys, atol=1e-3)
-        np.testing.assert_allclose(w, t @ class_weights, atol=1e-5)
-        if kind == "cutmix":
-            assert np.isin(x, greys).all()
-        changed += not np.array_equal(x, images)
-    assert changed >= 10  # almost every draw mixes (a draw can pair most images with themselves or paste nothing)
+        shares = w[:, None] * t / class_weights  # each image's own share and its partner's
+        assert ((shares > 1e-6).sum(axis=1) <= 2).all()
+        np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(w, shares @ class_weights, atol=1e-5)
+        np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), shares @ greys, atol=1e-3)
+        if np.array_equal(x, images):
+            continue
+        if np.isin(x, greys).all():
+            pasted += 1
+            if kind == "cutmix":  # the draws mix() made first: the batch's coin, then the ratio
+                replay = np.random.default_rng(seed)
+                replay.uniform()
+                lam = replay.beta(1.0, 1.0)
+                area = 1.0 - np.diag(shares)[np.diag(shares) < 1 - 1e-6]
+                assert (area <= (1 - lam) + 2.5 / 48).all()
+        else:
+            blended += 1
+    assert {"mixup": blended >= 20 and not pasted, "cutmix": pasted >= 20 and not blended}.get(
+        kind, pasted >= 5 and blended >= 5
+    )
     # off, or no batch chosen: the batch as it was
     for off in (Mixing(), Mixing(mixup=0.4, probability=0.0)):
         x, t, w = mix(images, targets, class_weights, np.random.default_rng(0), off)
         assert x is images and t is targets and w is class_weights
-    with pytest.raises(ValueError, match="alphas"):
-        Mixing(mixup=-0.1)
-    with pytest.raises(ValueError, match="share"):
+    for bad in ({"mixup": -0.1}, {"cutmix": float("nan")}, {"mixup": float("inf")}):
+        with pytest.raises(ValueError, match="Beta alpha"):
+            Mixing(**bad)
+    with pytest.raises(ValueError, match="between 0 and 1"):
         Mixing(cutmix=1.0, probability=1.5)
+    with pytest.raises(ValueError, match="nothing to mix"):
+        Mixing(probability=0.5)
 
 
 def test_a_mixed_stream_is_a_pure_function_of_the_step_and_leaves_the_unmixed_stream_as_it_was() -> None:
@@ -552,7 +571,8 @@ def test_a_mixed_stream_is_a_pure_function_of_the_step_and_leaves_the_unmixed_st
     split = Split(rng.integers(0, 256, (100, 48, 48, 1), dtype=np.uint8), rng.integers(0, 7, 100).astype(np.int32))
     aug = Augmentation.scaled(1.0, erasing=0.5)
     mixing = Mixing(mixup=0.2, cutmix=1.0, probability=0.5)
-    common = {"batch_size": 16, "seed": 5, "end_step": 14, "aug": aug}
+    weights = {c: 1.0 + c for c in range(len(LABELS))}
+    common = {"batch_size": 16, "seed": 5, "end_step": 14, "aug": aug, "sample_weights": weights}
     whole = list(training_batches(split, start_step=0, mixing=mixing, **common))  # type: ignore[arg-type]
     tail = list(training_batches(split, start_step=9, mixing=mixing, workers=2, **common))  # type: ignore[arg-type]
     for a, b in zip(whole[9:], tail, strict=True):
@@ -561,10 +581,40 @@ def test_a_mixed_stream_is_a_pure_function_of_the_step_and_leaves_the_unmixed_st
     plain = list(training_batches(split, start_step=0, **common))  # type: ignore[arg-type]
     mixed = [not np.array_equal(a[1], b[1]) for a, b in zip(whole, plain, strict=True)]
     assert 2 <= sum(mixed) <= 12  # about half the batches are mixed; the others are the plain stream's
-    for (x, t, _), (px, pt, _), was_mixed in zip(whole, plain, mixed, strict=True):
-        if not was_mixed:
-            np.testing.assert_array_equal(x, px)
-            np.testing.assert_array_equal(t, pt)
+    for (x, t, w), (px, pt, pw), was_mixed in zip(whole, plain, mixed, strict=True):
+        if was_mixed:  # the class weights are mixed with the images (1-8 here), not left as the images' own
+            assert not np.array_equal(w, pw) and 1.0 <= w.min() and w.max() <= 7.0
+        else:
+            for a, b in ((x, px), (t, pt), (w, pw)):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_train_mixes_its_batches_only_when_told(tiny_folder_dataset: Path, tmp_path: Path) -> None:
+    """Same seed, one epoch: a run whose mixing never picks a batch (share 0) is the plain run to the bit, one that
+    mixes every batch ends elsewhere."""
+    import dataclasses
+
+    import keras
+
+    from training.config import PRESETS
+    from training.train import train
+
+    config = dataclasses.replace(PRESETS["smoke"], epochs=1)
+    runs = {
+        name: dataclasses.replace(config, **overrides)
+        for name, overrides in {
+            "plain": {},
+            "never": {"mixup": 0.4, "cutmix": 1.0, "mix_probability": 0.0},
+            "always": {"mixup": 0.4, "cutmix": 1.0},
+        }.items()
+    }
+    weights = {}
+    for name, run_config in runs.items():
+        train(run_config, tiny_folder_dataset, tmp_path / name, verbose=0)
+        weights[name] = keras.saving.load_model(tmp_path / name / "last.keras").get_weights()
+    for a, b in zip(weights["plain"], weights["never"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.allclose(a, b) for a, b in zip(weights["plain"], weights["always"], strict=True))
 
 
 def test_the_affine_warp_mirrors_exactly() -> None:
@@ -1145,7 +1195,7 @@ def test_the_gpu_run_script_trains_finishes_and_archives_every_candidate(tmp_pat
         os.environ,
         SMOKE="1",
         FLAGSHIP_EPOCHS="0",
-        CANDIDATES="mix1 wide1",
+        CANDIDATES="mix1 wide2",
         KERAS_BACKEND="tensorflow",
         PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     )
@@ -1155,18 +1205,19 @@ def test_the_gpu_run_script_trains_finishes_and_archives_every_candidate(tmp_pat
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "mix1.npz.000", "wide1.npz.000"]
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "mix1.npz.000", "wide2.npz.000"]
     with tarfile.open(out / "logs.tar.gz") as logs:
-        assert {"runs/mix1.log", "runs/wide1/history.csv", "runs/mix1/run.json"} <= set(logs.getnames())
+        assert {"runs/mix1.log", "runs/wide2/history.csv", "runs/mix1/run.json"} <= set(logs.getnames())
         mixed = logs.extractfile("runs/mix1/run.json")
         assert mixed is not None and json.load(mixed)["mixing"] == {"mixup": 0.2, "cutmix": 1.0, "probability": 1.0}
-    expand(out / "wide1.npz", tmp_path / "wide1")
+    expand(out / "wide2.npz", tmp_path / "wide2")
     with pytest.raises(FileExistsError):  # an expanded run is never overwritten
-        expand(out / "wide1.npz", tmp_path / "wide1")
-    run = json.loads((tmp_path / "wide1" / "run.json").read_text())
-    assert run["epochs_run"] == 1 and run["backend"] == "tensorflow"
-    config = json.loads((tmp_path / "wide1" / "config.json").read_text())
+        expand(out / "wide2.npz", tmp_path / "wide2")
+    run = json.loads((tmp_path / "wide2" / "run.json").read_text())
+    assert run["epochs_run"] == 1 and run["backend"] == "tensorflow" and run["class_weights"] is not None
+    config = json.loads((tmp_path / "wide2" / "config.json").read_text())
     assert config["arch"]["cnn_widths"] == [64, 128, 256, 512] and config["augment_workers"] == 3
+    assert config["class_weights"] and config["class_weight_power"] == 0.5
     # a candidate it does not know is refused before anything trains, with a failing exit status
     env["CANDIDATES"] = "wide9"
     refused = subprocess.run(

@@ -15,11 +15,12 @@ The augmentation works on FER-2013's 48x48 grayscale pixels (0-255) before any r
   with uniform noise, which makes the network use the whole face instead of one cue.
 
 After the per-image augmentation, a batch may be **mixed** (:class:`Mixing`): each image with another of the same
-batch, the targets and loss weights in the same proportion: mixup (Zhang et al. 2018, a weighted sum of the two
-images) or CutMix (Yun et al. 2019, a rectangle of the other image pasted in). Keras has both as layers
-(``keras.layers.MixUp``, ``keras.layers.CutMix``), but they draw from a backend seed generator inside the graph and
-mix only images and labels; here the draws come from the step's generator like every other, so a mixed stream keeps
-the exact resume and is the same on TensorFlow and JAX, and the class weights are mixed with the targets.
+batch, the targets and loss weights in the images' proportion (:func:`mix`): mixup (Zhang et al. 2018, a weighted
+sum of the two images) or CutMix (Yun et al. 2019, a rectangle of the other image pasted in). Keras has both as
+layers (``keras.layers.MixUp``, ``keras.layers.CutMix``), but they draw from a backend seed generator inside the
+graph and mix only images and labels; here the draws come from the step's generator like every other, so a mixed
+stream keeps the exact resume and is the same on TensorFlow and JAX, and each image's class weight still weighs its
+own share of the loss.
 """
 
 from __future__ import annotations
@@ -140,10 +141,13 @@ class Mixing:
     probability: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.mixup < 0 or self.cutmix < 0:
-            raise ValueError(f"mixing alphas must be 0 (off) or positive, not {self.mixup} and {self.cutmix}")
+        for flag, alpha in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+            if not (math.isfinite(alpha) and alpha >= 0):
+                raise ValueError(f"{flag} takes a Beta alpha, 0 (off) or positive, not {alpha}")
         if not 0.0 <= self.probability <= 1.0:
-            raise ValueError(f"the share of mixed batches must be between 0 and 1, not {self.probability}")
+            raise ValueError(f"--mix-probability is a share of batches, between 0 and 1, not {self.probability}")
+        if self.probability != 1.0 and self.mixup == self.cutmix == 0:
+            raise ValueError("a share of mixed batches (--mix-probability) without --mixup or --cutmix: nothing to mix")
 
     @property
     def enabled(self) -> bool:
@@ -153,9 +157,13 @@ class Mixing:
 def mix(
     images: np.ndarray, targets: np.ndarray, weights: np.ndarray, rng: np.random.Generator, mixing: Mixing
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mix a batch with a permutation of itself: images ``(n, h, w, c)``, targets ``(n, classes)`` and loss weights
-    ``(n,)`` in the proportion ``lam`` (one draw per batch, as both papers do). CutMix pastes a rectangle of
-    ``1 - lam`` of the area (clipped at the edges, ``lam`` then recomputed from the pasted area)."""
+    """Mix a batch with a permutation of itself: image ``i`` takes the share ``lam`` of its own pixels and
+    ``1 - lam`` of its partner ``j``'s (one draw per batch, as both papers do; CutMix pastes a rectangle of
+    ``1 - lam`` of the area, clipped at the edges, ``lam`` then recomputed from the pasted area). The loss weight
+    is ``w = lam * w_i + (1 - lam) * w_j`` and the target ``(lam * w_i * y_i + (1 - lam) * w_j * y_j) / w``, so that
+    ``w * CE(target) = lam * w_i * CE(y_i) + (1 - lam) * w_j * CE(y_j)``: each image's class weight weighs its own
+    share of the loss (mixing the weights and targets apart would pull the class weights towards 1), with label
+    smoothing too, which is linear in the target. Without class weights (all 1) this is plain mixup/CutMix."""
     if not mixing.enabled or rng.uniform() >= mixing.probability:
         return images, targets, weights
     use_cutmix = mixing.cutmix > 0 and (mixing.mixup <= 0 or rng.uniform() < 0.5)
@@ -173,12 +181,11 @@ def mix(
         lam = 1.0 - (bottom - top) * (right - left) / (height * width)
     else:
         mixed = (lam * images + (1.0 - lam) * images[partner]).astype(images.dtype)
-    share = np.float32(lam)
-    return (
-        mixed,
-        (share * targets + (1 - share) * targets[partner]).astype(np.float32),
-        (share * weights + (1 - share) * weights[partner]).astype(np.float32),
-    )
+    own = np.float32(lam) * weights
+    other = np.float32(1.0 - lam) * weights[partner]
+    weight = own + other
+    target = (own[:, None] * targets + other[:, None] * targets[partner]) / weight[:, None]
+    return mixed, target.astype(np.float32), weight.astype(np.float32)
 
 
 def steps_per_epoch(images: int, batch_size: int) -> int:
@@ -233,9 +240,9 @@ def training_batches(
     def batch(step: int, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = np.random.default_rng([seed, step])
         x = augment(split.images[picked], rng, aug)
-        batch = x, targets[picked], weight_table[split.labels[picked]]
+        plain = x, targets[picked], weight_table[split.labels[picked]]
         # Drawn after the augmentation's draws, so a stream without mixing is the one it always was.
-        return mix(*batch, rng, mixing) if mixing is not None else batch
+        return mix(*plain, rng, mixing) if mixing is not None else plain
 
     if workers <= 1:
         for step, picked in picks():
