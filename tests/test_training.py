@@ -745,26 +745,43 @@ def test_a_run_killed_after_logging_an_epoch_but_before_its_resume_point_repeats
     assert all(float(row["val_accuracy"]) <= 1.0 for row in rows)
 
 
-def test_swapping_the_weights_average_in_and_out_is_exact() -> None:
-    """The swap copies: TensorFlow's own swap (add, subtract) rounds both sets of weights at every swap."""
+def test_swapping_the_weights_average_in_and_out_is_exact_and_gives_it_its_own_batch_norm_statistics() -> None:
+    """The swap copies (TensorFlow's own swap, add and subtract, rounds both sets of weights at every swap); the
+    average's batch-norm statistics are the mean of its batch statistics on the given images, the last step's come
+    back exactly when it goes out, and dropout's random state is as it was."""
     import keras
 
-    from training.train import _AverageSwap
+    from training.train import _AverageSwap, _random_states
 
     rng = np.random.default_rng(0)
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(), keras.layers.Dropout(0.5)]
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.9), loss="mse")
     model.fit(rng.normal(size=(16, 3)), rng.normal(size=(16, 4)), batch_size=4, verbose=0)
     model.set_weights([w + rng.normal(size=w.shape).astype(w.dtype) * 1e3 for w in model.get_weights()])
     weights = [np.asarray(v).copy() for v in model.trainable_weights]
+    statistics = [np.asarray(v).copy() for v in model.non_trainable_weights if "moving" in v.path]
+    randoms = [np.asarray(v).copy() for v in _random_states(model)]
     average = [np.asarray(v).copy() for v in model.optimizer.variables if "average" in v.path]
-    swap = _AverageSwap()
+    images = rng.normal(size=(512, 3)).astype(np.float32)
+    kernel, bias = average[0], average[1]  # the Dense layer's averaged weights
+    batches = [images[:256] @ kernel + bias, images[256:] @ kernel + bias]
+    expected = [np.mean([b.mean(axis=0) for b in batches], axis=0), np.mean([b.var(axis=0) for b in batches], axis=0)]
+    assert not np.allclose(expected[0], statistics[0], rtol=1e-3)
+    swap = _AverageSwap(images)
     swap.set_model(model)
     for _ in range(3):
         swap.on_test_begin()
         assert all(np.array_equal(np.asarray(v), a) for v, a in zip(model.trainable_weights, average, strict=True))
+        moving = [np.asarray(v) for v in model.non_trainable_weights if "moving" in v.path]
+        for got, want in zip(moving, expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=2e-4)
         swap.on_test_end()
         assert all(np.array_equal(np.asarray(v), w) for v, w in zip(model.trainable_weights, weights, strict=True))
+        moving = [np.asarray(v) for v in model.non_trainable_weights if "moving" in v.path]
+        assert all(np.array_equal(got, was) for got, was in zip(moving, statistics, strict=True))
+        assert all(np.array_equal(np.asarray(v), r) for v, r in zip(_random_states(model), randoms, strict=True))
 
 
 def test_weight_averaging_validates_and_keeps_the_average_and_logs_the_last_steps_weights_beside_it(
@@ -776,7 +793,11 @@ def test_weight_averaging_validates_and_keeps_the_average_and_logs_the_last_step
     import keras
 
     from training.config import PRESETS
-    from training.train import train
+    from training.splits import training_splits
+    from training.train import average_statistics_images, train
+
+    def first_bn(model: keras.Model) -> keras.layers.BatchNormalization:
+        return model.get_layer("fer_model").get_layer("backbone").get_layer("block1_bn1")
 
     config = dataclasses.replace(PRESETS["smoke"], epochs=2, ema_momentum=0.9)
     train(config, tiny_folder_dataset, tmp_path / "run", stop_after=1, verbose=0)
@@ -791,6 +812,17 @@ def test_weight_averaging_validates_and_keeps_the_average_and_logs_the_last_step
     best = keras.saving.load_model(tmp_path / "run" / "checkpoint.keras")
     for a, w in zip(average, [np.asarray(v) for v in best.trainable_weights], strict=True):
         np.testing.assert_allclose(a, w, rtol=0, atol=1e-6)
+    # ... with batch-norm statistics of its own: the first layer's are those of the average's first convolution
+    # on the fixed training images (one batch of 256 at most here), not the last step's
+    average_bn = first_bn(best)
+    assert not np.allclose(np.asarray(average_bn.moving_mean), np.asarray(first_bn(last).moving_mean))
+    images = average_statistics_images(training_splits(config, tiny_folder_dataset)[0], config.seed)
+    assert len(images) <= 256
+    x = best.get_layer("resize")(images)
+    x = best.get_layer("fer_model").get_layer("rescale")(x)
+    convolved = np.asarray(best.get_layer("fer_model").get_layer("backbone").get_layer("block1_conv1")(x))
+    np.testing.assert_allclose(np.asarray(average_bn.moving_mean), convolved.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(average_bn.moving_variance), convolved.var(axis=(0, 1, 2)), rtol=1e-3)
 
     train(None, tiny_folder_dataset, tmp_path / "run", resume=True, verbose=0)
     with open(tmp_path / "run" / "history.csv", newline="") as handle:

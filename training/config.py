@@ -156,7 +156,8 @@ class TrainConfig:
     #: Weight averaging: the optimizer keeps an exponential moving average of the trainable weights with this
     #: momentum (0.998 averages over the last ~500 steps), and validation (hence early stopping and the plateau
     #: schedule), the best checkpoint and the finished model use the average, not the last step's weights.
-    #: Batch-norm statistics are not averaged: the average uses the last step's moving mean and variance. 0 = off.
+    #: The average's batch-norm statistics are its own, recomputed on fixed training images (``train._AverageSwap``).
+    #: 0 = off.
     ema_momentum: float = 0.0
 
     def __post_init__(self) -> None:
