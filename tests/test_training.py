@@ -765,9 +765,13 @@ def test_swapping_the_weights_average_in_and_out_is_exact_and_gives_it_its_own_b
     randoms = [np.asarray(v).copy() for v in _random_states(model)]
     average = [np.asarray(v).copy() for v in model.optimizer.variables if "average" in v.path]
     images = rng.normal(size=(512, 3)).astype(np.float32)
-    kernel, bias = average[0], average[1]  # the Dense layer's averaged weights
-    batches = [images[:256] @ kernel + bias, images[256:] @ kernel + bias]
-    expected = [np.mean([b.mean(axis=0) for b in batches], axis=0), np.mean([b.var(axis=0) for b in batches], axis=0)]
+
+    def statistics_of(kernel: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
+        """The mean over the two batches of 256 of the batch mean and variance of the Dense layer's output."""
+        batches = [images[:256] @ kernel + bias, images[256:] @ kernel + bias]
+        return [np.mean([b.mean(axis=0) for b in batches], axis=0), np.mean([b.var(axis=0) for b in batches], axis=0)]
+
+    expected = statistics_of(average[0], average[1])  # the Dense layer's averaged weights
     assert not np.allclose(expected[0], statistics[0], rtol=1e-3)
     swap = _AverageSwap(images)
     swap.set_model(model)
@@ -782,6 +786,16 @@ def test_swapping_the_weights_average_in_and_out_is_exact_and_gives_it_its_own_b
         moving = [np.asarray(v) for v in model.non_trainable_weights if "moving" in v.path]
         assert all(np.array_equal(got, was) for got, was in zip(moving, statistics, strict=True))
         assert all(np.array_equal(np.asarray(v), r) for v, r in zip(_random_states(model), randoms, strict=True))
+    assert model.layers[1].momentum == pytest.approx(0.99)  # the layer's own, back after the recomputation
+    # a training step moves the average: the next swap recomputes its statistics instead of reusing the last ones
+    model.train_on_batch(rng.normal(size=(4, 3)), rng.normal(size=(4, 4)))
+    moved = [np.asarray(v).copy() for v in model.optimizer.variables if "average" in v.path]
+    assert not np.allclose(moved[0], average[0])
+    swap.on_test_begin()
+    moving = [np.asarray(v) for v in model.non_trainable_weights if "moving" in v.path]
+    for got, want in zip(moving, statistics_of(moved[0], moved[1]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4)
+    swap.on_test_end()
 
 
 def test_weight_averaging_validates_and_keeps_the_average_and_logs_the_last_steps_weights_beside_it(

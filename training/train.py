@@ -167,8 +167,9 @@ class _AverageSwap(keras.callbacks.SwapEMAWeights):
       average there): the next phase continues from them, as a run resumed at that boundary from ``last.keras``
       does.
 
-    All three keep a stopped and resumed run exact: the statistics depend only on the average and the images, and
-    the recomputation puts dropout's random state back as it found it.
+    A stopped and resumed run stays exact (the statistics depend only on the average and the images), and the
+    recomputation puts dropout's random state back as it found it, so its extra forward passes leave the training
+    itself (the last step's weights) where it would be without them.
     """
 
     def __init__(self, statistics_images: np.ndarray) -> None:
@@ -203,6 +204,8 @@ class _AverageSwap(keras.callbacks.SwapEMAWeights):
     def _recompute_statistics(self) -> list[np.ndarray]:
         """The mean over fixed batches of each batch-norm layer's batch mean and variance, as the model stands."""
         layers = self._normalizations()
+        if not layers:  # a head phase: its backbone's are frozen, and the head may have none
+            return []
         randoms = _random_states(self.model)
         saved_randoms = [keras.ops.convert_to_numpy(v) for v in randoms]
         momenta = [layer.momentum for layer in layers]
