@@ -180,16 +180,10 @@ class _AverageSwap(keras.callbacks.SwapEMAWeights):
         #: (optimizer step, the average's statistics at that step)
         self._average_statistics: tuple[int, list[np.ndarray]] | None = None
 
-    def _normalizations(self) -> list[keras.layers.BatchNormalization]:
-        return trainable_normalizations(self.model)
-
-    def _statistics(self) -> list[Any]:
-        return batch_norm_statistics(self.model)
-
     def _swap_variables(self) -> None:
         entering = not self._ema_weights_in_model
         super()._swap_variables()
-        statistics = self._statistics()
+        statistics = batch_norm_statistics(self.model)
         if entering:
             self._last_step_statistics = [keras.ops.convert_to_numpy(v) for v in statistics]
             step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -203,7 +197,7 @@ class _AverageSwap(keras.callbacks.SwapEMAWeights):
 
     def _recompute_statistics(self) -> list[np.ndarray]:
         """The mean over fixed batches of each batch-norm layer's batch mean and variance, as the model stands."""
-        layers = self._normalizations()
+        layers = trainable_normalizations(self.model)
         if not layers:  # a head phase: its backbone's are frozen, and the head may have none
             return []
         randoms = _random_states(self.model)
@@ -222,13 +216,13 @@ class _AverageSwap(keras.callbacks.SwapEMAWeights):
                 layer.momentum = momentum
             for variable, value in zip(randoms, saved_randoms, strict=True):
                 variable.assign(value)
-        return [keras.ops.convert_to_numpy(v) for v in self._statistics()]
+        return [keras.ops.convert_to_numpy(v) for v in batch_norm_statistics(self.model)]
 
     def on_train_end(self, logs: dict | None = None) -> None:
         # fit's finalize_variable_values has copied the optimizer's slot, which holds the last step's weights while
         # the average is in, into the model: the last step's statistics go back with them.
         if self._ema_weights_in_model:
-            for variable, value in zip(self._statistics(), self._last_step_statistics, strict=True):
+            for variable, value in zip(batch_norm_statistics(self.model), self._last_step_statistics, strict=True):
                 variable.assign(value)
             self._ema_weights_in_model = False
 
@@ -649,7 +643,7 @@ def _run(
             sample_weights=weights,
             workers=config.augment_workers,
             targets=targets,
-            mixing=config.mixing if config.mixing.enabled else None,
+            mixing=config.mixing,  # draws nothing unless enabled: an unmixed run's stream is unchanged
         )
         with contextlib.closing(stream):  # ends its augmentation threads when fit stops early too
             history = model.fit(
