@@ -1,9 +1,10 @@
 """Does one retrained network do better than the network it started from, alone and inside the ensemble? (issue 11)
 
 The retrained network (a run of ``python -m training train --init-from ENSEMBLE --init-member N``, changed by
-distillation ``--teacher`` and/or weight averaging ``--ema``) is compared with the network it started from on the
-same views, and with the ensemble as served; then tried inside the ensemble: in its starting network's place, and
-beside it. With weight averaging, the last step's weights at the run's last epoch (``last.keras``) are scored
+distillation ``--teacher`` and/or weight averaging ``--ema``, or a network trained from scratch) is compared with the
+network it started from on the same views, and with the ensemble as served; then tried inside the ensemble: in its
+starting network's place (from scratch: in the place of the ensemble's weakest network on the hold-out, or
+``--replace N``'s), and beside it. With weight averaging, the last step's weights at the run's last epoch (``last.keras``) are scored
 beside the average the run kept (its best epoch on val: the labels give both epochs, so a gain that is partly the
 choice of epoch shows). Hold-out = the calibration hold-out (train images none of the networks trained on),
 val = the reported split. CPU ms per face: the ensemble's measured cost per network pass
@@ -71,6 +72,14 @@ def _epochs(run: Path) -> tuple[int, int]:
     return len(scores), int(np.argmax(scores)) + 1
 
 
+def _weakest(ensemble: dict[str, np.ndarray]) -> int:
+    """The ensemble's network (1-based) with the lowest hold-out accuracy over all four views: the one a network
+    trained from scratch is tried in place of (chosen on the hold-out, not on val)."""
+    views = list(VIEW_SETS["all four"])
+    predictions = ensemble["hold"][:, views].mean(axis=1).argmax(axis=-1)
+    return int(np.argmin((predictions == ensemble["hold_y"]).mean(axis=1))) + 1
+
+
 def _cache_beside(cache: Path | None, suffix: str) -> Path | None:
     return None if cache is None else cache.with_name(f"{cache.stem}-{suffix}{cache.suffix}")
 
@@ -91,6 +100,13 @@ def main() -> int:
     parser.add_argument("--zoom", type=float, default=1.1, help="the zoomed view's enlargement (the export's)")
     parser.add_argument("--cost", type=Path, required=True, help="benchmarks/model_cost.py's .json of the ensemble")
     parser.add_argument("--target-ms", type=float, default=10.0, help="the budget of CPU per face (issue 11)")
+    parser.add_argument(
+        "--replace",
+        type=int,
+        default=0,
+        help="the ensemble's network (1-based) the run is tried in place of; default: the network it started from, "
+        "or, for a run from scratch, the ensemble's weakest network on the hold-out (four views)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="results file (.md; a .json beside it)")
     args = parser.parse_args()
 
@@ -113,6 +129,9 @@ def main() -> int:
         if any(not np.array_equal(ensemble[f"{split}_y"], p[f"{split}_y"]) for p in (retrained, last) if p):
             raise SystemExit(f"the ensemble and the run were scored on different {split} images (another hold-out?)")
     epochs_run, best_epoch = _epochs(args.run.expanduser())
+    replaced = args.replace or start or _weakest(ensemble)
+    if not 1 <= replaced <= ensemble["val"].shape[0]:
+        raise SystemExit(f"--replace {replaced}: the ensemble has networks 1-{ensemble['val'].shape[0]}")
     kept = f": the average, best epoch on val ({best_epoch})" if last is not None else ""
     networks = ensemble["val"].shape[0]
     everything = VIEW_SETS["all four"]
@@ -134,21 +153,29 @@ def main() -> int:
         if last is not None:
             rows.append(scored(f"the last step's weights, last epoch ({epochs_run}; {view_name})", last, [0], views))
         rows.append(scored(f"the retrained network{kept} ({view_name})", retrained, [0], views))
-    joined = {s: np.concatenate([ensemble[s], retrained[s]]) for s in ("hold", "val")}
-    if start:
-        swapped = [n for n in range(networks) if n != start - 1] + [networks]
+    if replaced != start:
         rows.append(
             scored(
-                f"the ensemble with the retrained network in network {start}'s place (all four views)",
-                joined,
-                swapped,
+                f"the ensemble's network {replaced}, the one replaced (all four views)",
+                ensemble,
+                [replaced - 1],
                 everything,
             )
         )
-    if start and last is not None:
+    joined = {s: np.concatenate([ensemble[s], retrained[s]]) for s in ("hold", "val")}
+    swapped = [n for n in range(networks) if n != replaced - 1] + [networks]
+    rows.append(
+        scored(
+            f"the ensemble with the retrained network in network {replaced}'s place (all four views)",
+            joined,
+            swapped,
+            everything,
+        )
+    )
+    if last is not None:
         rows.append(
             scored(
-                f"the ensemble with the last step's weights in network {start}'s place (all four views)",
+                f"the ensemble with the last step's weights in network {replaced}'s place (all four views)",
                 {s: np.concatenate([ensemble[s], last[s]]) for s in ("hold", "val")},
                 swapped,
                 everything,
