@@ -1,13 +1,13 @@
 """Does one retrained network do better than the network it started from, alone and inside the ensemble? (issue 11)
 
 The retrained network (a run of ``python -m training train --init-from ENSEMBLE --init-member N``, changed by
-distillation ``--teacher`` and/or weight averaging ``--ema``, or a network trained from scratch) is compared with the
-network it started from on the same views, and with the ensemble as served; then tried inside the ensemble: in its
-starting network's place (from scratch: in the place of the ensemble's weakest network on the hold-out, or
+distillation ``--teacher`` and/or weight averaging ``--ema``, or a network trained from scratch) is compared with
+the network it started from on the same views, and with the ensemble as served; then tried inside the ensemble: in
+its starting network's place (from scratch: in the place of the ensemble's weakest network on the hold-out, or
 ``--replace N``'s), and beside it. With weight averaging, the last step's weights at the run's last epoch
 (``last.keras``) are scored beside the average the run kept (its best epoch on val: the labels give both epochs, so
-a gain that is partly the choice of epoch shows). Hold-out = the calibration hold-out (train images none of the networks trained on),
-val = the reported split. CPU ms per face: the ensemble's measured cost per network pass
+a gain that is partly the choice of epoch shows). Hold-out = the calibration hold-out (train images none of the
+networks trained on), val = the reported split. CPU ms per face: the ensemble's measured cost per network pass
 (``benchmarks/model_cost.py``'s .json) times the passes, as in ``passes_budget.py``. Needs FER-2013 and the run
 folders, for instance:
 
