@@ -129,11 +129,11 @@ def main() -> int:
         if any(not np.array_equal(ensemble[f"{split}_y"], p[f"{split}_y"]) for p in (retrained, last) if p):
             raise SystemExit(f"the ensemble and the run were scored on different {split} images (another hold-out?)")
     epochs_run, best_epoch = _epochs(args.run.expanduser())
-    replaced = args.replace or start or _weakest(ensemble)
-    if not 1 <= replaced <= ensemble["val"].shape[0]:
-        raise SystemExit(f"--replace {replaced}: the ensemble has networks 1-{ensemble['val'].shape[0]}")
-    kept = f": the average, best epoch on val ({best_epoch})" if last is not None else ""
     networks = ensemble["val"].shape[0]
+    replaced = args.replace or start or _weakest(ensemble)
+    if not 1 <= replaced <= networks:
+        raise SystemExit(f"--replace {replaced}: the ensemble has networks 1-{networks}")
+    kept = f": the average, best epoch on val ({best_epoch})" if last is not None else ""
     everything = VIEW_SETS["all four"]
 
     def scored(name: str, probs: dict[str, np.ndarray], nets: list[int], views: tuple[int, ...]) -> dict:
