@@ -62,6 +62,8 @@ def _method(config: Any) -> tuple[str, str]:
         options.append(
             f"`--mixup {config.mixup:g} --cutmix {config.cutmix:g} --mix-probability {config.mix_probability:g}`"
         )
+    if config.class_weights:
+        options.append(f"`--class-weights --class-weight-power {config.class_weight_power:g}`")
     return " and ".join(names) or "more epochs", " and ".join(options) or "the labels alone"
 
 
@@ -134,6 +136,9 @@ def main() -> int:
     if not 1 <= replaced <= networks:
         raise SystemExit(f"--replace {replaced}: the ensemble has networks 1-{networks}")
     kept = f": the average, best epoch on val ({best_epoch})" if last is not None else ""
+    # a run from scratch is a new network, not a retrained one: the table says which it is
+    noun = "retrained network" if started_there else "new network"
+    chosen = " (the weakest on the hold-out)" if replaced != start and not args.replace else ""
     everything = VIEW_SETS["all four"]
 
     def scored(name: str, probs: dict[str, np.ndarray], nets: list[int], views: tuple[int, ...]) -> dict:
@@ -152,11 +157,11 @@ def main() -> int:
             )
         if last is not None:
             rows.append(scored(f"the last step's weights, last epoch ({epochs_run}; {view_name})", last, [0], views))
-        rows.append(scored(f"the retrained network{kept} ({view_name})", retrained, [0], views))
+        rows.append(scored(f"the {noun}{kept} ({view_name})", retrained, [0], views))
     if replaced != start:
         rows.append(
             scored(
-                f"the ensemble's network {replaced}, the one replaced (all four views)",
+                f"the ensemble's network {replaced}, the one replaced{chosen} (all four views)",
                 ensemble,
                 [replaced - 1],
                 everything,
@@ -166,7 +171,7 @@ def main() -> int:
     swapped = [n for n in range(networks) if n != replaced - 1] + [networks]
     rows.append(
         scored(
-            f"the ensemble with the retrained network in network {replaced}'s place (all four views)",
+            f"the ensemble with the {noun} in network {replaced}'s place (all four views)",
             joined,
             swapped,
             everything,
@@ -181,25 +186,23 @@ def main() -> int:
                 everything,
             )
         )
-    rows.append(
-        scored("the ensemble and the retrained network (all four views)", joined, [*range(networks + 1)], everything)
-    )
+    rows.append(scored(f"the ensemble and the {noun} (all four views)", joined, [*range(networks + 1)], everything))
 
     cost = json.loads(args.cost.read_text())
     per_pass = per_pass_ms(cost, args.cost)
     runtimes = list(per_pass)
     method, options = _method(config)
     lines = [
-        f"# A retrained network ({method}): {args.run.name}",
+        f"# A {noun} ({method}): {args.run.name}",
         "",
         f"Measured on {machine_description()}, by",
         f"`{' '.join(['.venv/bin/python', 'benchmarks/retrained_network.py', *sys.argv[1:]])}`.",
-        f"Ensemble: the networks of `{args.ensemble_run}` (test-time zoom {args.zoom:g}); retrained network: "
+        f"Ensemble: the networks of `{args.ensemble_run}` (test-time zoom {args.zoom:g}); {noun}: "
         f"`{args.run}`, trained with {options} for {epochs_run} epochs ({config.schedule} from "
         f"{config.learning_rate:g})"
-        + (f", starting from the ensemble's network {start}" if start else "")
+        + (f", starting from the ensemble's network {start}" if start else ", from random initialisation")
         + f". CPU ms per face: the ensemble's measured cost per pass in `{args.cost.name}` "
-        f"({cost['machine'].split(',')[0]}) times the passes (the retrained network has the ensemble networks' "
+        f"({cost['machine'].split(',')[0]}) times the passes (the {noun} has the ensemble networks' "
         f"architecture); budget {args.target_ms:g} ms.",
         "",
         "| model | passes | hold-out accuracy | hold-out macro-F1 | val accuracy | val macro-F1 | "
