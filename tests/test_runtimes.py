@@ -306,3 +306,36 @@ def test_openvino_runs_a_call_on_the_threads_the_setting_asks_for(exported_model
     np.testing.assert_allclose(one.predict(crops), default.predict(crops), atol=1e-5)
     with pytest.raises(ValidationError, match="openvino_threads"):
         Settings(openvino_threads=-1)
+
+
+def _keras_macs(network_file: Path) -> int:
+    """Multiply-accumulates per crop of one Keras network, counted from its own layers (not from any IR)."""
+    import keras
+
+    def walk(layer: Any) -> Iterator[Any]:
+        for inner in getattr(layer, "layers", []):
+            yield inner
+            yield from walk(inner)
+
+    total = 0
+    for layer in walk(keras.models.load_model(network_file, compile=False)):
+        if isinstance(layer, keras.layers.Conv2D):  # kernel (kh, kw, in, out); output (batch, h, w, out)
+            total += int(np.prod(layer.output.shape[1:3])) * int(np.prod(layer.kernel.shape))
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(np.prod(layer.kernel.shape))
+    return total
+
+
+def test_model_cost_counts_the_whole_graphs_multiply_accumulates(
+    compiled: Path, exported_model: Path, trained_run: Path
+) -> None:
+    # benchmarks/model_cost.py's work per face: every network pass of the exported graph, in the compiled IR and in
+    # the SavedModel converted at the call; both must equal the network's own count times its passes
+    from benchmarks.model_cost import graph_macs
+    from training.config import ArchConfig
+
+    passes = ArchConfig.from_dict(json.loads((exported_model / "metadata.json").read_text())["architecture"]).passes
+    expected = passes * _keras_macs(trained_run / "model.keras")
+    assert expected > 0
+    assert graph_macs(compiled) == expected
+    assert graph_macs(exported_model) == expected
