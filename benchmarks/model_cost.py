@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import sys
 import time
@@ -34,6 +35,7 @@ from training.config import ArchConfig  # noqa: E402
 _MAC_OPS = ("Convolution", "GroupConvolution", "MatMul")
 
 
+@functools.cache  # one count per model, not per runtime row: converting a SavedModel is the slow part
 def graph_macs(version_dir: Path) -> int:
     """Multiply-accumulates per crop of the whole exported graph in ``version_dir``: counted in its compiled fp32
     OpenVINO IR, or in the SavedModel converted to OpenVINO when it was never compiled. A convolution does

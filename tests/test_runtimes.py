@@ -312,13 +312,9 @@ def _keras_macs(network_file: Path) -> int:
     """Multiply-accumulates per crop of one Keras network, counted from its own layers (not from any IR)."""
     import keras
 
-    def walk(layer: Any) -> Iterator[Any]:
-        for inner in getattr(layer, "layers", []):
-            yield inner
-            yield from walk(inner)
-
     total = 0
-    for layer in walk(keras.models.load_model(network_file, compile=False)):
+    # every layer of the nested model, as training.train.trainable_normalizations walks it
+    for layer in keras.models.load_model(network_file, compile=False)._flatten_layers():
         if isinstance(layer, keras.layers.Conv2D):  # kernel (kh, kw, in, out); output (batch, h, w, out)
             total += int(np.prod(layer.output.shape[1:3])) * int(np.prod(layer.kernel.shape))
         elif isinstance(layer, keras.layers.Dense):
