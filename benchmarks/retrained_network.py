@@ -200,7 +200,14 @@ def main() -> int:
         f"Ensemble: the networks of `{args.ensemble_run}` (test-time zoom {args.zoom:g}); {noun}: "
         f"`{args.run}`, trained with {options} for {epochs_run} epochs ({config.schedule} from "
         f"{config.learning_rate:g})"
-        + (f", starting from the ensemble's network {start}" if start else ", from random initialisation")
+        + (
+            f", starting from the ensemble's network {start}"
+            if start
+            # a warm restart of a network from outside the ensemble (for instance another run from scratch)
+            else f", starting from `{config.init_from}`"
+            if config.init_from
+            else ", from random initialisation"
+        )
         + f". CPU ms per face: the ensemble's measured cost per pass in `{args.cost.name}` "
         f"({cost['machine'].split(',')[0]}) times the passes (the {noun} has the ensemble networks' "
         f"architecture); budget {args.target_ms:g} ms.",
