@@ -1,15 +1,15 @@
 """Does one retrained network do better than the network it started from, alone and inside the ensemble? (issue 11)
 
 The retrained network (a run of ``python -m training train --init-from ENSEMBLE --init-member N``, changed by
-distillation ``--teacher`` and/or weight averaging ``--ema``, or a network trained from scratch) is compared with
-the network it started from on the same views, and with the ensemble as served; then tried inside the ensemble: in
-its starting network's place (from scratch: in the place of the ensemble's weakest network on the hold-out, or
-``--replace N``'s), and beside it. With weight averaging, the last step's weights at the run's last epoch
-(``last.keras``) are scored beside the average the run kept (its best epoch on val: the labels give both epochs, so
-a gain that is partly the choice of epoch shows). Hold-out = the calibration hold-out (train images none of the
-networks trained on), val = the reported split. CPU ms per face: the ensemble's measured cost per network pass
-(``benchmarks/model_cost.py``'s .json) times the passes, as in ``passes_budget.py``. Needs FER-2013 and the run
-folders, for instance:
+distillation ``--teacher`` and/or weight averaging ``--ema``, or a network from outside the ensemble: trained from
+scratch, or warm-restarted from such a run) is compared with the network it started from on the same views, and with
+the ensemble as served; then tried inside the ensemble: in its starting network's place (from outside: in the place
+of the ensemble's weakest network on the hold-out, or ``--replace N``'s), and beside it. With weight averaging, the
+last step's weights at the run's last epoch (``last.keras``) are scored beside the average the run kept (its best
+epoch on val: the labels give both epochs, so a gain that is partly the choice of epoch shows). Hold-out = the
+calibration hold-out (train images none of the networks trained on), val = the reported split. CPU ms per face: the
+ensemble's measured cost per network pass (``benchmarks/model_cost.py``'s .json) times the passes, as in
+``passes_budget.py``. Needs FER-2013 and the run folders, for instance:
 
     .venv/bin/python benchmarks/retrained_network.py --ensemble-run ~/fer-runs/r10 --ensemble-cache \\
         ~/fer-runs/pb10.npz --run ~/fer-runs/s1 --cost benchmarks/MODEL_COST_AVX2.json \\
@@ -76,7 +76,7 @@ def _epochs(run: Path) -> tuple[int, int]:
 
 def _weakest(ensemble: dict[str, np.ndarray]) -> int:
     """The ensemble's network (1-based) with the lowest hold-out accuracy over all four views: the one a network
-    trained from scratch is tried in place of (chosen on the hold-out, not on val)."""
+    from outside the ensemble is tried in place of (chosen on the hold-out, not on val)."""
     views = list(VIEW_SETS["all four"])
     predictions = ensemble["hold"][:, views].mean(axis=1).argmax(axis=-1)
     return int(np.argmin((predictions == ensemble["hold_y"]).mean(axis=1))) + 1
@@ -107,7 +107,7 @@ def main() -> int:
         type=int,
         default=0,
         help="the ensemble's network (1-based) the run is tried in place of; default: the network it started from, "
-        "or, for a run from scratch, the ensemble's weakest network on the hold-out (four views)",
+        "or, for a run that did not start from the ensemble, its weakest network on the hold-out (four views)",
     )
     parser.add_argument("--out", type=Path, required=True, help="results file (.md; a .json beside it)")
     args = parser.parse_args()
@@ -117,6 +117,13 @@ def main() -> int:
     started_there = bool(config.init_from) and Path(config.init_from).expanduser().resolve() == ensemble_model
     # the ensemble's network the run started from (1-based); 0: it started elsewhere
     start = config.init_member if started_there else 0
+    # where the run's weights came from, for the results file
+    if start:
+        origin = f"starting from the ensemble's network {start}"
+    elif config.init_from:  # a warm restart of a network from outside the ensemble (e.g. another run from scratch)
+        origin = f"starting from `{config.init_from}`"
+    else:
+        origin = "from random initialisation"
     ensemble = cached_view_probabilities(args.ensemble_run, args.ensemble_cache, args.data, args.zoom)
     retrained = cached_view_probabilities(args.run, args.run_cache, args.data, args.zoom)
     # with weight averaging, the last step's weights (the resume point) beside the average the run kept
@@ -136,7 +143,7 @@ def main() -> int:
     if not 1 <= replaced <= networks:
         raise SystemExit(f"--replace {replaced}: the ensemble has networks 1-{networks}")
     kept = f": the average, best epoch on val ({best_epoch})" if last is not None else ""
-    # a run from scratch is a new network, not a retrained one: the table says which it is
+    # a network from outside the ensemble is a new one, not a retrained one: the table says which it is
     noun = "retrained network" if started_there else "new network"
     chosen = " (the weakest on the hold-out)" if replaced != start and not args.replace else ""
     everything = VIEW_SETS["all four"]
@@ -200,15 +207,7 @@ def main() -> int:
         f"Ensemble: the networks of `{args.ensemble_run}` (test-time zoom {args.zoom:g}); {noun}: "
         f"`{args.run}`, trained with {options} for {epochs_run} epochs ({config.schedule} from "
         f"{config.learning_rate:g})"
-        + (
-            f", starting from the ensemble's network {start}"
-            if start
-            # a warm restart of a network from outside the ensemble (for instance another run from scratch)
-            else f", starting from `{config.init_from}`"
-            if config.init_from
-            else ", from random initialisation"
-        )
-        + f". CPU ms per face: the ensemble's measured cost per pass in `{args.cost.name}` "
+        + f", {origin}. CPU ms per face: the ensemble's measured cost per pass in `{args.cost.name}` "
         f"({cost['machine'].split(',')[0]}) times the passes (the {noun} has the ensemble networks' "
         f"architecture); budget {args.target_ms:g} ms.",
         "",
